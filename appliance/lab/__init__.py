@@ -1,0 +1,1 @@
+"""Throwaway servers and network-namespace topologies for the demo and the tests."""

@@ -1,0 +1,183 @@
+"""A throwaway PostgreSQL server on a free port, for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class LabError(Exception):
+    """A lab server could not be set up; the message says what is missing."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def postgres_bindir() -> Path:
+    """The newest installed PostgreSQL server's bin directory (``WITNESS_PG_BINDIR`` wins)."""
+    override = os.environ.get("WITNESS_PG_BINDIR")
+    if override:
+        return Path(override)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+        key=lambda p: int(Path(p).parent.parent.name),
+    )
+    if not found:
+        raise LabError(
+            "no PostgreSQL server is installed (apt-get install postgresql), "
+            "or set WITNESS_PG_BINDIR"
+        )
+    return Path(found[-1]).parent
+
+
+class PostgresServer:
+    """``initdb`` into a fresh directory and run ``postgres`` in the foreground.
+
+    PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
+    that the Debian package creates. Local connections are trusted: this is a lab.
+    """
+
+    def __init__(
+        self,
+        settings: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        superuser: str = "postgres",
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.superuser = superuser
+        self.settings = settings or {}
+        self.bindir = postgres_bindir()
+        self.directory = Path(tempfile.mkdtemp(prefix="witness-pg-"))
+        self.data = self.directory / "data"
+        self.log_path = self.directory / "postgres.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._user: str | None = None
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                raise LabError("running as root needs the 'postgres' user to run the server") from None
+            self._user = "postgres"
+            shutil.chown(self.directory, "postgres", "postgres")
+        self.directory.chmod(0o755)
+
+    @property
+    def dsn(self) -> str:
+        return f"host={self.host} port={self.port} user={self.superuser} dbname=postgres"
+
+    def url(self, port: int | None = None, database: str = "postgres") -> str:
+        return f"postgresql://{self.superuser}@{self.host}:{port or self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            user=self._user,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LabError(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    def start(self) -> PostgresServer:
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.superuser,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
+        options = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.directory),
+            "fsync": "off",
+            "log_line_prefix": "%m [%p] ",
+            "max_connections": "300",
+            **self.settings,
+        }
+        argv = [str(self.bindir / "postgres"), "-D", str(self.data)]
+        for key, value in options.items():
+            argv += ["-c", f"{key}={value}"]
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                argv, user=self._user, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise LabError(f"postgres exited at start: {self.log_path.read_text()[-2000:]}")
+            ready = subprocess.run(
+                [str(self.bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
+                 "-U", self.superuser],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise LabError(f"postgres did not accept connections within {timeout:.0f}s")
+
+    def psql(self, sql: str, port: int | None = None, database: str = "postgres") -> str:
+        """Run ``sql`` with psql (directly, or through ``port``) and return its output."""
+        result = subprocess.run(
+            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
+             self.url(port, database)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LabError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def remove(self) -> None:
+        self.stop()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.directory)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()

@@ -1,0 +1,114 @@
+"""The records that flow through Witness: who owns a connection, what it sent, what came back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The kernel's view of the process that owns a client socket.
+
+    ``source`` says how it was learned: ``sock_diag`` (netlink plus /proc), ``bpf``, or
+    ``unknown`` when the socket could not be attributed (a remote client, or a process that
+    exited before it was looked at). ``detail`` explains an incomplete attribution.
+    """
+
+    uid: int | None = None
+    pid: int | None = None
+    exe: str | None = None
+    cgroup: str | None = None
+    comm: str | None = None
+    source: str = "unknown"
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "pid": self.pid,
+            "exe": self.exe,
+            "cgroup": self.cgroup,
+            "comm": self.comm,
+            "source": self.source,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One client command, recorded before any of its bytes reach the backend.
+
+    ``kind`` is ``query`` (simple protocol, possibly several statements), ``execute``
+    (extended protocol), ``function_call`` or ``cancel``. ``params`` are the decoded bind
+    parameters, text where the type is known, ``\\x``-prefixed hex otherwise, ``None`` for NULL.
+    ``statement`` names the prepared statement an ``execute`` came from ("" is the unnamed
+    one); ``portal`` likewise.
+    """
+
+    kind: str
+    text: str
+    params: tuple[str | None, ...] = ()
+    statement: str | None = None
+    portal: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "text": self.text}
+        if self.params:
+            out["params"] = list(self.params)
+        if self.statement is not None:
+            out["statement"] = self.statement
+        if self.portal is not None:
+            out["portal"] = self.portal
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error reported by the backend: severity, SQLSTATE and message."""
+
+    severity: str
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "code": self.code, "message": self.message}
+
+
+@dataclass(slots=True)
+class Result:
+    """The summary of what the backend did with one command.
+
+    ``status`` is ``ok``, ``error``, ``suspended`` (a portal ran out of its row limit),
+    ``skipped`` (the backend discarded it after an earlier error in the same pipeline) or
+    ``aborted`` (the session ended before an answer came).
+    """
+
+    status: str
+    tags: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+    copy_bytes: int = 0
+    duration_ms: float = 0.0
+    error: ErrorInfo | None = None
+    columns: list[str] | None = None
+    captured: list[list[str | None]] | None = None
+    truncated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status,
+            "tags": self.tags,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+        if self.copy_bytes:
+            out["copy_bytes"] = self.copy_bytes
+        if self.error is not None:
+            out["error"] = self.error.as_dict()
+        if self.captured is not None:
+            out["columns"] = self.columns
+            out["captured"] = self.captured
+            out["truncated"] = self.truncated
+        return out

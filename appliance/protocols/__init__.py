@@ -1,0 +1,1 @@
+"""Sans-io protocol parsers: bytes in, events out. Nothing here touches a socket."""

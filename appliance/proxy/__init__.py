@@ -1,0 +1,1 @@
+"""The relay: the one place where sockets are read and written."""

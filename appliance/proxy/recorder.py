@@ -1,0 +1,88 @@
+"""Group commit: events recorded during one turn of the event loop are committed together,
+and the sessions holding bytes behind them are released (or refused) once the commit ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from appliance.trail.store import Trail, TrailWriteError
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0
+
+
+class Gated(Protocol):
+    """Something holding bytes that may only move once its records are committed."""
+
+    def released(self) -> None: ...
+
+    def refused(self, reason: str) -> None: ...
+
+
+class Recorder:
+    def __init__(self, trail: Trail, loop: asyncio.AbstractEventLoop) -> None:
+        self.trail = trail
+        self.loop = loop
+        self.failing: str | None = None
+        self._scheduled = False
+        self._waiting: list[Gated] = []
+        self._retry: asyncio.TimerHandle | None = None
+
+    def record(self, type_: str, session: str | None, payload: dict[str, Any]) -> dict[str, Any]:
+        """Append an event; it is committed at the end of this loop turn (or by the retry
+        timer while the store is failing, so a broken disk is not hammered every turn)."""
+        pending = self.trail.append(type_, session, payload)
+        if not self._scheduled and self.failing is None:
+            self._scheduled = True
+            self.loop.call_soon(self._flush)
+        return pending
+
+    def gate(self, waiter: Gated) -> None:
+        """Call ``waiter.released()`` after the next commit, or ``refused()`` if it fails.
+
+        A waiter always gets an attempt of its own, even while the store is failing: a
+        command must be either recorded and forwarded, or refused, never left waiting.
+        """
+        self._waiting.append(waiter)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        try:
+            self.trail.commit()
+        except TrailWriteError as exc:
+            reason = str(exc)
+            if self.failing is None:
+                log.error("the trail cannot be written: %s; commands are refused", reason)
+            self.failing = reason
+            for waiter in waiting:
+                waiter.refused(reason)
+            self._schedule_retry()
+            return
+        if self.failing is not None:
+            log.warning("the trail is writable again after: %s", self.failing)
+            self.failing = None
+        for waiter in waiting:
+            waiter.released()
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None:
+            self._retry = self.loop.call_later(RETRY_SECONDS, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._flush()
+
+    def checkpoint(self) -> None:
+        """Sign what has been committed so far (called on a timer and at shutdown)."""
+        try:
+            self.trail.checkpoint()
+        except TrailWriteError as exc:
+            self.failing = str(exc)
+            self._schedule_retry()

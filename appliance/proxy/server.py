@@ -1,0 +1,388 @@
+"""The relay: accepts clients, dials backends, and moves bytes between them.
+
+This is the only module that reads or writes sockets. Client bytes that carry a command are
+held until the command's record is committed (write before forward); server bytes are passed
+on at once and parsed afterwards for the result summaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, cast
+
+from appliance.config import Backend, Capture
+from appliance.model import Owner
+from appliance.protocols.errors import ProtocolError
+from appliance.protocols.postgres import events as ev
+from appliance.protocols.postgres.connection import PostgresConnection
+from appliance.protocols.postgres.messages import NO_ENCRYPTION, error_response
+from appliance.proxy.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
+
+
+def _hostport(addr: Any) -> tuple[str, int]:
+    return (str(addr[0]), int(addr[1])) if addr else ("", 0)
+
+
+class Relay:
+    """What every session of one listener shares: where to go, and where to record."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        backend: Backend,
+        capture: Capture,
+        max_message: int,
+        owner_lookup: OwnerLookup,
+    ) -> None:
+        self.recorder = recorder
+        self.backend = backend
+        self.capture = capture
+        self.max_message = max_message
+        self.owner_lookup = owner_lookup
+        self.sessions: set[Session] = set()
+        # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
+        self.keys: dict[tuple[int, int], Session] = {}
+
+    def session(self) -> Session:
+        return Session(self)
+
+
+class _Backend(asyncio.Protocol):
+    """The backend side of one session: hands everything to the session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def data_received(self, data: bytes) -> None:
+        self.session.from_server(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.end(f"backend closed the connection{f': {exc}' if exc else ''}")
+
+    def pause_writing(self) -> None:
+        self.session.pause_client()
+
+    def resume_writing(self) -> None:
+        self.session.resume_client()
+
+
+class Session(asyncio.Protocol):
+    """One client connection and its backend connection."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.recorder = relay.recorder
+        self.id = secrets.token_hex(8)
+        capture = relay.capture
+        self.pg = PostgresConnection(
+            capture_rows=capture.rows,
+            capture_bytes=capture.bytes,
+            max_message=relay.max_message,
+        )
+        self.client: asyncio.Transport | None = None
+        self.server: asyncio.Transport | None = None
+        self.peer = ("", 0)
+        self.local = ("", 0)
+        self.owner: Owner | None = None
+        self.startup: ev.Startup | None = None
+        self.started = False  # session_start recorded and the backend connected
+        self.held: list[bytes] = []
+        self.gated = False  # held bytes wait for a commit
+        self.unconfirmed: list[dict[str, Any]] = []  # command payloads not yet committed
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.commands = 0
+        self.backend_pid: int | None = None
+        self.key: tuple[int, int] | None = None
+        self.ended: str | None = None
+
+    # --- client side -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = cast(asyncio.Transport, transport)
+        self.peer = _hostport(transport.get_extra_info("peername"))
+        self.local = _hostport(transport.get_extra_info("sockname"))
+        self.relay.sessions.add(self)
+        asyncio.ensure_future(self._setup())
+
+    async def _setup(self) -> None:
+        loop = asyncio.get_running_loop()
+        owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, self.local)
+        if self.ended:
+            return
+        self.owner = owner
+        backend = self.relay.backend
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: _Backend(self), backend.address, backend.port
+            )
+        except OSError as exc:
+            self._refuse_connection(
+                "08006", f"backend {backend.name} unreachable: {exc.strerror or exc}"
+            )
+            return
+        if self.ended:
+            transport.close()
+            return
+        self.server = cast(asyncio.Transport, transport)
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        """Record the session once the owner, the backend and the startup are all known."""
+        if self.started or self.startup is None or self.server is None or self.owner is None:
+            return
+        self._record_start()
+        self._gate()
+
+    def _record_start(self) -> None:
+        assert self.startup is not None and self.owner is not None
+        self.started = True
+        params = self.startup.params
+        self.recorder.record(
+            "session_start",
+            self.id,
+            {
+                "client": f"{self.peer[0]}:{self.peer[1]}",
+                "listener": f"{self.local[0]}:{self.local[1]}",
+                "backend": self.relay.backend.as_dict(),
+                "owner": self.owner.as_dict(),
+                "db_user": params.get("user"),
+                "database": params.get("database", params.get("user")),
+                "application_name": params.get("application_name"),
+            },
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        try:
+            events = self.pg.receive_client(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        for event in events:
+            kind = type(event)
+            if kind is ev.CommandStarted:
+                assert isinstance(event, ev.CommandStarted)
+                self.commands += 1
+                payload = event.command.as_dict()
+                payload["n"] = event.n
+                self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+                self._gate()
+            elif kind is ev.NegotiationRequest:
+                # Answered here, never forwarded: TLS to the client is not offered (yet), and
+                # the request is always the first 8 bytes of what the client sent.
+                assert self.client is not None
+                self.client.write(NO_ENCRYPTION)
+                data = data[8:]
+            elif kind is ev.Startup:
+                assert isinstance(event, ev.Startup)
+                self.startup = event
+                self._maybe_start()
+            elif kind is ev.CancelRequest:
+                assert isinstance(event, ev.CancelRequest)
+                self._cancel(event, data)
+                return
+        if data:
+            if self.gated or self.held or not self.started:
+                self.held.append(data)
+            else:
+                assert self.server is not None
+                self.server.write(data)
+
+    def _gate(self) -> None:
+        if not self.gated:
+            self.gated = True
+            self.recorder.gate(self)
+
+    def released(self) -> None:
+        """The records behind the held bytes are committed: forward them."""
+        self.gated = False
+        self.unconfirmed.clear()
+        if self.held and self.started and self.server is not None:
+            self.server.writelines(self.held)
+            self.held.clear()
+        if self.ended and self.server is not None:
+            self.server.close()
+
+    def refused(self, reason: str) -> None:
+        """The trail could not be written: nothing held is forwarded, the client is told."""
+        self.gated = False
+        for payload in self.unconfirmed:
+            payload["refused"] = f"trail write failed: {reason}"
+        self.unconfirmed.clear()
+        self.held.clear()
+        self._fatal(
+            "58030",
+            f"witness: the audit trail cannot be written ({reason}); nothing was forwarded",
+            f"trail write failed: {reason}",
+        )
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end(f"client closed the connection{f': {exc}' if exc else ''}")
+
+    def pause_writing(self) -> None:
+        if self.server is not None:
+            self.server.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server is not None:
+            self.server.resume_reading()
+
+    # --- server side -------------------------------------------------------------------
+
+    def from_server(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        assert self.client is not None
+        self.client.write(data)
+        try:
+            events = self.pg.receive_server(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        for event in events:
+            kind = type(event)
+            if kind is ev.CommandFinished:
+                assert isinstance(event, ev.CommandFinished)
+                payload = event.result.as_dict()
+                payload["n"] = event.n
+                self.recorder.record("result", self.id, payload)
+            elif kind is ev.BackendKey:
+                assert isinstance(event, ev.BackendKey)
+                self.backend_pid = event.pid
+                self.key = (event.pid, event.secret)
+                self.relay.keys[self.key] = self
+            elif kind is ev.SessionError:
+                assert isinstance(event, ev.SessionError)
+                self.recorder.record(
+                    "error", self.id, {"where": "server", **event.error.as_dict()}
+                )
+
+    def pause_client(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading()
+
+    def resume_client(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading()
+
+    # --- cancel ------------------------------------------------------------------------
+
+    def _cancel(self, request: ev.CancelRequest, raw: bytes) -> None:
+        """Record the cancel in the session it targets, then deliver it to that backend."""
+        target = self.relay.keys.get((request.pid, request.secret))
+        self.ended = "cancel request handled"
+        self.relay.sessions.discard(self)
+        if target is None or target.ended:
+            self.recorder.record(
+                "error",
+                None,
+                {
+                    "where": "client",
+                    "message": f"cancel request for unknown backend pid {request.pid}",
+                    "client": f"{self.peer[0]}:{self.peer[1]}",
+                },
+            )
+            assert self.client is not None
+            self.client.close()
+            return
+        target.commands += 1
+        self.recorder.record(
+            "command",
+            target.id,
+            {
+                "n": 0,
+                "kind": "cancel",
+                "text": f"cancel backend pid {request.pid}",
+                "client": f"{self.peer[0]}:{self.peer[1]}",
+            },
+        )
+        self.recorder.gate(_CancelDelivery(self, raw[:16]))
+
+    # --- endings -----------------------------------------------------------------------
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.recorder.record("error", self.id, {"where": exc.side, "message": exc.message})
+        self._fatal("08P01", f"witness: {exc}", str(exc))
+
+    def _refuse_connection(self, code: str, message: str) -> None:
+        """The session cannot be set up: record the attempt and tell the client."""
+        if not self.started and self.startup is not None and self.owner is not None:
+            self._record_start()
+        self._fatal(code, f"witness: {message}", message)
+
+    def _fatal(self, code: str, message: str, reason: str) -> None:
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(error_response("FATAL", code, message))
+        self.held.clear()
+        self.end(reason)
+
+    def end(self, reason: str) -> None:
+        """Close both sides (once) and record why the session ended."""
+        if self.ended:
+            return
+        self.ended = reason
+        self.relay.sessions.discard(self)
+        if self.key is not None:
+            self.relay.keys.pop(self.key, None)
+        for event in self.pg.close():
+            if isinstance(event, ev.CommandFinished):
+                payload = event.result.as_dict()
+                payload["n"] = event.n
+                self.recorder.record("result", self.id, payload)
+        if self.started:
+            self.recorder.record(
+                "session_end",
+                self.id,
+                {
+                    "reason": reason,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "commands": self.commands,
+                    "backend_pid": self.backend_pid,
+                },
+            )
+        if self.client is not None:
+            self.client.close()
+        # Bytes still waiting for a commit go out (then the backend closes) in released().
+        if self.server is not None and not self.gated:
+            self.server.close()
+
+
+class _CancelDelivery:
+    """Delivers a recorded CancelRequest to the backend once its record is committed."""
+
+    def __init__(self, session: Session, raw: bytes) -> None:
+        self.session = session
+        self.raw = raw
+
+    def released(self) -> None:
+        asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        backend = self.session.relay.backend
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol, backend.address, backend.port
+            )
+        except OSError as exc:
+            log.warning("cancel request not delivered to %s: %s", backend.name, exc)
+        else:
+            transport.write(self.raw)
+            transport.close()
+        if self.session.client is not None:
+            self.session.client.close()
+
+    def refused(self, reason: str) -> None:
+        if self.session.client is not None:
+            self.session.client.close()

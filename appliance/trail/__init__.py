@@ -1,0 +1,1 @@
+"""Queries and views over the trail for operators; the signed hash-chained event store."""
