@@ -1,0 +1,105 @@
+"""The trail's SQLite schema, its errors, and opening a trail strictly read-only."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+FORMAT = "1"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,        -- unix time, microseconds
+    type TEXT NOT NULL,
+    session TEXT,
+    payload TEXT NOT NULL,      -- canonical JSON
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX events_session ON events (session, seq);
+-- Defence in depth only: anyone who can write the file can drop these. witness verify is
+-- the check that matters.
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the trail is append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'the trail is append-only'); END;
+"""
+
+
+class TrailError(Exception):
+    """The trail cannot be opened or read: missing, not a trail, unreadable, wrong key."""
+
+
+class TrailWriteError(Exception):
+    """The store could not commit; the message says why (disk full, permission, corrupt)."""
+
+
+def _uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(str(path.absolute()))}?{query}"
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the trail at ``path`` that creates and changes nothing.
+
+    SQLite's ``mode=ro`` still creates ``-wal`` and ``-shm`` beside a WAL database, so:
+    with no ``-wal`` (no recorder running, cleanly closed) the file is opened immutable;
+    with a ``-wal`` and its ``-shm`` (recorder running, or killed) they are shared as any
+    reader would; with a ``-wal`` but no ``-shm`` (copied off a host) both are copied to a
+    private directory and read there. sqlite3 errors inside become TrailError.
+    """
+    if not path.exists():
+        raise TrailError(f"{path}: no such trail file")
+    if not path.is_file():
+        raise TrailError(f"{path}: not a file")
+    wal = path.with_name(path.name + "-wal")
+    shm = path.with_name(path.name + "-shm")
+    with contextlib.ExitStack() as stack:
+        try:
+            # SQLite reports an unreadable file only as "unable to open"; ask the OS why.
+            path.open("rb").close()
+            if not wal.exists():
+                conn = sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True)
+            elif shm.exists():
+                conn = sqlite3.connect(_uri(path, mode="ro"), uri=True)
+            else:
+                private = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                shutil.copyfile(path, private / path.name)
+                shutil.copyfile(wal, private / wal.name)
+                conn = sqlite3.connect(_uri(private / path.name, mode="ro"), uri=True)
+            stack.callback(conn.close)
+            conn.execute("PRAGMA query_only = 1")
+            check_format(conn, path)
+        except sqlite3.Error as exc:
+            raise TrailError(f"{path}: cannot read the trail: {exc}") from None
+        except OSError as exc:
+            raise TrailError(f"{path}: cannot read the trail: {exc.strerror}") from None
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            raise TrailError(f"{path}: cannot read the trail: {exc}") from None
+
+
+def check_format(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise TrailError unless this database is a Witness trail in a format we read."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        conn.execute("SELECT seq, ts, type, session, payload, prev_hash, hash FROM events LIMIT 0")
+    except sqlite3.DatabaseError:
+        raise TrailError(f"{path}: not a Witness trail") from None
+    if row is None:
+        raise TrailError(f"{path}: not a Witness trail (no format version)")
+    if row[0] != FORMAT:
+        raise TrailError(f"{path}: trail format {row[0]!r} is not supported (expected {FORMAT})")
+
+
+def meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}

@@ -1,0 +1,59 @@
+"""Creating the trail's files with the right modes, and replacing small files atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and directories created inside are for the owner only.
+
+    The umask is process-wide; this is used only while opening the trail, before the relay
+    starts its threads.
+    """
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents with mode 0700 (existing ones are left alone)."""
+    with private_umask():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def write_atomic(path: Path, data: bytes, mode: int, *, sync: bool, replace: bool = True) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then move it into place.
+
+    Readers see the old content or the new, never a torn file. With ``replace=False`` an
+    existing file is kept and FileExistsError raised, so two processes cannot both create
+    a key and use different ones.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            out.write(data)
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    if sync:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

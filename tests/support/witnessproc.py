@@ -1,0 +1,111 @@
+"""Run the real ``witness`` executable in front of a lab PostgreSQL, and read its trail."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.lab.postgres import free_port
+
+WITNESS = str(Path(sys.executable).parent / "witness")
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"witness exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Witness:
+    """``witness serve`` as a child process, quick-start style."""
+
+    def __init__(self, backend_port: int, trail: Path, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.trail = trail
+        self.log = trail.with_suffix(".log")
+        argv = [
+            WITNESS,
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--backend",
+            f"postgresql://127.0.0.1:{backend_port}",
+            "--trail",
+            str(trail),
+            *(extra or []),
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc)
+
+    def url(self, database: str = "postgres", user: str = "postgres", **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}" + (
+            f"?{query}" if query else ""
+        )
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def events(trail: Path) -> list[dict[str, Any]]:
+    """Every committed event, oldest first, with its payload decoded."""
+    db = sqlite3.connect(f"file:{trail}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT seq, type, session, payload FROM events ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    return [
+        {"seq": seq, "type": type_, "session": session, **json.loads(payload)}
+        for seq, type_, session, payload in rows
+    ]
+
+
+def sessions(trail: Path) -> dict[str, dict[str, Any]]:
+    """Session id -> {"start": payload, "end": payload|None, "commands": [...], "results": {n: ...}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for event in events(trail):
+        sid = event["session"]
+        if event["type"] == "session_start":
+            out[sid] = {"start": event, "end": None, "commands": [], "results": {}, "errors": []}
+        elif sid in out:
+            entry = out[sid]
+            if event["type"] == "command":
+                entry["commands"].append(event)
+            elif event["type"] == "result":
+                entry["results"][event["n"]] = event
+            elif event["type"] == "session_end":
+                entry["end"] = event
+            elif event["type"] == "error":
+                entry["errors"].append(event)
+    return out
+
+
+def run(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False, **kwargs)

@@ -1,0 +1,82 @@
+"""The configuration file: what it accepts, and the errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance import config
+from appliance.config import ConfigError
+
+GOOD = """
+[[backend]]
+name = "orders"
+address = "10.0.0.5"
+port = 5432
+
+[[listener]]
+listen = "127.0.0.1:6432"
+backend = "orders"
+
+[trail]
+path = "trail.db"
+durability = "power"
+checkpoint_events = 50
+
+[capture]
+rows = 10
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "witness.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, GOOD))
+    assert settings.backends["orders"].address == "10.0.0.5"
+    assert settings.listeners[0].port == 6432
+    assert settings.trail.path == tmp_path / "trail.db"
+    assert settings.trail.signing_key == tmp_path / "trail.db.key"
+    assert settings.trail.public_key == tmp_path / "trail.db.key.pub"
+    assert settings.trail.durability == "power"
+    assert settings.trail.checkpoint_events == 50
+    assert settings.capture.rows == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('port = 5432', 'port = 70000'), "backend[0].port: expected an integer from 1 to 65535"),
+        (('port = 5432', 'port = "x"'), "backend[0].port"),
+        (('address = "10.0.0.5"', 'address = "db.internal"'), "backend[0].address: expected an IP"),
+        (('backend = "orders"', 'backend = "billing"'), "listener[0].backend: no backend is named"),
+        (('listen = "127.0.0.1:6432"', 'listen = "6432"'), "listener[0].listen: expected ADDRESS:PORT"),
+        (('durability = "power"', 'durability = "fast"'), "trail.durability: expected one of"),
+        (('rows = 10', 'rowz = 10'), "capture.rowz: unknown key"),
+        (('[capture]', '[capture]\nrows = -1\n[x]'), "unknown key"),
+    ],
+)
+def test_errors_name_the_key_and_what_was_wrong(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        config.load(write(tmp_path, GOOD.replace(*change, 1)))
+    assert message in str(info.value)
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "[[backend]\n"))
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_backend_url() -> None:
+    backend = config.parse_backend_url("postgresql://127.0.0.1:5433")
+    assert (backend.address, backend.port, backend.protocol) == ("127.0.0.1", 5433, "postgresql")
+    with pytest.raises(ConfigError, match="--backend"):
+        config.parse_backend_url("mysql://127.0.0.1:3306")
