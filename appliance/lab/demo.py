@@ -1,0 +1,112 @@
+"""The live demo: a throwaway PostgreSQL, Witness recording in front of it, a few psql
+commands through it, and the trail they left."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.lab.postgres import LabError, PostgresServer, free_port
+
+SCRIPT = [
+    "create table orders (id int primary key, customer text, total numeric)",
+    "insert into orders values (1, 'ada', 12.50), (2, 'grace', 99.00), (3, 'linus', 7.25)",
+    "select customer, total from orders where total > 10 order by id",
+    "update orders set total = total * 1.1 where id = 2; select count(*) from orders",
+    "select * from invoices",
+    "drop table orders",
+]
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"witness exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"witness did not listen on port {port}")
+
+
+def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
+    """Run the demo in ``directory`` (emptied first). With ``keep``, stay up until Ctrl-C."""
+    witness = str(Path(sys.executable).parent / "witness")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    trail = directory / "trail.db"
+    say("Starting a throwaway PostgreSQL 15 ...")
+    with PostgresServer() as pg:
+        port = free_port()
+        say(f"Starting Witness on 127.0.0.1:{port}, recording to {trail} ...")
+        log = (directory / "witness.log").open("wb")
+        recorder = subprocess.Popen(
+            [witness, "serve", "--listen", f"127.0.0.1:{port}",
+             "--backend", f"postgresql://127.0.0.1:{pg.port}", "--trail", str(trail)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_port(port, recorder)
+            url = pg.url(port)
+            say(f"\nAn agent runs psql against {url}:\n")
+            for sql in SCRIPT:
+                say(f"  $ psql -c {sql!r}")
+                out = subprocess.run(
+                    ["psql", "-X", "-c", sql, url + "?application_name=demo-agent"],
+                    capture_output=True, text=True, check=False,
+                )
+                for line in (out.stdout + out.stderr).strip().splitlines():
+                    say(f"    {line}")
+            time.sleep(0.2)
+            for argv in (
+                ["sessions", "list", "--trail", str(trail)],
+                ["sessions", "show", _last_session(witness, trail), "--trail", str(trail)],
+                ["verify", "--trail", str(trail)],
+            ):
+                say(f"\n$ witness {' '.join(argv)}")
+                shown = subprocess.run([witness, *argv], capture_output=True, text=True, check=False)
+                say((shown.stdout + shown.stderr).rstrip())
+            if keep:
+                say(
+                    "\nWitness is still recording. In another terminal, try:\n"
+                    f"  psql '{url}'\n"
+                    f"  {witness} sessions list --trail {trail}\n"
+                    f"  {witness} search orders --trail {trail}\n"
+                    "Press Ctrl-C here to stop the demo."
+                )
+                try:
+                    signal.pause()
+                except KeyboardInterrupt:
+                    say("")
+        finally:
+            recorder.send_signal(signal.SIGTERM)
+            recorder.wait(timeout=30)
+            log.close()
+    say(f"Stopped. The trail stays in {trail}; check it with: witness verify --trail {trail}")
+
+
+def _last_session(witness: str, trail: Path) -> str:
+    import json  # noqa: PLC0415
+
+    out = subprocess.run(
+        [witness, "sessions", "list", "--trail", str(trail), "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    listed = json.loads(out.stdout)
+    if not listed:
+        raise LabError("the demo recorded no session")
+    return str(listed[-1]["id"])
+
+
+def default_directory() -> Path:
+    return Path(os.environ.get("WITNESS_DEMO_DIR", "witness-demo")).resolve()
