@@ -198,7 +198,9 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
     defaults = TrailSettings.beside(path)
     return TrailSettings(
         path=path,
-        signing_key=base / _str(key, "trail.signing_key") if key is not None else defaults.signing_key,
+        signing_key=base / _str(key, "trail.signing_key")
+        if key is not None
+        else defaults.signing_key,
         durability=_choice(table.get("durability", "process"), "trail.durability", DURABILITY),
         checkpoint_events=_int(
             table.get("checkpoint_events", 1000), "trail.checkpoint_events", 1, 10_000_000

@@ -51,9 +51,18 @@ def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
         say(f"Starting Witness on 127.0.0.1:{port}, recording to {trail} ...")
         log = (directory / "witness.log").open("wb")
         recorder = subprocess.Popen(
-            [witness, "serve", "--listen", f"127.0.0.1:{port}",
-             "--backend", f"postgresql://127.0.0.1:{pg.port}", "--trail", str(trail)],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                witness,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--backend",
+                f"postgresql://127.0.0.1:{pg.port}",
+                "--trail",
+                str(trail),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait_port(port, recorder)
@@ -63,7 +72,9 @@ def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
                 say(f"  $ psql -c {sql!r}")
                 out = subprocess.run(
                     ["psql", "-X", "-c", sql, url + "?application_name=demo-agent"],
-                    capture_output=True, text=True, check=False,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 for line in (out.stdout + out.stderr).strip().splitlines():
                     say(f"    {line}")
@@ -74,7 +85,9 @@ def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
                 ["verify", "--trail", str(trail)],
             ):
                 say(f"\n$ witness {' '.join(argv)}")
-                shown = subprocess.run([witness, *argv], capture_output=True, text=True, check=False)
+                shown = subprocess.run(
+                    [witness, *argv], capture_output=True, text=True, check=False
+                )
                 say((shown.stdout + shown.stderr).rstrip())
             if keep:
                 say(
@@ -100,7 +113,9 @@ def _last_session(witness: str, trail: Path) -> str:
 
     out = subprocess.run(
         [witness, "sessions", "list", "--trail", str(trail), "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     listed = json.loads(out.stdout)
     if not listed:

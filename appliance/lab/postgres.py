@@ -72,7 +72,9 @@ class PostgresServer:
             try:
                 pwd.getpwnam("postgres")
             except KeyError:
-                raise LabError("running as root needs the 'postgres' user to run the server") from None
+                raise LabError(
+                    "running as root needs the 'postgres' user to run the server"
+                ) from None
             self._user = "postgres"
             shutil.chown(self.directory, "postgres", "postgres")
         self.directory.chmod(0o755)
@@ -134,8 +136,16 @@ class PostgresServer:
             if self._process.poll() is not None:
                 raise LabError(f"postgres exited at start: {self.log_path.read_text()[-2000:]}")
             ready = subprocess.run(
-                [str(self.bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
-                 "-U", self.superuser],
+                [
+                    str(self.bindir / "pg_isready"),
+                    "-q",
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.superuser,
+                ],
                 check=False,
             )
             if ready.returncode == 0:
@@ -146,8 +156,17 @@ class PostgresServer:
     def psql(self, sql: str, port: int | None = None, database: str = "postgres") -> str:
         """Run ``sql`` with psql (directly, or through ``port``) and return its output."""
         result = subprocess.run(
-            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
-             self.url(port, database)],
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+                self.url(port, database),
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from appliance.config import Backend, Capture
@@ -49,6 +49,13 @@ class Relay:
         self.sessions: set[Session] = set()
         # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
         self.keys: dict[tuple[int, int], Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def session(self) -> Session:
         return Session(self)
@@ -110,7 +117,7 @@ class Session(asyncio.Protocol):
         self.peer = _hostport(transport.get_extra_info("peername"))
         self.local = _hostport(transport.get_extra_info("sockname"))
         self.relay.sessions.add(self)
-        asyncio.ensure_future(self._setup())
+        self.relay.spawn(self._setup())
 
     async def _setup(self) -> None:
         loop = asyncio.get_running_loop()
@@ -263,9 +270,7 @@ class Session(asyncio.Protocol):
                 self.relay.keys[self.key] = self
             elif kind is ev.SessionError:
                 assert isinstance(event, ev.SessionError)
-                self.recorder.record(
-                    "error", self.id, {"where": "server", **event.error.as_dict()}
-                )
+                self.recorder.record("error", self.id, {"where": "server", **event.error.as_dict()})
 
     def pause_client(self) -> None:
         if self.client is not None:
@@ -366,7 +371,7 @@ class _CancelDelivery:
         self.raw = raw
 
     def released(self) -> None:
-        asyncio.ensure_future(self._send())
+        self.session.relay.spawn(self._send())
 
     async def _send(self) -> None:
         backend = self.session.relay.backend

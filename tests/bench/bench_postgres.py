@@ -60,8 +60,10 @@ class Pgbouncer:
             for f in self.dir.iterdir():
                 shutil.chown(f, "postgres")
         self.proc = subprocess.Popen(
-            ["pgbouncer", str(self.dir / "pgbouncer.ini")], user=user,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["pgbouncer", str(self.dir / "pgbouncer.ini")],
+            user=user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
 
@@ -79,9 +81,18 @@ class Recorder:
         self.dir = Path(tempfile.mkdtemp(prefix="witness-bench-"))
         self.trail = self.dir / "trail.db"
         self.proc = subprocess.Popen(
-            [WITNESS, "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--backend", f"postgresql://127.0.0.1:{pg.port}", "--trail", str(self.trail)],
-            stdout=subprocess.DEVNULL, stderr=(self.dir / "witness.log").open("wb"),
+            [
+                WITNESS,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--backend",
+                f"postgresql://127.0.0.1:{pg.port}",
+                "--trail",
+                str(self.trail),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "witness.log").open("wb"),
         )
         wait_port(self.port)
 
@@ -106,9 +117,27 @@ class Recorder:
 def pgbench(port: int, clients: int, seconds: int) -> tuple[float, float, int]:
     """(tps, average latency in ms, transactions) of a select-only run."""
     out = subprocess.run(
-        ["pgbench", "-n", "-S", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-         "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "postgres"],
-        capture_output=True, text=True, check=True,
+        [
+            "pgbench",
+            "-n",
+            "-S",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(seconds),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
@@ -120,9 +149,22 @@ def copy_out(port: int) -> tuple[float, int]:
     """(seconds, bytes) to read pgbench_accounts with COPY TO STDOUT through ``port``."""
     started = time.perf_counter()
     proc = subprocess.run(
-        ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-         "-c", "COPY pgbench_accounts TO STDOUT", "postgres"],
-        stdout=subprocess.PIPE, check=True,
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-c",
+            "COPY pgbench_accounts TO STDOUT",
+            "postgres",
+        ],
+        stdout=subprocess.PIPE,
+        check=True,
     )
     return time.perf_counter() - started, len(proc.stdout)
 
@@ -139,8 +181,22 @@ def main() -> None:
     bouncer = recorder = None
     try:
         subprocess.run(
-            ["pgbench", "-i", "-q", "-s", "10", "-h", "127.0.0.1", "-p", str(pg.port),
-             "-U", "postgres", "postgres"], check=True, capture_output=True,
+            [
+                "pgbench",
+                "-i",
+                "-q",
+                "-s",
+                "10",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(pg.port),
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
         )
         bouncer = Pgbouncer(pg)
         recorder = Recorder(pg)
@@ -158,14 +214,17 @@ def main() -> None:
                 tps1[name].append(tps)
                 lat1[name].append(latency)
                 witness_done += done if name == "witness" else 0
-                print(f"round {r + 1} {name}: c8 {tps8[name][-1]:.0f} tps, "
-                      f"c1 {tps1[name][-1]:.0f} tps {latency * 1000:.0f} us", flush=True)
+                print(
+                    f"round {r + 1} {name}: c8 {tps8[name][-1]:.0f} tps, "
+                    f"c1 {tps1[name][-1]:.0f} tps {latency * 1000:.0f} us",
+                    flush=True,
+                )
         copies: dict[str, list[float]] = {"direct": [], "witness": []}
         size = 0
         for _ in range(args.rounds):
-            for name in copies:
+            for name, times in copies.items():
                 seconds, size = copy_out(paths[name])
-                copies[name].append(seconds)
+                times.append(seconds)
         recorded = recorder.commands()
         rss = recorder.peak_rss_mb()
     finally:

@@ -7,17 +7,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psycopg
 import pglog
+import psycopg
 from witnessproc import Witness, run, sessions
 
 from appliance.lab.postgres import PostgresServer
 
 
 def _pgbench(pg: PostgresServer, port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return run(
-        "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args, "postgres"
-    )
+    return run("pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args, "postgres")
 
 
 def test_every_logged_statement_is_in_the_trail_in_its_session(
@@ -69,8 +67,22 @@ def test_kill_9_during_pgbench_loses_no_executed_statement(
     assert init.returncode == 0, init.stderr
     offset = pglog.size(pg.log_path)
     bench = subprocess.Popen(
-        ["pgbench", "-h", "127.0.0.1", "-p", str(witness.port), "-U", "postgres",
-         "-c", "4", "-j", "2", "-T", "60", "postgres"],
+        [
+            "pgbench",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(witness.port),
+            "-U",
+            "postgres",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "60",
+            "postgres",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -41,7 +41,12 @@ def ended_sessions(trail: Path, count: int = 1) -> dict:
 
 def test_psql_simple_query_with_several_statements(witness: Witness) -> None:
     out = run(
-        "psql", "-X", "-At", "-c", "select 1 as a; select 'two'", witness.url(application_name="audit-demo")
+        "psql",
+        "-X",
+        "-At",
+        "-c",
+        "select 1 as a; select 'two'",
+        witness.url(application_name="audit-demo"),
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "two"]
@@ -162,7 +167,7 @@ def test_two_hundred_concurrent_sessions(witness: Witness) -> None:
                 barrier.wait()
                 for j in range(5):
                     assert conn.execute(f"select {i} * 1000 + {j}").fetchone() == (i * 1000 + j,)
-        except BaseException as exc:  # noqa: BLE001  (reported below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=agent, args=(i,)) for i in range(200)]

@@ -88,7 +88,7 @@ def events(trail: Path) -> list[dict[str, Any]]:
 
 
 def sessions(trail: Path) -> dict[str, dict[str, Any]]:
-    """Session id -> {"start": payload, "end": payload|None, "commands": [...], "results": {n: ...}}."""
+    """Session id -> its start and end events, commands, results by command n, and errors."""
     out: dict[str, dict[str, Any]] = {}
     for event in events(trail):
         sid = event["session"]

@@ -50,14 +50,17 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (('port = 5432', 'port = 70000'), "backend[0].port: expected an integer from 1 to 65535"),
-        (('port = 5432', 'port = "x"'), "backend[0].port"),
+        (("port = 5432", "port = 70000"), "backend[0].port: expected an integer from 1 to 65535"),
+        (("port = 5432", 'port = "x"'), "backend[0].port"),
         (('address = "10.0.0.5"', 'address = "db.internal"'), "backend[0].address: expected an IP"),
         (('backend = "orders"', 'backend = "billing"'), "listener[0].backend: no backend is named"),
-        (('listen = "127.0.0.1:6432"', 'listen = "6432"'), "listener[0].listen: expected ADDRESS:PORT"),
+        (
+            ('listen = "127.0.0.1:6432"', 'listen = "6432"'),
+            "listener[0].listen: expected ADDRESS:PORT",
+        ),
         (('durability = "power"', 'durability = "fast"'), "trail.durability: expected one of"),
-        (('rows = 10', 'rowz = 10'), "capture.rowz: unknown key"),
-        (('[capture]', '[capture]\nrows = -1\n[x]'), "unknown key"),
+        (("rows = 10", "rowz = 10"), "capture.rowz: unknown key"),
+        (("[capture]", "[capture]\nrows = -1\n[x]"), "unknown key"),
     ],
 )
 def test_errors_name_the_key_and_what_was_wrong(

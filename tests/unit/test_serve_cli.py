@@ -32,7 +32,15 @@ def test_quick_start_options_go_together() -> None:
 def test_quick_start_bad_backend_url(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["serve", "--listen", "127.0.0.1:1", "--backend", "redis://x", "--trail", str(tmp_path / "t")],
+        [
+            "serve",
+            "--listen",
+            "127.0.0.1:1",
+            "--backend",
+            "redis://x",
+            "--trail",
+            str(tmp_path / "t"),
+        ],
     )
     assert result.exit_code == 2
     assert "--backend" in result.output
