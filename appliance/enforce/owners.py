@@ -35,22 +35,33 @@ def _diag(client: tuple[str, int], local: tuple[str, int]) -> tuple[int, int, in
     return None
 
 
+def _holds(pid: str, target: str) -> bool:
+    try:
+        fds = os.scandir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # the process exited, or its fds are not ours to read
+    with fds:
+        for fd in fds:
+            try:
+                if os.readlink(fd.path) == target:
+                    return True
+            except OSError:
+                continue  # closed between listing and reading: a busy process, keep looking
+    return False
+
+
 def _holder(inode: int, uid: int) -> int | None:
     """The lowest pid among processes of ``uid`` that hold socket ``inode`` open."""
     target = f"socket:[{inode}]"
-    found: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for pid in sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit()):
         try:
-            if entry.stat().st_uid != uid:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
-            with os.scandir(f"/proc/{entry.name}/fd") as fds:
-                if any(os.readlink(fd.path) == target for fd in fds):
-                    found.append(int(entry.name))
         except OSError:
-            continue  # the process exited, or its fds are not ours to read
-    return min(found) if found else None
+            continue
+        if _holds(str(pid), target):
+            return pid
+    return None
 
 
 def _read(path: str) -> str | None:

@@ -138,7 +138,7 @@ class Session(asyncio.Protocol):
         if self.ended:
             transport.close()
             return
-        self.server = cast(asyncio.Transport, transport)
+        self.server = transport
         self._maybe_start()
 
     def _maybe_start(self) -> None:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pglog
+import psycopg
 import pytest
 from witnessproc import WITNESS, Witness, run, sessions
 
@@ -35,14 +36,22 @@ def test_full_disk_refuses_the_command_and_recovers(pg: PostgresServer, tmp_path
     recorder = None
     try:
         recorder = Witness(pg.port, mount / "trail.db")
-        assert run("psql", "-X", "-c", "select 'before'", recorder.url()).returncode == 0
+        agent = psycopg.connect(recorder.url(application_name="agent"), autocommit=True)
+        assert agent.execute("select 'before'").fetchone() == ("before",)
         filler = _fill(mount)
         offset = pglog.size(pg.log_path)
+        # A live session's command is refused with a native error, and not forwarded.
         big = "select length('" + "x" * 1_500_000 + "') as refused"
-        refused = run("psql", "-X", "-c", big, recorder.url())
-        assert refused.returncode != 0
-        assert "audit trail cannot be written" in refused.stderr
-        assert not [t for _, t in pglog.statements(pg.log_path, offset) if "as refused" in t]
+        with pytest.raises(psycopg.OperationalError, match="audit trail cannot be written"):
+            agent.execute(big)
+        agent.close()
+        # A new session cannot even be recorded: it is refused at the start.
+        late = run("psql", "-X", "-c", "select 'late'", recorder.url())
+        assert late.returncode != 0
+        assert "audit trail cannot be written" in late.stderr
+        assert not [
+            t for _, t in pglog.statements(pg.log_path, offset) if "refused" in t or "late" in t
+        ]
 
         filler.unlink()
         after = run("psql", "-X", "-At", "-c", "select 'after'", recorder.url())
@@ -55,6 +64,12 @@ def test_full_disk_refuses_the_command_and_recovers(pg: PostgresServer, tmp_path
         refused_cmd = next(c for c in commands if c["text"].endswith("as refused"))
         assert "trail write failed" in refused_cmd["refused"]
         assert any(c["text"] == "select 'after'" for c in commands)
+        refused_at_start = [
+            s
+            for s in found.values()
+            if not s["commands"] and "trail write failed" in s["end"]["reason"]
+        ]
+        assert len(refused_at_start) == 1
         verify = run(WITNESS, "verify", "--trail", str(mount / "trail.db"))
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:

@@ -20,7 +20,8 @@ def statements(log: Path, offset: int = 0) -> Iterator[tuple[int, str]]:
         end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
         if entry.group(2) != "LOG":
             continue
-        body = text[entry.end() : end].rstrip("\n")
+        # The server's log puts a tab after every newline inside a message.
+        body = text[entry.end() : end].rstrip("\n").replace("\n\t", "\n")
         match = _STATEMENT.match(body)
         if match:
             yield int(entry.group(1)), match.group(1)
