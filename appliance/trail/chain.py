@@ -69,7 +69,9 @@ def canonical(seq: int, ts: int, type: str, session: str | None, text: str) -> b
     return header(seq, ts, type, session).encode() + text.encode()
 
 
-def event_hash(prev: str, seq: int, ts: int, type: str, session: str | None, text: str) -> str:
+def event_hash(  # noqa: PLR0917 -- positional: it runs once per event in the commit loop
+    prev: str, seq: int, ts: int, type: str, session: str | None, text: str
+) -> str:
     """sha256 over the previous hash (64 hex digits) then the canonical event bytes."""
     return hashlib.sha256((prev + header(seq, ts, type, session) + text).encode()).hexdigest()
 

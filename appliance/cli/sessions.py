@@ -1,0 +1,403 @@
+"""``witness sessions list|show|replay`` and ``witness search``: reading the trail."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.trail import db, query
+from appliance.trail.db import TrailError
+from appliance.trail.query import CommandView, Event, SessionInfo
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class When(click.ParamType[int]):
+    """ISO 8601 (naive means UTC) or an age such as 10m, 2h, 1d: microseconds since the epoch."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        relative = _RELATIVE.fullmatch(text)
+        if relative:
+            seconds = float(relative[1]) * _UNIT[relative[2]]
+            return int((time.time() - seconds) * 1_000_000)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither ISO 8601 nor an age like 10m, 2h, 1d", param, ctx)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1_000_000)
+
+
+class Speed(click.ParamType[float]):
+    """A replay speed: a factor, or 0 / max for no pauses at all."""
+
+    name = "SPEED"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        if str(value).lower() == "max":
+            return 0.0
+        try:
+            speed = float(value)
+        except ValueError:
+            speed = -1.0
+        if not speed >= 0:
+            self.fail(f"{value!r} is not a speed (a number, 0 or max)", param, ctx)
+        return speed
+
+
+def clean(value: Any) -> str:
+    """Trail text made safe for a terminal: control and format characters become escapes.
+
+    Commands come from agents, so they may carry escape sequences meant for the operator's
+    terminal, or bidirectional overrides that make text read differently than it runs.
+    """
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text
+    )
+
+
+def _cell(value: Any) -> Text:
+    # Text, not str: rich would read "[...]" in a command as its own markup.
+    return Text(clean(value))
+
+
+def _when(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _owner(owner: Any) -> str:
+    if not isinstance(owner, dict):
+        return "-"
+    parts = [f"uid {owner.get('uid')}", f"pid {owner.get('pid')}"]
+    if owner.get("exe"):
+        parts.append(str(owner["exe"]))
+    return " ".join(parts)
+
+
+def _backend(backend: Any) -> str:
+    if not isinstance(backend, dict):
+        return "-"
+    return f"{backend.get('name')} ({backend.get('address')}:{backend.get('port')})"
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def _print(*renderables: Any) -> None:
+    Console(highlight=False).print(*renderables)
+
+
+def _path(ctx: click.Context, trail: Path | None) -> Path:
+    return trail_settings(ctx, trail).path
+
+
+# --- sessions list -----------------------------------------------------------------------
+
+
+@click.group("sessions")
+def sessions_group() -> None:
+    """List, show and replay recorded sessions."""
+
+
+@sessions_group.command("list")
+@click.option("--since", type=When(), default=None, help="Active at or after TIME.")
+@click.option("--until", type=When(), default=None, help="Started at or before TIME.")
+@click.option("--user", default=None, help="Database user or owner uid.")
+@click.option("--backend", default=None, help="Backend name.")
+@trail_option
+@json_option
+@click.pass_context
+def list_command(
+    ctx: click.Context,
+    *,
+    since: int | None,
+    until: int | None,
+    user: str | None,
+    backend: str | None,
+    trail: Path | None,
+    as_json: bool,
+) -> None:
+    """One row per session: who, from where, to which backend, how much."""
+    path = _path(ctx, trail)
+    try:
+        with db.reading(path) as conn:
+            found = query.list_sessions(conn, since=since, until=until, user=user, backend=backend)
+    except TrailError as exc:
+        fail(str(exc))
+    if as_json:
+        _echo_json([s.as_dict() for s in found])
+        return
+    if not found:
+        click.echo("no sessions")
+        return
+    _print(_sessions_table(found))
+
+
+def _sessions_table(found: Iterable[SessionInfo]) -> Table:
+    table = Table()
+    for name in ("id", "start", "end"):
+        table.add_column(name, no_wrap=True)  # kept whole: people copy them into show
+    for name in ("duration", "client", "owner", "db user", "database", "application"):
+        table.add_column(name, overflow="fold")
+    for name in ("backend", "commands", "bytes in/out", "end reason"):
+        table.add_column(name, overflow="fold")
+    for s in found:
+        d = s.as_dict()
+        table.add_row(
+            *map(
+                _cell,
+                (
+                    s.id,
+                    _when(s.start),
+                    _when(s.end),
+                    _duration(s.duration),
+                    d["client"],
+                    _owner(d["owner"]),
+                    d["db_user"],
+                    d["database"],
+                    d["application_name"],
+                    _backend(d["backend"]),
+                    s.commands,
+                    f"{d['bytes_in'] if d['bytes_in'] is not None else '-'}"
+                    f"/{d['bytes_out'] if d['bytes_out'] is not None else '-'}",
+                    d["end_reason"] or ("open" if s.end is None else "-"),
+                ),
+            )
+        )
+    return table
+
+
+# --- sessions show -----------------------------------------------------------------------
+
+
+@sessions_group.command("show")
+@click.argument("session_id")
+@trail_option
+@json_option
+@click.pass_context
+def show_command(ctx: click.Context, session_id: str, trail: Path | None, as_json: bool) -> None:
+    """The session's header, then each command with its result (ID may be a unique prefix)."""
+    path = _path(ctx, trail)
+    try:
+        with db.reading(path) as conn:
+            detail = query.session_detail(conn, session_id)
+    except TrailError as exc:
+        fail(str(exc))
+    if as_json:
+        _echo_json(detail.as_dict())
+        return
+    _print(_header(detail.info), _commands_table(detail.commands))
+    for error in detail.errors:
+        _print(_cell(f"error at {_when(error.ts)}: {_error_line(error.payload)}"))
+
+
+def _header(info: SessionInfo) -> Table:
+    d = info.as_dict()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows = [
+        ("session", info.id),
+        ("start", _when(info.start) + " UTC"),
+        ("end", f"{_when(info.end)} ({d['end_reason'] or 'open'})"),
+        ("duration", _duration(info.duration)),
+        ("client", d["client"]),
+        ("owner", _owner_full(d["owner"])),
+        ("db user", d["db_user"]),
+        ("database", d["database"]),
+        ("application", d["application_name"]),
+        ("backend", _backend(d["backend"])),
+        ("commands", info.commands),
+        ("bytes in/out", f"{d['bytes_in']}/{d['bytes_out']}"),
+    ]
+    for name, value in rows:
+        grid.add_row(name, _cell(value))
+    return grid
+
+
+def _owner_full(owner: Any) -> str:
+    if not isinstance(owner, dict):
+        return "-"
+    extra = [f"{k} {owner[k]}" for k in ("comm", "cgroup", "source", "detail") if owner.get(k)]
+    return ", ".join([_owner(owner), *extra])
+
+
+def _command_text(payload: dict[str, Any]) -> str:
+    text = str(payload.get("text", ""))
+    params = payload.get("params")
+    if params:
+        text += "\nparams: " + json.dumps(params, ensure_ascii=False)
+    return text
+
+
+def _error_line(payload: dict[str, Any]) -> str:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return f"{error.get('code')} {error.get('message')}"
+    return f"{payload.get('where', '')}: {payload.get('message', '')}"
+
+
+def _commands_table(commands: Iterable[CommandView]) -> Table:
+    table = Table()
+    for name in ("n", "kind", "text", "status", "rows", "bytes", "ms", "error / refused"):
+        table.add_column(name, overflow="fold")
+    for view in commands:
+        c = view.command.payload
+        r = view.result.payload if view.result is not None else {}
+        problem = []
+        if c.get("refused"):
+            problem.append(f"refused: {c['refused']}")
+        if isinstance(r.get("error"), dict):
+            problem.append(_error_line(r))
+        table.add_row(
+            *map(
+                _cell,
+                (
+                    c.get("n"),
+                    c.get("kind"),
+                    _command_text(c),
+                    r.get("status", "-"),
+                    r.get("rows", "-"),
+                    r.get("bytes", "-"),
+                    r.get("duration_ms", "-"),
+                    "\n".join(problem),
+                ),
+            )
+        )
+    return table
+
+
+# --- sessions replay ---------------------------------------------------------------------
+
+
+@sessions_group.command("replay")
+@click.argument("session_id")
+@click.option(
+    "--speed",
+    type=Speed(),
+    default=1.0,
+    show_default=True,
+    help="Replay this many times faster; 0 or max: no pauses.",
+)
+@trail_option
+@click.pass_context
+def replay_command(ctx: click.Context, session_id: str, speed: float, trail: Path | None) -> None:
+    """Print the session's events as they happened, pausing as long as they took."""
+    path = _path(ctx, trail)
+    try:
+        with db.reading(path) as conn:
+            events = query.session_detail(conn, session_id).events
+    except TrailError as exc:
+        fail(str(exc))
+    started = events[0].ts if events else 0
+    last = started
+    for event in events:
+        if speed > 0 and event.ts > last:
+            time.sleep((event.ts - last) / 1e6 / speed)
+        last = max(last, event.ts)
+        # Continuation lines are indented so a command's text cannot pass for an event.
+        body = clean(_replay_line(event)).replace("\n", "\n" + " " * 13)
+        click.echo(f"+{(event.ts - started) / 1e6:9.3f}s  {body}")
+
+
+def _replay_line(event: Event) -> str:
+    p = event.payload
+    if event.type == "session_start":
+        return (
+            f"session start: {p.get('client')} as {p.get('db_user')} on {p.get('database')}"
+            f" via {_backend(p.get('backend'))}, owner {_owner(p.get('owner'))}"
+        )
+    if event.type == "command":
+        line = f"-> #{p.get('n')} {p.get('kind')}: {_command_text(p)}"
+        return line + (f"\n   refused: {p['refused']}" if p.get("refused") else "")
+    if event.type == "result":
+        line = (
+            f"<- #{p.get('n')} {p.get('status')} rows={p.get('rows')} bytes={p.get('bytes')}"
+            f" {p.get('duration_ms')}ms"
+        )
+        return line + (f" {_error_line(p)}" if isinstance(p.get("error"), dict) else "")
+    if event.type == "session_end":
+        return (
+            f"session end: {p.get('reason')}, {p.get('commands')} commands,"
+            f" {p.get('bytes_in')} bytes in, {p.get('bytes_out')} out"
+        )
+    if event.type == "error":
+        return f"!! error {_error_line(p)}"
+    return f"{event.type}: {json.dumps(p, ensure_ascii=False)}"
+
+
+# --- search ------------------------------------------------------------------------------
+
+
+@click.command("search")
+@click.argument("text")
+@trail_option
+@json_option
+@click.pass_context
+def search_command(ctx: click.Context, text: str, trail: Path | None, as_json: bool) -> None:
+    """Commands whose text contains TEXT (ignoring case), oldest first."""
+    path = _path(ctx, trail)
+    try:
+        with db.reading(path) as conn:
+            found = query.search(conn, text)
+    except TrailError as exc:
+        fail(str(exc))
+    if as_json:
+        _echo_json([m.as_dict() for m in found])
+        return
+    if not found:
+        click.echo("no commands match")
+        return
+    table = Table()
+    for name in ("session", "time", "n", "text", "status"):
+        table.add_column(name, overflow="fold")
+    for match in found:
+        d = match.as_dict()
+        status = d["status"] or ("refused" if d["refused"] else "-")
+        table.add_row(
+            *map(_cell, (d["session"], _when(match.command.ts), d["n"], d["text"], status))
+        )
+    _print(table)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(sessions_group)
+    group.add_command(search_command)

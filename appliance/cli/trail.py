@@ -1,0 +1,76 @@
+"""``witness verify``: prove the trail is whole, or name the first event that is not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.trail import checkpoint, keys
+from appliance.trail.db import TrailError
+from appliance.trail.verify import Report, verify
+
+
+@click.command("verify")
+@trail_option
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Public key that signs the checkpoints [default: the signing key's .pub beside it].",
+)
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Checkpoint kept outside the trail, to notice a cut tail"
+    " [default: the one beside the key, if it exists].",
+)
+@json_option
+@click.pass_context
+def verify_command(
+    ctx: click.Context,
+    trail: Path | None,
+    public_key: Path | None,
+    checkpoint_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Check the hash chain and every checkpoint signature; exit 1 at the first fault."""
+    settings = trail_settings(ctx, trail)
+    if not settings.path.exists():
+        fail(f"{settings.path}: no such trail file")
+    if public_key is None and not settings.public_key.exists():
+        fail(f"{settings.public_key}: no public key to check signatures with (give --public-key)")
+    try:
+        public = keys.load_public(public_key or settings.public_key)
+        external = None
+        if checkpoint_path is not None:
+            external = checkpoint.read_file(checkpoint_path)
+        elif settings.checkpoint_file.exists():
+            external = checkpoint.read_file(settings.checkpoint_file)
+        report = verify(settings.path, public, external)
+    except TrailError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(_describe(settings.path, report))
+    if not report.ok:
+        ctx.exit(1)
+
+
+def _describe(path: Path, report: Report) -> str:
+    if not report.ok:
+        where = "" if report.first_bad_seq is None else f" at event {report.first_bad_seq}"
+        return f"{path}: FAULT{where}: {report.reason}"
+    line = f"{path}: ok, {report.events} events verified ({report.checkpoints} checkpoints)"
+    if report.uncovered:
+        return f"{line}; the last {report.uncovered} are not yet covered by a signed checkpoint"
+    return line + "; all covered by a signed checkpoint"
+
+
+def register(group: click.Group) -> None:
+    group.add_command(verify_command)

@@ -1,0 +1,617 @@
+"""One PostgreSQL session, sans-io: client and server bytes in, commands and their results out."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.model import Command, ErrorInfo, Result
+from appliance.protocols.errors import ProtocolError
+from appliance.protocols.postgres import decode
+from appliance.protocols.postgres.events import (
+    BackendKey,
+    CancelRequest,
+    CommandFinished,
+    CommandStarted,
+    Event,
+    NegotiationRequest,
+    Ready,
+    SessionError,
+    Startup,
+    Terminate,
+)
+from appliance.protocols.postgres.framing import Framer, Phase, types
+from appliance.protocols.postgres.messages import CLIENT_MESSAGES, SERVER_MESSAGES
+from appliance.protocols.postgres.statements import AMBIGUOUS, Statement, Statements
+
+_PROTOCOL_3 = 3
+_CANCEL = 80877102
+_NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
+
+
+@dataclass(slots=True)
+class _Portal:
+    statement: str
+    text: str
+    params: tuple[str | None, ...]
+    formats: tuple[int, ...]  # result formats asked for in Bind
+    epoch: int  # how many transaction boundaries the client had sent before this Bind
+
+
+class _Command:
+    """A command the server has not finished with."""
+
+    __slots__ = ("command", "formats", "mark", "n", "result", "room", "started", "until_ready")
+
+    def __init__(
+        self,
+        n: int,
+        command: Command,
+        formats: tuple[int, ...],
+        *,
+        started: float,
+        mark: int,
+        room: int,
+    ):
+        self.n = n
+        self.mark = mark  # server bytes seen when it was sent
+        self.command = command
+        self.started = started
+        self.result = Result("ok")
+        self.until_ready = command.kind != "execute"  # simple Query and FunctionCall end at 'Z'
+        self.formats = formats  # of the result columns, for row capture
+        self.room = room  # capture bytes left; -1 once capture stopped
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    """A request other than a command that the server answers in turn."""
+
+    kind: str  # Sync, Parse, Close, Describe
+    statement: Statement | None = None  # Describe: the statement described
+    tracked: bool = False  # a Parse or Close that Statements waits to hear about
+
+
+_SYNC = _Marker("Sync")
+_READY = {status: Ready(status) for status in "ITE"}  # immutable, so shared
+_TERMINATE = Terminate()
+_Pending = _Command | _Marker
+
+
+class PostgresConnection:
+    """Parses both directions of one session and correlates the server's answers with requests.
+
+    ``receive_client`` and ``receive_server`` return the events their bytes complete. They
+    raise ProtocolError on malformed input, after which every further call raises too. The
+    events of a failed call are not returned: the commands it started are forgotten (their
+    bytes must not be forwarded), and the commands it finished are reported by ``close``.
+    """
+
+    def __init__(
+        self,
+        *,
+        capture_rows: int = 0,
+        capture_bytes: int = 65536,
+        max_message: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend_key: BackendKey | None = None
+        self.params: dict[str, str] = {}
+        self._capture_rows = capture_rows
+        # A row over max_message could never be captured, so it is not buffered either.
+        capture_bytes = min(capture_bytes, max_message - 4)
+        self._capture_bytes = capture_bytes if capture_rows > 0 else -1
+        self._clock = clock
+        self._events: list[Event] = []
+        self._queue: deque[_Pending] = deque()  # what the server has yet to answer, in order
+        # A command's bytes are the server's while it heads the queue: from the later of its
+        # sending and the last answer to what came before it, up to its own last answer.
+        self._answered_at = 0
+        self._statements = Statements()
+        self._portals: dict[str, _Portal] = {}
+        self._n = 0
+        # Sync, Query and FunctionCall end transactions, and with them portals; counted both
+        # as sent and as answered, so a ReadyForQuery drops only the portals it outlived.
+        self._bounds_sent = 0
+        self._bounds_done = 0
+        self._failing = False  # an extended-protocol error: the server skips to the next Sync
+        self._copy_in: _Command | None = None
+        self._describing = False  # the next RowDescription/NoData answers a statement Describe
+        self._error: ProtocolError | None = None
+        self._closed = False
+        self._unreported: list[Event] = []
+        self._client = Framer(
+            "client",
+            self,
+            CLIENT_STARTUP,
+            names=CLIENT_MESSAGES,
+            max_message=max_message,
+            account=PostgresConnection._client_account,
+            untyped=PostgresConnection._startup,
+        )
+        self._server = Framer(
+            "server",
+            self,
+            SERVER_STARTUP,
+            names=SERVER_MESSAGES,
+            max_message=max_message,
+            account=PostgresConnection._server_account,
+        )
+        self._server_ready = SERVER_READY
+        if capture_rows > 0:
+            self._server_ready = SERVER_READY_CAPTURE
+            self._server.row_room = capture_bytes
+
+    def receive_client(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        if self._error is not None or self._closed:
+            raise self._refusal("client", data)
+        first_new = self._n + 1
+        try:
+            self._client.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc, first_new)
+            raise
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
+
+    def receive_server(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        if self._error is not None or self._closed:
+            raise self._refusal("server", data)
+        try:
+            self._server.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc, self._n + 1)
+            raise
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
+
+    def close(self) -> list[Event]:
+        """The session ended: every unfinished command finishes as ``aborted``."""
+        if self._closed:
+            return []
+        self._closed = True
+        events, self._unreported = self._unreported, []
+        now = self._clock()
+        queue = self._queue
+        if queue and isinstance(queue[0], _Command):
+            queue[0].result.bytes = self._server.seen - max(queue[0].mark, self._answered_at)
+        for entry in queue:
+            if isinstance(entry, _Command):
+                entry.result.status = "aborted"
+                entry.result.duration_ms = (now - entry.started) * 1000.0
+                events.append(CommandFinished(entry.n, entry.result))
+        self._queue.clear()
+        return events
+
+    def _refusal(self, side: str, data: bytes | bytearray | memoryview) -> ProtocolError:
+        if self._error is not None:
+            return ProtocolError(
+                self._error.side, f"the session already failed: {self._error.message}"
+            )
+        return ProtocolError(side, f"{len(data)} bytes arrived after close()")
+
+    def _fail(self, exc: ProtocolError, first_new: int) -> None:
+        self._error = exc
+        self._queue = deque(
+            e for e in self._queue if not isinstance(e, _Command) or e.n < first_new
+        )
+        self._unreported = [
+            e for e in self._events if isinstance(e, CommandFinished | SessionError)
+        ]
+        self._events = []
+
+    # --- client: startup ------------------------------------------------------------------
+
+    def _startup(self, body: bytes) -> None:
+        code = int.from_bytes(body[:4], "big")
+        major, minor = code >> 16, code & 0xFFFF
+        kind = _NEGOTIATIONS.get(code)
+        if kind is not None:
+            if len(body) != 4:
+                raise decode.DecodeError(
+                    f"a {kind} request has {len(body) - 4} bytes after its code"
+                )
+            self._events.append(NegotiationRequest(kind))  # another startup packet follows
+        elif code == _CANCEL:
+            pid, secret = decode.cancel_key(body)
+            self._events.append(CancelRequest(pid, secret))
+            self._client.untyped = None
+            self._client.phase = CLIENT_CANCELLED
+        elif major == _PROTOCOL_3:
+            self.params = decode.startup_params(body)
+            self._events.append(Startup((major, minor), dict(self.params)))
+            self._client.untyped = None
+            self._client.phase = CLIENT_AUTHENTICATION
+            self._server.phase = SERVER_AUTHENTICATION
+        else:
+            raise ProtocolError(
+                "client",
+                f"startup packet with code {code} (protocol {major}.{minor}); expected protocol"
+                " 3.x, SSLRequest, GSSENCRequest or CancelRequest",
+            )
+
+    # --- client: commands ------------------------------------------------------------------
+
+    def _start(self, command: Command, formats: tuple[int, ...] = ()) -> None:
+        self._n += 1
+        self._queue.append(
+            _Command(
+                self._n,
+                command,
+                formats,
+                started=self._clock(),
+                mark=self._server.seen,
+                room=self._capture_bytes,
+            )
+        )
+        self._events.append(CommandStarted(self._n, command))
+
+    def _query(self, body: bytes) -> None:
+        text = decode.query(body)
+        self._statements.simple_query()
+        self._portals.pop("", None)
+        self._bounds_sent += 1
+        self._start(Command("query", text))
+
+    def _parse(self, body: bytes) -> None:
+        name, text, oids = decode.parse(body)
+        self._statements.parse(name, Statement(text, oids))
+        self._queue.append(_Marker("Parse", tracked=True))
+
+    def _bind(self, body: bytes) -> None:
+        bind = decode.bind(body)
+        # A Bind to a portal that is still open fails, and takes its transaction down with it,
+        # so the old portal can never run again: replacing it is always safe.
+        statement = self._statements.get(bind.statement)
+        if statement is AMBIGUOUS:
+            raise ProtocolError(
+                "client",
+                f"Bind to statement {bind.statement!r} after a Parse that reuses its name, before"
+                " the server said whether that Parse succeeded: either text could run, and"
+                " Witness will not guess (Close a statement before reusing its name)",
+            )
+        text, oids = (statement.text, statement.oids) if statement else ("", ())
+        params = decode.render_params(bind.formats, bind.values, oids)
+        self._portals[bind.portal] = _Portal(
+            bind.statement, text, params, bind.result_formats, self._bounds_sent
+        )
+
+    def _describe(self, body: bytes) -> None:
+        kind, name = decode.target(body)
+        if kind == "S":  # answered by ParameterDescription, then RowDescription or NoData
+            statement = self._statements.get(name)
+            self._queue.append(_Marker("Describe", None if statement is AMBIGUOUS else statement))
+
+    def _execute(self, body: bytes) -> None:
+        name = decode.execute(body)
+        portal = self._portals.get(name)
+        if portal is None:  # the server will say it does not exist
+            self._start(Command("execute", "", (), None, name))
+        else:
+            command = Command("execute", portal.text, portal.params, portal.statement, name)
+            self._start(command, portal.formats)
+
+    def _sync(self, body: bytes) -> None:
+        if self._copy_in is None:  # PostgreSQL ignores Sync during COPY FROM STDIN
+            self._bounds_sent += 1
+            self._queue.append(_SYNC)
+            self._statements.sync()
+
+    def _close(self, body: bytes) -> None:
+        kind, name = decode.target(body)
+        if kind == "S":
+            self._statements.close(name)
+        else:
+            self._portals.pop(name, None)
+        self._queue.append(_Marker("Close", tracked=kind == "S"))
+
+    def _function_call(self, body: bytes) -> None:
+        call = decode.function_call(body)
+        params = decode.render_params(call.formats, call.args, ())
+        self._bounds_sent += 1
+        self._start(Command("function_call", f"function {call.oid}", params))
+
+    def _copy_end(self, body: bytes) -> None:
+        self._copy_in = None
+
+    def _terminate(self, body: bytes) -> None:
+        self._events.append(_TERMINATE)
+        self._client.phase = CLIENT_CLOSED
+
+    def _client_account(self, copied: int, rows: int) -> None:
+        if copied and self._copy_in is not None:
+            self._copy_in.result.copy_bytes += copied
+
+    # --- server: authentication ---------------------------------------------------------------
+
+    def _auth_error(self, body: bytes) -> None:
+        self._events.append(SessionError(decode.error_info(body)))
+
+    def _backend_key(self, body: bytes) -> None:
+        self.backend_key = BackendKey(*decode.backend_key(body))
+        self._events.append(self.backend_key)
+
+    def _first_ready(self, body: bytes) -> None:
+        status = decode.ready_status(body)
+        self._server.phase = self._server_ready
+        if self._client.phase is CLIENT_AUTHENTICATION:
+            self._client.phase = CLIENT_READY
+        self._answered_at = self._server.seen  # the login's bytes are no command's
+        self._events.append(_READY[status])
+
+    # --- server: answers ---------------------------------------------------------------------
+
+    def _server_account(self, copied: int, rows: int) -> None:
+        queue = self._queue
+        if queue:
+            head = queue[0]
+            if isinstance(head, _Command):
+                head.result.copy_bytes += copied
+                if rows:  # DataRows the framer skipped: capture is full
+                    head.result.truncated = True
+                    self._stop_capture(head)
+
+    def _head(self, what: str) -> _Command:
+        if self._queue:
+            head = self._queue[0]
+            if isinstance(head, _Command):
+                return head
+        raise ProtocolError("server", f"{what} arrived while {self._awaiting()}")
+
+    def _head_marker(self, what: str, kind: str) -> _Marker:
+        if self._queue:
+            head = self._queue[0]
+            if isinstance(head, _Marker) and head.kind == kind:
+                self._queue.popleft()
+                self._answered_at = self._server.seen
+                return head
+        raise ProtocolError("server", f"{what} arrived while {self._awaiting()}")
+
+    def _awaiting(self) -> str:
+        if not self._queue:
+            return "no request awaited an answer"
+        head = self._queue[0]
+        if isinstance(head, _Command):
+            return f"command {head.n} ({head.command.kind}) awaited its answer"
+        return f"a {head.kind} awaited its answer"
+
+    def _finish(self, cmd: _Command, status: str, error: ErrorInfo | None = None) -> None:
+        result = cmd.result
+        result.status = status
+        if error is not None and result.error is None:
+            result.error = error
+        result.duration_ms = (self._clock() - cmd.started) * 1000.0
+        seen = self._server.seen
+        result.bytes = seen - max(cmd.mark, self._answered_at)
+        self._answered_at = seen
+        if self._copy_in is cmd:
+            self._copy_in = None
+        self._events.append(CommandFinished(cmd.n, result))
+        if self._capture_rows:
+            self._server.row_room = self._capture_bytes
+
+    def _complete(self, body: bytes) -> None:
+        tag, rows = decode.command_complete(body)
+        cmd = self._head("CommandComplete")
+        result = cmd.result
+        result.tags.append(tag)
+        result.rows += rows
+        if tag[:4] in ("DEAL", "DISC", "PREP"):
+            self._statements.sql(tag, cmd.command.text)
+        if not cmd.until_ready:
+            self._queue.popleft()
+            self._finish(cmd, "ok")
+
+    def _empty_query(self, body: bytes) -> None:
+        cmd = self._head("EmptyQueryResponse")
+        cmd.result.tags.append("")
+        if not cmd.until_ready:
+            self._queue.popleft()
+            self._finish(cmd, "ok")
+
+    def _suspended(self, body: bytes) -> None:
+        cmd = self._head("PortalSuspended")
+        if cmd.until_ready:
+            raise ProtocolError("server", f"PortalSuspended arrived for {cmd.command.kind} {cmd.n}")
+        self._queue.popleft()
+        self._finish(cmd, "suspended")
+
+    def _copy_in_response(self, body: bytes) -> None:
+        self._copy_in = self._head("CopyInResponse")
+        # Syncs the client sent before it saw this reach the server in copy-in mode, which
+        # ignores them; the client sends another once the copy ends.
+        queue = self._queue
+        while len(queue) > 1 and queue[1] is _SYNC:
+            del queue[1]
+            self._bounds_sent -= 1
+
+    def _copy_out_response(self, body: bytes) -> None:
+        self._head("CopyOutResponse")  # its CopyData is counted as it passes
+
+    def _parse_complete(self, body: bytes) -> None:
+        self._head_marker("ParseComplete", "Parse")
+        self._statements.confirm()
+
+    def _close_complete(self, body: bytes) -> None:
+        if self._head_marker("CloseComplete", "Close").tracked:
+            self._statements.confirm()
+
+    def _parameter_types(self, body: bytes) -> None:
+        oids = decode.parameter_types(body)
+        marker = self._head_marker("ParameterDescription", "Describe")
+        if marker.statement is not None:
+            marker.statement.oids = oids
+        self._describing = self._capture_rows > 0
+
+    def _error_response(self, body: bytes) -> None:
+        info = decode.error_info(body)
+        self._copy_in = None
+        self._describing = False
+        queue = self._queue
+        if self._failing or not queue:
+            self._events.append(SessionError(info))  # a FATAL shutdown, say
+            return
+        head = queue[0]
+        if isinstance(head, _Command) and head.until_ready:
+            if head.result.error is None:  # the rest of the query string is not run
+                head.result.error = info
+            return
+        # An extended-protocol error: the server skips everything up to the next Sync.
+        # Requests before the first Execute failed or were skipped; that Execute gets the
+        # error, since it is what did not run because of it.
+        self._failing = True
+        while queue and queue[0] is not _SYNC:
+            entry = queue[0]
+            if isinstance(entry, _Command):
+                if entry.until_ready:
+                    break  # a simple Query is skipped like the rest
+                queue.popleft()
+                self._finish(entry, "error", info)
+                return
+            queue.popleft()
+            self._unanswered(entry)
+        self._answered_at = self._server.seen
+        self._events.append(SessionError(info))
+
+    def _unanswered(self, marker: _Marker) -> None:
+        if marker.tracked:
+            self._statements.fail()
+
+    def _ready(self, body: bytes) -> None:
+        status = decode.ready_status(body)
+        queue = self._queue
+        if self._failing:
+            self._failing = False
+            self._answered_at = self._server.seen  # what the server skipped cost it nothing
+            while queue:
+                entry = queue.popleft()
+                if entry is _SYNC:
+                    self._bounds_done += 1
+                    break
+                if isinstance(entry, _Command):
+                    self._bounds_done += entry.until_ready
+                    self._finish(entry, "skipped")
+                else:
+                    self._unanswered(entry)
+        elif queue and queue[0] is _SYNC:
+            queue.popleft()
+            self._bounds_done += 1
+        else:
+            cmd = self._head("ReadyForQuery")
+            if not cmd.until_ready:
+                raise ProtocolError("server", f"ReadyForQuery arrived while {self._awaiting()}")
+            queue.popleft()
+            self._bounds_done += 1
+            self._finish(cmd, "error" if cmd.result.error else "ok")
+        if status == "I" and self._portals:
+            done = self._bounds_done
+            self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}
+        self._copy_in = None
+        self._describing = False
+        self._answered_at = self._server.seen
+        self._events.append(_READY[status])
+
+    # --- server: row capture -----------------------------------------------------------------
+
+    def _row_description(self, body: bytes) -> None:
+        if self._describing:
+            self._describing = False
+            return
+        names, formats = decode.row_description(body)
+        cmd = self._capturing()
+        if cmd is None:
+            return
+        result = cmd.result
+        if result.columns is None:
+            result.columns = names
+            result.captured = []
+            cmd.formats = formats
+        else:
+            self._stop_capture(cmd)  # a second result set: its rows have another shape
+
+    def _data_row(self, body: bytes) -> None:
+        cmd = self._capturing()
+        if cmd is None:
+            return
+        result = cmd.result
+        if result.captured is None:
+            result.captured = []
+        if len(body) > cmd.room or len(result.captured) >= self._capture_rows:
+            result.truncated = True
+            self._stop_capture(cmd)
+            return
+        result.captured.append(decode.data_row(body, cmd.formats))
+        cmd.room -= len(body)
+        # Once full, let the framer skip rows unread; it reports them, which sets truncated.
+        full = len(result.captured) >= self._capture_rows
+        self._server.row_room = -1 if full else cmd.room
+
+    def _no_data(self, body: bytes) -> None:
+        self._describing = False
+
+    def _capturing(self) -> _Command | None:
+        if self._queue:
+            head = self._queue[0]
+            if isinstance(head, _Command) and head.room >= 0:
+                return head
+        return None
+
+    def _stop_capture(self, cmd: _Command) -> None:
+        cmd.room = -1
+        self._server.row_room = -1
+
+
+_C = PostgresConnection
+_CLIENT_COMMANDS = {
+    b"Q": _C._query,
+    b"P": _C._parse,
+    b"B": _C._bind,
+    b"D": _C._describe,
+    b"E": _C._execute,
+    b"S": _C._sync,
+    b"C": _C._close,
+    b"F": _C._function_call,
+    b"c": _C._copy_end,
+    b"f": _C._copy_end,
+    b"X": _C._terminate,
+}
+# Password messages are hopped over unread: no secret is ever decoded or kept.
+CLIENT_STARTUP: Phase[_C] = Phase("startup", types(""), {})
+CLIENT_AUTHENTICATION: Phase[_C] = Phase("authentication", types("pdH"), _CLIENT_COMMANDS)
+CLIENT_READY: Phase[_C] = Phase("ready", types("dH"), _CLIENT_COMMANDS)
+CLIENT_CANCELLED: Phase[_C] = Phase("cancel", types(""), {})
+CLIENT_CLOSED: Phase[_C] = Phase("terminated", types(""), {})
+
+SERVER_STARTUP: Phase[_C] = Phase("startup", types(""), {})
+SERVER_AUTHENTICATION: Phase[_C] = Phase(
+    "authentication",
+    types("RSNv"),
+    {b"E": _C._auth_error, b"K": _C._backend_key, b"Z": _C._first_ready},
+)
+_SERVER_ANSWERS = {
+    b"C": _C._complete,
+    b"I": _C._empty_query,
+    b"s": _C._suspended,
+    b"E": _C._error_response,
+    b"Z": _C._ready,
+    b"G": _C._copy_in_response,
+    b"W": _C._copy_in_response,
+    b"H": _C._copy_out_response,
+    b"1": _C._parse_complete,
+    b"3": _C._close_complete,
+    b"t": _C._parameter_types,
+}
+SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NASVc"), _SERVER_ANSWERS)
+SERVER_READY_CAPTURE: Phase[_C] = Phase(
+    "ready",
+    types("d2NASVc"),
+    {**_SERVER_ANSWERS, b"T": _C._row_description, b"D": _C._data_row, b"n": _C._no_data},
+)

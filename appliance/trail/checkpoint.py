@@ -1,0 +1,64 @@
+"""Signed checkpoints: the event payload, and the copy kept outside the trail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.trail import files, keys
+from appliance.trail.db import TrailError
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signature over (seq, hash): every event up to ``seq`` is as it was when signed."""
+
+    seq: int
+    hash: str
+    key: str
+    signature: str
+
+    @classmethod
+    def sign(cls, key: Ed25519PrivateKey, fingerprint: str, seq: int, hash: str) -> Checkpoint:
+        return cls(seq, hash, fingerprint, keys.sign(key, seq, hash))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash, "key": self.key, "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Checkpoint | None:
+        """The checkpoint in ``data``, or None if any field is missing or of the wrong type."""
+        if not isinstance(data, dict):
+            return None
+        seq, hash, key, signature = (data.get(k) for k in ("seq", "hash", "key", "signature"))
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return None
+        if not (isinstance(hash, str) and isinstance(key, str) and isinstance(signature, str)):
+            return None
+        return cls(seq, hash, key, signature)
+
+
+def write_file(path: Path, checkpoint: Checkpoint, *, sync: bool) -> None:
+    """Replace the checkpoint file atomically (mode 0644): readers never see half of one."""
+    data = json.dumps(checkpoint.as_dict(), sort_keys=True).encode() + b"\n"
+    files.write_atomic(path, data, 0o644, sync=sync)
+
+
+def read_file(path: Path) -> Checkpoint:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TrailError(f"{path}: no such checkpoint file") from None
+    except OSError as exc:
+        raise TrailError(f"{path}: cannot read the checkpoint file: {exc.strerror}") from None
+    try:
+        found = Checkpoint.from_dict(json.loads(raw))
+    except ValueError:
+        found = None
+    if found is None:
+        raise TrailError(f"{path}: not a Witness checkpoint file")
+    return found

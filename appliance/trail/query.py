@@ -1,0 +1,259 @@
+"""Read-only questions operators ask of the trail: which sessions, what they ran, where."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from appliance.trail.db import TrailError
+
+_COLUMNS = "seq, ts, type, session, payload"
+
+
+class UnknownSession(TrailError):
+    """No session, or more than one, matches the id given."""
+
+
+def iso(us: int | None) -> str | None:
+    """Microseconds since the epoch as ISO 8601 in UTC."""
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    ts: int
+    type: str
+    session: str | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Event:
+        seq, ts, type, session, text = row
+        try:
+            payload = json.loads(text)
+        except (TypeError, ValueError):
+            payload = None
+        if not isinstance(payload, dict):
+            raise TrailError(f"event {seq} has a malformed payload; run witness verify")
+        return cls(int(seq), int(ts), str(type), session, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One session as its start and end events describe it."""
+
+    id: str
+    start: int
+    end: int | None
+    commands: int
+    start_payload: dict[str, Any]
+    end_payload: dict[str, Any] | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end; None while the session is open (or was never closed)."""
+        return None if self.end is None else (self.end - self.start) / 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        start, end = self.start_payload, self.end_payload or {}
+        return {
+            "id": self.id,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "duration_s": self.duration,
+            "client": start.get("client"),
+            "listener": start.get("listener"),
+            "owner": start.get("owner"),
+            "db_user": start.get("db_user"),
+            "database": start.get("database"),
+            "application_name": start.get("application_name"),
+            "backend": start.get("backend"),
+            "commands": self.commands,
+            "bytes_in": end.get("bytes_in"),
+            "bytes_out": end.get("bytes_out"),
+            "end_reason": end.get("reason"),
+            "backend_pid": end.get("backend_pid"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CommandView:
+    """A command event and the result that answered it, if one was recorded."""
+
+    command: Event
+    result: Event | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.command.payload)
+        out["seq"] = self.command.seq
+        out["time"] = iso(self.command.ts)
+        out["result"] = None if self.result is None else self.result.payload
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDetail:
+    info: SessionInfo
+    commands: list[CommandView] = field(default_factory=list)
+    errors: list[Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.info.as_dict(),
+            "commands": [c.as_dict() for c in self.commands],
+            "errors": [{"seq": e.seq, "time": iso(e.ts), **e.payload} for e in self.errors],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A command whose text matched a search."""
+
+    command: Event
+    status: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        payload = self.command.payload
+        return {
+            "session": self.command.session,
+            "seq": self.command.seq,
+            "time": iso(self.command.ts),
+            "n": payload.get("n"),
+            "kind": payload.get("kind"),
+            "text": payload.get("text"),
+            "status": self.status,
+            "refused": payload.get("refused"),
+        }
+
+
+def _json(text: Any, seq: Any) -> dict[str, Any]:
+    return Event.from_row((seq, 0, "", None, text)).payload
+
+
+def list_sessions(
+    conn: sqlite3.Connection,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    user: str | None = None,
+    backend: str | None = None,
+) -> list[SessionInfo]:
+    """Sessions active at some time in [since, until] (microseconds), oldest first.
+
+    ``user`` matches the database user or the owner's uid; ``backend`` the backend's name.
+    """
+    rows = conn.execute(
+        """
+        SELECT s.session, s.ts, s.seq, s.payload, e.ts, e.seq, e.payload,
+               (SELECT count(*) FROM events c
+                 WHERE c.session = s.session AND c.type = 'command')
+        FROM events s
+        LEFT JOIN events e ON e.seq = (
+            SELECT min(x.seq) FROM events x
+             WHERE x.session = s.session AND x.type = 'session_end')
+        WHERE s.type = 'session_start'
+          AND (:until IS NULL OR s.ts <= :until)
+          AND (:since IS NULL OR e.ts IS NULL OR e.ts >= :since)
+          AND (:user IS NULL OR json_extract(s.payload, '$.db_user') = :user
+               OR CAST(json_extract(s.payload, '$.owner.uid') AS TEXT) = :user)
+          AND (:backend IS NULL OR json_extract(s.payload, '$.backend.name') = :backend)
+        ORDER BY s.seq
+        """,
+        {"since": since, "until": until, "user": user, "backend": backend},
+    )
+    return [
+        SessionInfo(
+            id=sid,
+            start=start,
+            end=end,
+            commands=commands,
+            start_payload=_json(start_text, start_seq),
+            end_payload=None if end_text is None else _json(end_text, end_seq),
+        )
+        for sid, start, start_seq, start_text, end, end_seq, end_text, commands in rows
+    ]
+
+
+def resolve(conn: sqlite3.Connection, prefix: str) -> str:
+    """The one session id that starts with ``prefix``."""
+    if not prefix:
+        raise UnknownSession("give a session id (or a unique prefix of one)")
+    # U+10FFFF sorts after every other character, so this is a range scan on the index.
+    found = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT session FROM events WHERE session >= ? AND session < ? LIMIT 6",
+            (prefix, prefix + "\U0010ffff"),
+        )
+    ]
+    if prefix in found:
+        return prefix
+    if not found:
+        raise UnknownSession(f"no session matches {prefix!r}")
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise UnknownSession(f"{prefix!r} matches several sessions ({shown}); give more of the id")
+    return str(found[0])
+
+
+def session_events(conn: sqlite3.Connection, session: str) -> list[Event]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE session = ? ORDER BY seq", (session,))
+    return [Event.from_row(row) for row in rows]
+
+
+def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
+    """The session named by ``prefix``: its header, its commands paired with their results."""
+    sid = resolve(conn, prefix)
+    events = session_events(conn, sid)
+    start = next((e for e in events if e.type == "session_start"), None)
+    end = next((e for e in events if e.type == "session_end"), None)
+    commands: list[Event] = []
+    results: dict[Any, Event] = {}
+    errors: list[Event] = []
+    for event in events:
+        if event.type == "command":
+            commands.append(event)
+        elif event.type == "result":
+            results.setdefault(event.payload.get("n"), event)
+        elif event.type == "error":
+            errors.append(event)
+    info = SessionInfo(
+        id=sid,
+        start=events[0].ts if start is None else start.ts,
+        end=None if end is None else end.ts,
+        commands=len(commands),
+        start_payload={} if start is None else start.payload,
+        end_payload=None if end is None else end.payload,
+    )
+    views = [CommandView(c, results.get(c.payload.get("n"))) for c in commands]
+    return SessionDetail(info, views, errors, events)
+
+
+def search(conn: sqlite3.Connection, text: str) -> list[Match]:
+    """Commands whose text contains ``text``, ignoring case (full Unicode case folding)."""
+    needle = text.casefold()
+
+    def contains(haystack: object) -> bool:
+        return isinstance(haystack, str) and needle in haystack.casefold()
+
+    conn.create_function("witness_contains", 1, contains, deterministic=True)
+    rows = conn.execute(
+        f"""
+        SELECT {_COLUMNS},
+               (SELECT json_extract(r.payload, '$.status') FROM events r
+                 WHERE r.session = c.session AND r.seq > c.seq AND r.type = 'result'
+                   AND json_extract(r.payload, '$.n') = json_extract(c.payload, '$.n')
+                 ORDER BY r.seq LIMIT 1)
+        FROM events c
+        WHERE c.type = 'command' AND witness_contains(json_extract(c.payload, '$.text'))
+        ORDER BY c.seq
+        """
+    )
+    return [Match(Event.from_row(row[:5]), row[5]) for row in rows]

@@ -1,0 +1,166 @@
+"""A small real trail for the CLI tests: three sessions written through Trail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from appliance.cli import sessions, trail
+from appliance.config import TrailSettings
+from appliance.trail.store import Trail
+
+T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+MAIN = {"name": "main", "address": "127.0.0.1", "port": 5432, "protocol": "postgresql"}
+OTHER = {"name": "other", "address": "127.0.0.2", "port": 5433, "protocol": "postgresql"}
+
+
+def owner(uid: int, pid: int) -> dict[str, object]:
+    return {
+        "uid": uid,
+        "pid": pid,
+        "exe": "/usr/bin/psql",
+        "cgroup": "/agents/a1",
+        "comm": "psql",
+        "source": "sock_diag",
+        "detail": None,
+    }
+
+
+def start(who: str, uid: int, backend: dict[str, object]) -> dict[str, object]:
+    return {
+        "client": f"10.0.0.7:{40000 + uid}",
+        "listener": "127.0.0.1:6432",
+        "backend": backend,
+        "owner": owner(uid, 4000 + uid),
+        "db_user": who,
+        "database": "shop",
+        "application_name": "psql",
+    }
+
+
+@pytest.fixture
+def cli() -> click.Group:
+    group = click.Group("witness")
+    sessions.register(group)
+    trail.register(group)
+    return group
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Alice's finished session, Bob's, and Alice's still-open one, plus a stray error."""
+    now = [T0]
+    settings = TrailSettings.beside(tmp_path / "trail.db")
+    t = Trail.open(settings, clock=lambda: now[0])
+
+    def at(offset: float, type_: str, session: str | None, payload: dict[str, object]) -> None:
+        now[0] = T0 + offset
+        t.append(type_, session, payload)
+        t.commit()
+
+    alice = "a1b2c3d4-alice"
+    at(0, "session_start", alice, start("alice", 1000, MAIN))
+    at(1, "command", alice, {"n": 1, "kind": "query", "text": "SELECT * FROM orders"})
+    at(
+        1.5,
+        "result",
+        alice,
+        {"n": 1, "status": "ok", "tags": ["SELECT 3"], "rows": 3, "bytes": 120, "duration_ms": 0.5},
+    )
+    at(
+        2,
+        "command",
+        alice,
+        {
+            "n": 2,
+            "kind": "execute",
+            "text": "INSERT INTO orders VALUES ($1, $2)",
+            "params": ["7", None],
+            "statement": "",
+            "portal": "",
+        },
+    )
+    at(
+        2.25,
+        "result",
+        alice,
+        {
+            "n": 2,
+            "status": "ok",
+            "tags": ["INSERT 0 1"],
+            "rows": 1,
+            "bytes": 20,
+            "duration_ms": 0.25,
+        },
+    )
+    at(3, "command", alice, {"n": 3, "kind": "query", "text": "select * from nope"})
+    at(
+        3.5,
+        "result",
+        alice,
+        {
+            "n": 3,
+            "status": "error",
+            "tags": [],
+            "rows": 0,
+            "bytes": 90,
+            "duration_ms": 0.1,
+            "error": {
+                "severity": "ERROR",
+                "code": "42P01",
+                "message": 'relation "nope" does not exist',
+            },
+        },
+    )
+    at(
+        4,
+        "command",
+        alice,
+        {
+            "n": 4,
+            "kind": "query",
+            "text": "DELETE FROM orders",
+            "refused": "trail write failed: disk full",
+        },
+    )
+    at(
+        10,
+        "session_end",
+        alice,
+        {
+            "reason": "client closed",
+            "bytes_in": 500,
+            "bytes_out": 900,
+            "commands": 4,
+            "backend_pid": 777,
+        },
+    )
+    bob = "a1ffee-bob"
+    at(60, "session_start", bob, start("bob", 1001, OTHER))
+    at(61, "command", bob, {"n": 1, "kind": "query", "text": "select now() -- \x1b[2J"})
+    at(
+        61.5,
+        "result",
+        bob,
+        {"n": 1, "status": "ok", "tags": ["SELECT 1"], "rows": 1, "bytes": 30, "duration_ms": 0.2},
+    )
+    at(
+        65,
+        "session_end",
+        bob,
+        {
+            "reason": "server closed",
+            "bytes_in": 50,
+            "bytes_out": 60,
+            "commands": 1,
+            "backend_pid": 778,
+        },
+    )
+    at(100, "error", None, {"where": "client", "message": "bad startup packet"})
+    still = "b7-open"
+    at(120, "session_start", still, start("alice", 1000, MAIN))
+    at(121, "command", still, {"n": 1, "kind": "query", "text": "UPDATE Accounts SET x = 1"})
+    t.close()
+    return settings.path
