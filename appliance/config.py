@@ -52,7 +52,7 @@ class TrailSettings:
     path: Path
     signing_key: Path
     durability: str = "process"
-    checkpoint_events: int = 1000
+    checkpoint_events: int = 10_000
     checkpoint_seconds: float = 10.0
 
     @property
@@ -203,7 +203,7 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
         else defaults.signing_key,
         durability=_choice(table.get("durability", "process"), "trail.durability", DURABILITY),
         checkpoint_events=_int(
-            table.get("checkpoint_events", 1000), "trail.checkpoint_events", 1, 10_000_000
+            table.get("checkpoint_events", 10_000), "trail.checkpoint_events", 1, 10_000_000
         ),
         checkpoint_seconds=_number(
             table.get("checkpoint_seconds", 10.0), "trail.checkpoint_seconds", 0.1

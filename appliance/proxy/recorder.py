@@ -12,6 +12,9 @@ from appliance.trail.store import Trail, TrailWriteError
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+# Events that hold no bytes back (results, session ends) wait at most this long for a
+# command's commit to carry them, so an idle session costs no commit of its own.
+LAZY_SECONDS = 0.005
 
 
 class Gated(Protocol):
@@ -30,15 +33,23 @@ class Recorder:
         self._scheduled = False
         self._waiting: list[Gated] = []
         self._retry: asyncio.TimerHandle | None = None
+        self._lazy: asyncio.TimerHandle | None = None
 
     def record(self, type_: str, session: str | None, payload: dict[str, Any]) -> dict[str, Any]:
-        """Append an event; it is committed at the end of this loop turn (or by the retry
-        timer while the store is failing, so a broken disk is not hammered every turn)."""
+        """Append an event. It is committed with the next gated commit, or within
+        LAZY_SECONDS; while the store is failing, by the retry timer, so that a broken disk
+        is not hammered."""
         pending = self.trail.append(type_, session, payload)
-        if not self._scheduled and self.failing is None:
-            self._scheduled = True
-            self.loop.call_soon(self._flush)
+        if self._lazy is None and self.failing is None:
+            self._lazy = self.loop.call_later(LAZY_SECONDS, self._lazy_flush)
         return pending
+
+    def _lazy_flush(self) -> None:
+        # Not cancelled by gated commits: one timer per window is cheaper than re-arming one
+        # per event. By now a gated commit has usually carried everything already.
+        self._lazy = None
+        if self.trail.pending and not self._scheduled and self.failing is None:
+            self._flush()
 
     def gate(self, waiter: Gated) -> None:
         """Call ``waiter.released()`` after the next commit, or ``refused()`` if it fails.

@@ -212,9 +212,13 @@ class Session(asyncio.Protocol):
         """The records behind the held bytes are committed: forward them."""
         self.gated = False
         self.unconfirmed.clear()
-        if self.held and self.started and self.server is not None:
-            self.server.writelines(self.held)
-            self.held.clear()
+        held = self.held
+        if held and self.started and self.server is not None:
+            if len(held) == 1:
+                self.server.write(held[0])
+            else:
+                self.server.writelines(held)
+            held.clear()
         if self.ended and self.server is not None:
             self.server.close()
 

@@ -23,7 +23,15 @@ CREATE TABLE events (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
-CREATE INDEX events_session ON events (session, seq);
+-- Where each session's events lie, for operators' queries. It is derived from the chain,
+-- written in the same transaction as the events it points at, and never read by verify.
+-- (An index on events.session would cost every commit several B-tree pages; this costs
+-- one row per session.)
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    start_seq INTEGER NOT NULL,
+    end_seq INTEGER             -- NULL while the session is open
+) WITHOUT ROWID;
 -- Defence in depth only: anyone who can write the file can drop these. witness verify is
 -- the check that matters.
 CREATE TRIGGER events_no_update BEFORE UPDATE ON events

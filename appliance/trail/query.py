@@ -151,20 +151,20 @@ def list_sessions(
     """
     rows = conn.execute(
         """
-        SELECT s.session, s.ts, s.seq, s.payload, e.ts, e.seq, e.payload,
-               (SELECT count(*) FROM events c
-                 WHERE c.session = s.session AND c.type = 'command')
-        FROM events s
-        LEFT JOIN events e ON e.seq = (
-            SELECT min(x.seq) FROM events x
-             WHERE x.session = s.session AND x.type = 'session_end')
-        WHERE s.type = 'session_start'
-          AND (:until IS NULL OR s.ts <= :until)
+        SELECT x.id, s.ts, s.seq, s.payload, e.ts, e.seq, e.payload,
+               coalesce(json_extract(e.payload, '$.commands'),
+                        (SELECT count(*) FROM events c
+                          WHERE c.seq > x.start_seq AND c.session = x.id
+                            AND c.type = 'command'))
+        FROM sessions x
+        JOIN events s ON s.seq = x.start_seq
+        LEFT JOIN events e ON e.seq = x.end_seq
+        WHERE (:until IS NULL OR s.ts <= :until)
           AND (:since IS NULL OR e.ts IS NULL OR e.ts >= :since)
           AND (:user IS NULL OR json_extract(s.payload, '$.db_user') = :user
                OR CAST(json_extract(s.payload, '$.owner.uid') AS TEXT) = :user)
           AND (:backend IS NULL OR json_extract(s.payload, '$.backend.name') = :backend)
-        ORDER BY s.seq
+        ORDER BY x.start_seq
         """,
         {"since": since, "until": until, "user": user, "backend": backend},
     )
@@ -185,11 +185,11 @@ def resolve(conn: sqlite3.Connection, prefix: str) -> str:
     """The one session id that starts with ``prefix``."""
     if not prefix:
         raise UnknownSession("give a session id (or a unique prefix of one)")
-    # U+10FFFF sorts after every other character, so this is a range scan on the index.
+    # U+10FFFF sorts after every other character, so this is a range scan on the key.
     found = [
         row[0]
         for row in conn.execute(
-            "SELECT DISTINCT session FROM events WHERE session >= ? AND session < ? LIMIT 6",
+            "SELECT id FROM sessions WHERE id >= ? AND id < ? LIMIT 6",
             (prefix, prefix + "\U0010ffff"),
         )
     ]
@@ -204,7 +204,16 @@ def resolve(conn: sqlite3.Connection, prefix: str) -> str:
 
 
 def session_events(conn: sqlite3.Connection, session: str) -> list[Event]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE session = ? ORDER BY seq", (session,))
+    """The session's events, found by a scan of its seq range only."""
+    rows = conn.execute(
+        f"""
+        SELECT {_COLUMNS} FROM events, sessions x
+        WHERE x.id = :id AND seq >= x.start_seq AND seq <= coalesce(x.end_seq, seq)
+          AND session = :id
+        ORDER BY seq
+        """,
+        {"id": session},
+    )
     return [Event.from_row(row) for row in rows]
 
 

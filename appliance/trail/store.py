@@ -30,6 +30,8 @@ _INSERT = (
     "INSERT INTO events (seq, ts, type, session, payload, prev_hash, hash)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_SESSION_START = "INSERT OR IGNORE INTO sessions (id, start_seq) VALUES (?, ?)"
+_SESSION_END = "UPDATE sessions SET end_seq = ? WHERE id = ? AND end_seq IS NULL"
 Row = tuple[int, int, str, str | None, str, str, str]
 
 
@@ -146,12 +148,18 @@ class Trail:
         hash_of = chain.event_hash
         seq, prev = self._seq, self._hash
         # The hot loop: one encode, one sha256 and one tuple per event.
+        starts: list[tuple[str | None, int]] = []
+        ends: list[tuple[int, str | None]] = []
         for ts, type, session, payload in itertools.islice(pending, n):
             seq += 1
             text = text_of(payload)
             digest = hash_of(prev, seq, ts, type, session, text)
             add((seq, ts, type, session, text, prev, digest))
             prev = digest
+            if type == "session_start":
+                starts.append((session, seq))
+            elif type == "session_end":
+                ends.append((seq, session))
         stamp = int(now * 1_000_000)
         if self._dropped:
             seq += 1
@@ -166,6 +174,10 @@ class Trail:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT, rows)
+            if starts:
+                conn.executemany(_SESSION_START, starts)
+            if ends:
+                conn.executemany(_SESSION_END, ends)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -347,8 +359,11 @@ def _prepare(
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(mode).lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
-    # NORMAL in WAL mode: a commit survives the recorder being killed; FULL: power loss too.
-    sync = "FULL" if settings.durability == "power" else "NORMAL"
+    # "process": a committed transaction is in the kernel's page cache, which survives the
+    # recorder being killed; in WAL mode that needs no fsync at all (OFF), and NORMAL would
+    # add fsyncs at every WAL checkpoint for no gain against that threat. "power": FULL
+    # fsyncs the WAL at every commit.
+    sync = "FULL" if settings.durability == "power" else "OFF"
     conn.execute(f"PRAGMA synchronous = {sync}")
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
     if not head.new:

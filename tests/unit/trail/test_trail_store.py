@@ -48,7 +48,7 @@ def test_open_creates_private_files_and_the_key(settings: TrailSettings, clock: 
     trail.close()
 
 
-@pytest.mark.parametrize(("durability", "level"), [("process", 1), ("power", 2)])
+@pytest.mark.parametrize(("durability", "level"), [("process", 0), ("power", 2)])
 def test_durability_sets_synchronous(tmp_path: Path, durability: str, level: int) -> None:
     settings = TrailSettings(tmp_path / "t.db", tmp_path / "t.key", durability=durability)
     trail = Trail.open(settings)
