@@ -174,26 +174,22 @@ class Session(asyncio.Protocol):
             self._protocol_error(exc)
             return
         for event in events:
-            kind = type(event)
-            if kind is ev.CommandStarted:
-                assert isinstance(event, ev.CommandStarted)
+            if isinstance(event, ev.CommandStarted):
                 self.commands += 1
                 payload = event.command.as_dict()
                 payload["n"] = event.n
                 self.unconfirmed.append(self.recorder.record("command", self.id, payload))
                 self._gate()
-            elif kind is ev.NegotiationRequest:
+            elif isinstance(event, ev.NegotiationRequest):
                 # Answered here, never forwarded: TLS to the client is not offered (yet), and
                 # the request is always the first 8 bytes of what the client sent.
                 assert self.client is not None
                 self.client.write(NO_ENCRYPTION)
                 data = data[8:]
-            elif kind is ev.Startup:
-                assert isinstance(event, ev.Startup)
+            elif isinstance(event, ev.Startup):
                 self.startup = event
                 self._maybe_start()
-            elif kind is ev.CancelRequest:
-                assert isinstance(event, ev.CancelRequest)
+            elif isinstance(event, ev.CancelRequest):
                 self._cancel(event, data)
                 return
         if data:
@@ -261,19 +257,15 @@ class Session(asyncio.Protocol):
             self._protocol_error(exc)
             return
         for event in events:
-            kind = type(event)
-            if kind is ev.CommandFinished:
-                assert isinstance(event, ev.CommandFinished)
+            if isinstance(event, ev.CommandFinished):
                 payload = event.result.as_dict()
                 payload["n"] = event.n
                 self.recorder.record("result", self.id, payload)
-            elif kind is ev.BackendKey:
-                assert isinstance(event, ev.BackendKey)
+            elif isinstance(event, ev.BackendKey):
                 self.backend_pid = event.pid
                 self.key = (event.pid, event.secret)
                 self.relay.keys[self.key] = self
-            elif kind is ev.SessionError:
-                assert isinstance(event, ev.SessionError)
+            elif isinstance(event, ev.SessionError):
                 self.recorder.record("error", self.id, {"where": "server", **event.error.as_dict()})
 
     def pause_client(self) -> None:

@@ -7,6 +7,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
 
@@ -24,10 +26,17 @@ encode_payload = _ENCODER.encode
 def payload_text(payload: Any) -> str:
     """The canonical JSON text of a payload, always storable as UTF-8.
 
-    The fast path is plain canonical JSON. A payload that cannot be encoded that way (a lone
-    surrogate from a lossy decode, NaN, bytes, non-string keys) is salvaged rather than
-    refused: one bad payload must never block every later commit.
+    The fast path is orjson with sorted keys (a tenth of the stdlib's cost, and this runs
+    twice per statement on the relay's hot path); it writes a non-finite float as null.
+    What orjson refuses (integers beyond 64 bits, lone surrogates, bytes, non-string keys)
+    goes through the stdlib encoder, and what that refuses too is salvaged rather than
+    refused: one bad payload must never block every later commit. verify only parses
+    payloads back, so either encoder's output verifies.
     """
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        pass
     try:
         text = encode_payload(payload)
         text.encode()

@@ -76,6 +76,7 @@ class Trail:
             head.checkpoint_ts / 1e6 if head.checkpoint_ts is not None else clock()
         )
         self._force = False
+        self._valid: set[str] = set()
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
         self._dropped: dict[str, int] = {}
         self._dropped_ts = (0, 0)
@@ -104,14 +105,25 @@ class Trail:
 
     def append(self, type: str, session: str | None, payload: dict[str, Any]) -> dict[str, Any]:
         """Buffer one event; ``payload`` is serialized at commit, so it may still be amended."""
-        if not chain.valid_field(type) or (session is not None and not chain.valid_field(session)):
-            raise ValueError(f"bad event type {type!r} or session {session!r}")
+        valid = self._valid
+        if type not in valid or (session is not None and session not in valid):
+            self._check(type, session)
         ts = int(self._clock() * 1_000_000)
         if len(self._pending) >= self.max_backlog:
             self._drop(ts, type)
         else:
             self._pending.append((ts, type, session, payload))
         return payload
+
+    def _check(self, type: str, session: str | None) -> None:
+        """Validate a type or session seen for the first time (each one once, not per event)."""
+        if not chain.valid_field(type) or (session is not None and not chain.valid_field(session)):
+            raise ValueError(f"bad event type {type!r} or session {session!r}")
+        if len(self._valid) > 100_000:
+            self._valid.clear()
+        self._valid.add(type)
+        if session is not None:
+            self._valid.add(session)
 
     @property
     def pending(self) -> int:
