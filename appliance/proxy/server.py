@@ -120,6 +120,15 @@ class Session(asyncio.Protocol):
         self.relay.spawn(self._setup())
 
     async def _setup(self) -> None:
+        try:
+            await self._attribute_and_dial()
+        except Exception as exc:
+            # Never leave a client hanging with its bytes held: fail closed, and say why.
+            log.exception("session %s could not be set up", self.id)
+            self.recorder.record("error", self.id, {"where": "recorder", "message": repr(exc)})
+            self._fatal("XX000", f"witness: the session could not be set up: {exc}", repr(exc))
+
+    async def _attribute_and_dial(self) -> None:
         loop = asyncio.get_running_loop()
         owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, self.local)
         if self.ended:
@@ -317,8 +326,20 @@ class Session(asyncio.Protocol):
 
     def _refuse_connection(self, code: str, message: str) -> None:
         """The session cannot be set up: record the attempt and tell the client."""
-        if not self.started and self.startup is not None and self.owner is not None:
-            self._record_start()
+        if not self.started:
+            if self.startup is not None and self.owner is not None:
+                self._record_start()
+            else:  # too early for a session record; the attempt is still on the trail
+                self.recorder.record(
+                    "error",
+                    None,
+                    {
+                        "where": "backend",
+                        "message": message,
+                        "client": f"{self.peer[0]}:{self.peer[1]}",
+                        "owner": None if self.owner is None else self.owner.as_dict(),
+                    },
+                )
         self._fatal(code, f"witness: {message}", message)
 
     def _fatal(self, code: str, message: str, reason: str) -> None:
