@@ -103,6 +103,7 @@ class Session(asyncio.Protocol):
         self.held: list[bytes] = []
         self.gated = False  # held bytes wait for a commit
         self.unconfirmed: list[dict[str, Any]] = []  # command payloads not yet committed
+        self.early: list[dict[str, Any]] = []  # commands sent before the session was recorded
         self.bytes_in = 0
         self.bytes_out = 0
         self.commands = 0
@@ -125,8 +126,7 @@ class Session(asyncio.Protocol):
         except Exception as exc:
             # Never leave a client hanging with its bytes held: fail closed, and say why.
             log.exception("session %s could not be set up", self.id)
-            self.recorder.record("error", self.id, {"where": "recorder", "message": repr(exc)})
-            self._fatal("XX000", f"witness: the session could not be set up: {exc}", repr(exc))
+            self._refuse_connection("XX000", f"the session could not be set up: {exc!r}")
 
     async def _attribute_and_dial(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,6 +174,9 @@ class Session(asyncio.Protocol):
                 "application_name": params.get("application_name"),
             },
         )
+        for payload in self.early:
+            self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+        self.early.clear()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -187,8 +190,11 @@ class Session(asyncio.Protocol):
                 self.commands += 1
                 payload = event.command.as_dict()
                 payload["n"] = event.n
-                self.unconfirmed.append(self.recorder.record("command", self.id, payload))
-                self._gate()
+                if self.started:
+                    self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+                    self._gate()
+                else:  # recorded after session_start, so the session's events stay together
+                    self.early.append(payload)
             elif isinstance(event, ev.NegotiationRequest):
                 # Answered here, never forwarded: TLS to the client is not offered (yet), and
                 # the request is always the first 8 bytes of what the client sent.
@@ -325,10 +331,19 @@ class Session(asyncio.Protocol):
         self._fatal("08P01", f"witness: {exc}", str(exc))
 
     def _refuse_connection(self, code: str, message: str) -> None:
-        """The session cannot be set up: record the attempt and tell the client."""
+        """The session cannot be set up: record the attempt and tell the client.
+
+        With a startup, the attempt is a session of its own, ended at once, and whatever
+        commands came with it are marked refused; without one, it is an error event.
+        """
         if not self.started:
-            if self.startup is not None and self.owner is not None:
+            if self.startup is not None:
+                if self.owner is None:
+                    self.owner = Owner(source="unknown", detail=message)
                 self._record_start()
+                for payload in self.unconfirmed:
+                    payload["refused"] = message
+                self.unconfirmed.clear()
             else:  # too early for a session record; the attempt is still on the trail
                 self.recorder.record(
                     "error",

@@ -237,3 +237,24 @@ def test_owner_is_the_connecting_process(witness: Witness) -> None:
     assert owner["uid"] == os.geteuid()
     assert os.path.realpath(owner["exe"]) == os.path.realpath(sys.executable)
     assert owner["cgroup"] is not None
+
+
+def test_refusal_before_startup_is_still_recorded(tmp_path: Path) -> None:
+    from witnessproc import events
+
+    from appliance.lab.postgres import free_port
+
+    recorder = Witness(free_port(), tmp_path / "trail.db")
+    try:
+        silent = socket.create_connection(("127.0.0.1", recorder.port))
+        silent.settimeout(10)
+        reply = silent.recv(65536)  # the recorder gives up on the backend and says so
+        silent.close()
+        assert b"08006" in reply and b"unreachable" in reply
+        found = wait_for(
+            lambda: [e for e in events(recorder.trail) if e["type"] == "error"] or None
+        )
+        assert found[0]["where"] == "backend"
+        assert found[0]["owner"]["pid"] == os.getpid()
+    finally:
+        recorder.stop()

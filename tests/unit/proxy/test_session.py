@@ -1,0 +1,152 @@
+"""The relay's session logic with stand-in transports: what reaches the backend, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Backend, Capture, TrailSettings
+from appliance.model import Owner
+from appliance.proxy.recorder import Recorder
+from appliance.proxy.server import Relay, Session
+from appliance.trail.store import Trail
+
+
+class FakeTransport:
+    """Collects what the relay writes; stands in for a socket."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.written.extend(bytes(c) for c in chunks)
+
+    def get_extra_info(self, name: str) -> tuple[str, int]:
+        return ("127.0.0.1", 40000)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+PARAMS = b"user\x00agent\x00database\x00orders\x00\x00"
+STARTUP = struct.pack("!II", 8 + len(PARAMS), 196608) + PARAMS
+QUERY = message(b"Q", b"select 1\x00")
+
+
+def relay(tmp_path: Path, loop: asyncio.AbstractEventLoop, lookup) -> tuple[Relay, Trail]:
+    trail = Trail.open(TrailSettings.beside(tmp_path / "trail.db"))
+    return Relay(
+        Recorder(trail, loop), Backend("b", "127.0.0.1", 1), Capture(), 1 << 20, lookup
+    ), trail
+
+
+def connected(relay_: Relay) -> tuple[Session, FakeTransport, FakeTransport]:
+    """A session whose owner is known and whose backend is connected (no real dial)."""
+    session = relay_.session()
+    client, server = FakeTransport(), FakeTransport()
+    session.client = client
+    session.owner = Owner(uid=1000, pid=42, source="sock_diag")
+    session.server = server
+    return session, client, server
+
+
+def test_a_command_reaches_the_backend_only_after_its_commit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
+        session, _, server = connected(relay_)
+        session.data_received(STARTUP)
+        session._maybe_start()
+        assert server.written == []  # the session record is not committed yet
+        await asyncio.sleep(0)
+        assert server.written == [STARTUP]
+        session.from_server(message(b"R", b"\0\0\0\0") + message(b"Z", b"I"))
+        session.data_received(QUERY)
+        assert server.written == [STARTUP]
+        assert trail.pending >= 1
+        await asyncio.sleep(0)
+        assert server.written == [STARTUP, QUERY]
+        assert trail.pending == 0
+        trail.close()
+
+    asyncio.run(scenario())
+
+
+def test_setup_that_breaks_fails_closed_with_a_native_error(tmp_path: Path) -> None:
+    def broken(client: tuple[str, int], local: tuple[str, int]) -> Owner:
+        raise RuntimeError("netlink went away")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        relay_, trail = relay(tmp_path, loop, broken)
+        session = relay_.session()
+        client = FakeTransport()
+        session.connection_made(client)
+        session.data_received(STARTUP + QUERY)
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if client.closed:
+                break
+        assert client.closed
+        assert b"XX000" in b"".join(client.written)
+        assert b"netlink went away" in b"".join(client.written)
+        await asyncio.sleep(0.02)
+        trail.close()
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "trail.db")
+        rows = [
+            (row[0], json.loads(row[1]))
+            for row in db.execute("select type, payload from events order by seq")
+        ]
+        types = [t for t, _ in rows if t != "checkpoint"]
+        assert types[:3] == ["session_start", "command", "result"]
+        assert types[-1] == "session_end"
+        command = rows[1][1]
+        assert "netlink went away" in command["refused"]
+        assert rows[2][1]["status"] == "aborted"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("chunks", [[STARTUP + QUERY], [STARTUP, QUERY]])
+def test_nothing_is_forwarded_when_the_trail_refuses(tmp_path: Path, chunks: list[bytes]) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
+        session, client, server = connected(relay_)
+
+        def fail() -> None:
+            from appliance.trail.store import TrailWriteError
+
+            raise TrailWriteError("disk full")
+
+        trail.commit = fail
+        for chunk in chunks:
+            session.data_received(chunk)
+        session._maybe_start()
+        await asyncio.sleep(0)
+        assert server.written == []
+        assert b"58030" in b"".join(client.written)
+        assert client.closed
+
+    asyncio.run(scenario())
