@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.lab.postgres import LabError, PostgresServer, free_port
+from appliance.lab.net import free_port, wait_port
+from appliance.lab.postgres import LabError, PostgresServer
 
 SCRIPT = [
     "create table orders (id int primary key, customer text, total numeric)",
@@ -23,19 +23,6 @@ SCRIPT = [
     "select * from invoices",
     "drop table orders",
 ]
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"witness exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise LabError(f"witness did not listen on port {port}")
 
 
 def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
@@ -65,7 +52,10 @@ def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_port(port, recorder)
+            try:
+                wait_port(port, recorder)
+            except RuntimeError as exc:
+                raise LabError(f"witness did not start: {exc}") from None
             url = pg.url(port)
             say(f"\nAn agent runs psql against {url}:\n")
             for sql in SCRIPT:

@@ -8,23 +8,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
+from appliance.lab.net import free_port
+
 
 class LabError(Exception):
     """A lab server could not be set up; the message says what is missing."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def postgres_bindir() -> Path:

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.lab.postgres import PostgresServer, free_port
+from appliance.lab.net import free_port
+from appliance.lab.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 WITNESS = str(Path(sys.executable).parent / "witness")

@@ -213,7 +213,7 @@ def test_malformed_client_ends_only_its_own_session(witness: Witness) -> None:
 
 
 def test_unreachable_backend_gets_a_native_error(tmp_path: Path) -> None:
-    from appliance.lab.postgres import free_port
+    from appliance.lab.net import free_port
 
     dead = free_port()
     recorder = Witness(dead, tmp_path / "trail.db")
@@ -242,7 +242,7 @@ def test_owner_is_the_connecting_process(witness: Witness) -> None:
 def test_refusal_before_startup_is_still_recorded(tmp_path: Path) -> None:
     from witnessproc import events
 
-    from appliance.lab.postgres import free_port
+    from appliance.lab.net import free_port
 
     recorder = Witness(free_port(), tmp_path / "trail.db")
     try:
