@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -122,7 +124,10 @@ def _echo_json(data: Any) -> None:
 
 
 def _print(*renderables: Any) -> None:
-    Console(highlight=False).print(*renderables)
+    # Piped or captured output has no terminal width to fit; rather than crush the table
+    # into 80 columns, give it room (COLUMNS still wins when it is set).
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    Console(highlight=False, width=wide).print(*renderables)
 
 
 def _path(ctx: click.Context, trail: Path | None) -> Path:

@@ -66,7 +66,8 @@ def _describe(path: Path, report: Report) -> str:
     if not report.ok:
         where = "" if report.first_bad_seq is None else f" at event {report.first_bad_seq}"
         return f"{path}: FAULT{where}: {report.reason}"
-    line = f"{path}: ok, {report.events} events verified ({report.checkpoints} checkpoints)"
+    signed = f"{report.checkpoints} checkpoint{'' if report.checkpoints == 1 else 's'}"
+    line = f"{path}: ok, {report.events} events verified ({signed})"
     if report.uncovered:
         return f"{line}; the last {report.uncovered} are not yet covered by a signed checkpoint"
     return line + "; all covered by a signed checkpoint"

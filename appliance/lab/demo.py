@@ -15,14 +15,17 @@ from pathlib import Path
 from appliance.lab.net import free_port, wait_port
 from appliance.lab.postgres import LabError, PostgresServer
 
-SCRIPT = [
-    "create table orders (id int primary key, customer text, total numeric)",
-    "insert into orders values (1, 'ada', 12.50), (2, 'grace', 99.00), (3, 'linus', 7.25)",
-    "select customer, total from orders where total > 10 order by id",
-    "update orders set total = total * 1.1 where id = 2; select count(*) from orders",
-    "select * from invoices",
-    "drop table orders",
-]
+# One agent session: a few statements through one connection, one of them failing.
+AGENT = """\
+create table orders (id int primary key, customer text, total numeric);
+insert into orders values (1, 'ada', 12.50), (2, 'grace', 99.00), (3, 'linus', 7.25);
+select customer, total from orders where total > 10 order by id;
+update orders set total = total * 1.1 where id = 2;
+select * from invoices;
+select count(*) from orders;
+"""
+# And a second, shorter one.
+AUDITOR = "select customer from orders order by total desc limit 1"
 
 
 def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
@@ -57,29 +60,20 @@ def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
             except RuntimeError as exc:
                 raise LabError(f"witness did not start: {exc}") from None
             url = pg.url(port)
-            say(f"\nAn agent runs psql against {url}:\n")
-            for sql in SCRIPT:
-                say(f"  $ psql -c {sql!r}")
-                out = subprocess.run(
-                    ["psql", "-X", "-c", sql, url + "?application_name=demo-agent"],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                for line in (out.stdout + out.stderr).strip().splitlines():
-                    say(f"    {line}")
+            say(f"\nAn agent sends a script through Witness ({url}):\n")
+            _psql(say, ["-e", "-f", "-", url + "?application_name=demo-agent"], AGENT)
+            say("\nA second session:\n")
+            _psql(say, ["-e", "-c", AUDITOR, url + "?application_name=demo-auditor"])
             time.sleep(0.2)
+            first = _first_session(witness, trail)
             for argv in (
                 ["sessions", "list", "--trail", str(trail)],
-                ["sessions", "show", _last_session(witness, trail), "--trail", str(trail)],
-                ["verify", "--trail", str(trail)],
+                ["sessions", "show", first, "--trail", str(trail)],
+                ["search", "orders", "--trail", str(trail)],
             ):
-                say(f"\n$ witness {' '.join(argv)}")
-                shown = subprocess.run(
-                    [witness, *argv], capture_output=True, text=True, check=False
-                )
-                say((shown.stdout + shown.stderr).rstrip())
+                _witness(say, witness, argv)
             if keep:
+                _witness(say, witness, ["verify", "--trail", str(trail)])
                 say(
                     "\nWitness is still recording. In another terminal, try:\n"
                     f"  psql '{url}'\n"
@@ -95,10 +89,26 @@ def run(directory: Path, keep: bool, say: Callable[[str], None]) -> None:
             recorder.send_signal(signal.SIGTERM)
             recorder.wait(timeout=30)
             log.close()
-    say(f"Stopped. The trail stays in {trail}; check it with: witness verify --trail {trail}")
+    say("\nWitness stopped and signed a last checkpoint over the trail:")
+    _witness(say, witness, ["verify", "--trail", str(trail)])
+    say(f"\nThe trail stays in {trail}.")
 
 
-def _last_session(witness: str, trail: Path) -> str:
+def _psql(say: Callable[[str], None], args: list[str], stdin: str | None = None) -> None:
+    out = subprocess.run(
+        ["psql", "-X", *args], input=stdin, capture_output=True, text=True, check=False
+    )
+    for line in (out.stdout + out.stderr).rstrip().splitlines():
+        say(f"    {line}")
+
+
+def _witness(say: Callable[[str], None], witness: str, argv: list[str]) -> None:
+    say(f"\n$ witness {' '.join(argv)}")
+    shown = subprocess.run([witness, *argv], capture_output=True, text=True, check=False)
+    say((shown.stdout + shown.stderr).rstrip())
+
+
+def _first_session(witness: str, trail: Path) -> str:
     import json  # noqa: PLC0415
 
     out = subprocess.run(
@@ -110,7 +120,7 @@ def _last_session(witness: str, trail: Path) -> str:
     listed = json.loads(out.stdout)
     if not listed:
         raise LabError("the demo recorded no session")
-    return str(listed[-1]["id"])
+    return str(listed[0]["id"])
 
 
 def default_directory() -> Path:
