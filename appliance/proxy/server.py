@@ -2,7 +2,7 @@
 
 This is the only module that reads or writes sockets. Client bytes that carry a command are
 held until the command's record is committed (write before forward); server bytes are passed
-on at once and parsed afterwards for the result summaries.
+on at once and parsed for the result summaries (checked first while the session starts).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class Session(asyncio.Protocol):
         self.owner: Owner | None = None
         self.startup: ev.Startup | None = None
         self.started = False  # session_start recorded and the backend connected
+        self.ready = False  # the backend has said ReadyForQuery once: authentication is over
         self.held: list[bytes] = []
         self.gated = False  # held bytes wait for a commit
         self.unconfirmed: list[dict[str, Any]] = []  # command payloads not yet committed
@@ -264,13 +265,22 @@ class Session(asyncio.Protocol):
 
     def from_server(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        assert self.client is not None
-        self.client.write(data)
+        client = self.client
+        assert client is not None
+        # Once the session is ready, bytes go on first and are parsed right after: latency
+        # off the hot path. Until then (once per connection, and where a wrong port or a
+        # service that is not PostgreSQL shows up) they are checked first, so that the client
+        # gets a clean native error rather than bytes it cannot parse either.
+        ready = self.ready
+        if ready:
+            client.write(data)
         try:
             events = self.pg.receive_server(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
+        if not ready:
+            client.write(data)
         for event in events:
             if isinstance(event, ev.CommandFinished):
                 payload = event.result.as_dict()
@@ -282,6 +292,8 @@ class Session(asyncio.Protocol):
                 self.relay.keys[self.key] = self
             elif isinstance(event, ev.SessionError):
                 self.recorder.record("error", self.id, {"where": "server", **event.error.as_dict()})
+            elif not ready and isinstance(event, ev.Ready):
+                self.ready = ready = True
 
     def pause_client(self) -> None:
         if self.client is not None:
