@@ -73,10 +73,6 @@ class PostgresServer:
             shutil.chown(self.directory, "postgres", "postgres")
         self.directory.chmod(0o755)
 
-    @property
-    def dsn(self) -> str:
-        return f"host={self.host} port={self.port} user={self.superuser} dbname=postgres"
-
     def url(self, port: int | None = None, database: str = "postgres") -> str:
         return f"postgresql://{self.superuser}@{self.host}:{port or self.port}/{database}"
 
