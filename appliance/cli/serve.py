@@ -48,9 +48,11 @@ def serve(
     reads --config (default /etc/witness/witness.toml).
     """
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if verbose:  # our own sessions, not every netlink message pyroute2 could log
+        for name in ("appliance", "witness"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     quick = (listen, backend, trail)
     if any(quick):
         if not all(quick):

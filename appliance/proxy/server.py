@@ -178,6 +178,15 @@ class Session(asyncio.Protocol):
         for payload in self.early:
             self.unconfirmed.append(self.recorder.record("command", self.id, payload))
         self.early.clear()
+        log.debug(
+            "session %s: %s:%d uid %s pid %s -> %s as %s",
+            self.id,
+            *self.peer,
+            self.owner.uid,
+            self.owner.pid,
+            self.relay.backend.name,
+            params.get("user"),
+        )
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -388,6 +397,7 @@ class Session(asyncio.Protocol):
                 payload = event.result.as_dict()
                 payload["n"] = event.n
                 self.recorder.record("result", self.id, payload)
+        log.debug("session %s ended: %s", self.id, reason)
         if self.started:
             self.recorder.record(
                 "session_end",
