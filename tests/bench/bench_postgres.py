@@ -1,7 +1,8 @@
 """PostgreSQL recording benchmark: direct vs pgbouncer (session pool) vs Witness.
 
 Every path is measured in the same run, alternating, and the median of the rounds is kept:
-- ``pgbench -S -c 8 -j 2`` and ``-c 1`` (tps, and the latency Witness adds at c=1);
+- ``pgbench -S -c 8 -j 2`` and ``-c 1`` (tps, the latency Witness adds at c=1, and the CPU
+  time the proxy process spends per transaction at c=8);
 - a ~100 MB ``COPY pgbench_accounts TO STDOUT`` read (scale 10), direct vs Witness.
 Witness records every statement; the run checks that the trail holds one command per
 transaction pgbench reports. The table is printed and written to ``--out``.
@@ -115,6 +116,12 @@ class Recorder:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pgbench(port: int, clients: int, seconds: int) -> tuple[float, float, int]:
     """(tps, average latency in ms, transactions) of a select-only run."""
     out = subprocess.run(
@@ -205,11 +212,18 @@ def main() -> None:
         tps8: dict[str, list[float]] = {p: [] for p in paths}
         lat1: dict[str, list[float]] = {p: [] for p in paths}
         tps1: dict[str, list[float]] = {p: [] for p in paths}
+        # CPU time per transaction of the proxy process at c=8: steadier than tps on a busy
+        # two-core machine, so it is the figure to compare between versions.
+        proxies = {"pgbouncer": bouncer.proc.pid, "witness": recorder.proc.pid}
+        cpu8: dict[str, list[float]] = {p: [] for p in proxies}
         witness_done = 0
         for r in range(args.rounds):
             for name, port in paths.items():
+                before = cpu_seconds(proxies[name]) if name in proxies else 0.0
                 tps, _, done = pgbench(port, 8, args.seconds)
                 tps8[name].append(tps)
+                if name in proxies:
+                    cpu8[name].append((cpu_seconds(proxies[name]) - before) / done * 1e6)
                 witness_done += done if name == "witness" else 0
                 tps, latency, done = pgbench(port, 1, args.seconds)
                 tps1[name].append(tps)
@@ -241,15 +255,17 @@ def main() -> None:
         f"# PostgreSQL benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
         f"median of {args.rounds} alternating rounds of {args.seconds}s)",
         "",
-        "| path | tps c=8 | vs direct | vs pgbouncer | tps c=1 | latency c=1 (us) | added (us) |",
-        "|---|---|---|---|---|---|---|",
+        "| path | tps c=8 | vs direct | vs pgbouncer | proxy CPU c=8 (us/txn) | tps c=1 "
+        "| latency c=1 (us) | added (us) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in paths:
         t8, t1, l1 = med(tps8[name]), med(tps1[name]), med(lat1[name]) * 1000
         added = l1 - med(lat1["direct"]) * 1000
+        cpu = f"{med(cpu8[name]):.1f}" if name in cpu8 else "-"
         lines.append(
-            f"| {name} | {t8:.0f} | {t8 / d8:.2f} | {t8 / b8:.2f} | {t1:.0f} | {l1:.0f} | "
-            f"{added:+.0f} |"
+            f"| {name} | {t8:.0f} | {t8 / d8:.2f} | {t8 / b8:.2f} | {cpu} | {t1:.0f} | "
+            f"{l1:.0f} | {added:+.0f} |"
         )
     cd, cw = med(copies["direct"]), med(copies["witness"])
     lines += [
