@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -22,6 +23,7 @@ from appliance.trail import db, query
 from appliance.trail.db import TrailError
 from appliance.trail.query import CommandView, Event, SessionInfo
 
+T = TypeVar("T")
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -130,8 +132,13 @@ def _print(*renderables: Any) -> None:
     Console(highlight=False, width=wide).print(*renderables)
 
 
-def _path(ctx: click.Context, trail: Path | None) -> Path:
-    return trail_settings(ctx, trail).path
+def _read(ctx: click.Context, trail: Path | None, ask: Callable[[sqlite3.Connection], T]) -> T:
+    """Run one query against the trail, opened read-only; any problem is a one-line failure."""
+    try:
+        with db.reading(trail_settings(ctx, trail).path) as conn:
+            return ask(conn)
+    except TrailError as exc:
+        fail(str(exc))
 
 
 # --- sessions list -----------------------------------------------------------------------
@@ -161,12 +168,13 @@ def list_command(
     as_json: bool,
 ) -> None:
     """One row per session: who, from where, to which backend, how much."""
-    path = _path(ctx, trail)
-    try:
-        with db.reading(path) as conn:
-            found = query.list_sessions(conn, since=since, until=until, user=user, backend=backend)
-    except TrailError as exc:
-        fail(str(exc))
+    found = _read(
+        ctx,
+        trail,
+        lambda conn: query.list_sessions(
+            conn, since=since, until=until, user=user, backend=backend
+        ),
+    )
     if as_json:
         _echo_json([s.as_dict() for s in found])
         return
@@ -220,12 +228,7 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
 @click.pass_context
 def show_command(ctx: click.Context, session_id: str, trail: Path | None, as_json: bool) -> None:
     """The session's header, then each command with its result (ID may be a unique prefix)."""
-    path = _path(ctx, trail)
-    try:
-        with db.reading(path) as conn:
-            detail = query.session_detail(conn, session_id)
-    except TrailError as exc:
-        fail(str(exc))
+    detail = _read(ctx, trail, lambda conn: query.session_detail(conn, session_id))
     if as_json:
         _echo_json(detail.as_dict())
         return
@@ -326,12 +329,7 @@ def _commands_table(commands: Iterable[CommandView]) -> Table:
 @click.pass_context
 def replay_command(ctx: click.Context, session_id: str, speed: float, trail: Path | None) -> None:
     """Print the session's events as they happened, pausing as long as they took."""
-    path = _path(ctx, trail)
-    try:
-        with db.reading(path) as conn:
-            events = query.session_detail(conn, session_id).events
-    except TrailError as exc:
-        fail(str(exc))
+    events = _read(ctx, trail, lambda conn: query.session_detail(conn, session_id).events)
     started = events[0].ts if events else 0
     last = started
     for event in events:
@@ -379,12 +377,7 @@ def _replay_line(event: Event) -> str:
 @click.pass_context
 def search_command(ctx: click.Context, text: str, trail: Path | None, as_json: bool) -> None:
     """Commands whose text contains TEXT (ignoring case), oldest first."""
-    path = _path(ctx, trail)
-    try:
-        with db.reading(path) as conn:
-            found = query.search(conn, text)
-    except TrailError as exc:
-        fail(str(exc))
+    found = _read(ctx, trail, lambda conn: query.search(conn, text))
     if as_json:
         _echo_json([m.as_dict() for m in found])
         return
