@@ -145,27 +145,21 @@ class PostgresConnection:
             self._server.row_room = capture_bytes
 
     def receive_client(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        if self._error is not None or self._closed:
-            raise self._refusal("client", data)
-        first_new = self._n + 1
-        try:
-            self._client.feed(data)
-        except ProtocolError as exc:
-            self._fail(exc, first_new)
-            raise
-        events = self._events
-        if not events:
-            return []
-        self._events = []
-        return events
+        return self._receive(self._client, data)
 
     def receive_server(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        return self._receive(self._server, data)
+
+    def _receive(
+        self, framer: Framer[PostgresConnection], data: bytes | bytearray | memoryview
+    ) -> list[Event]:
         if self._error is not None or self._closed:
-            raise self._refusal("server", data)
+            raise self._refusal(framer.side, data)
+        first_new = self._n + 1  # commands this call starts are forgotten if it fails
         try:
-            self._server.feed(data)
+            framer.feed(data)
         except ProtocolError as exc:
-            self._fail(exc, self._n + 1)
+            self._fail(exc, first_new)
             raise
         events = self._events
         if not events:
