@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from appliance import native
 from appliance.config import Settings
 from appliance.enforce import owners
 from appliance.proxy.recorder import Recorder
@@ -51,6 +52,8 @@ async def run(settings: Settings, owner_lookup: OwnerLookup = owners.lookup) -> 
                 backend.port,
             )
         log.info("trail %s (durability %s)", settings.trail.path, settings.trail.durability)
+        report = log.info if native.STATUS.compiled else log.warning
+        report("hot path: %s", native.STATUS)
 
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

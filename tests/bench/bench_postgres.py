@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from appliance import native
 from appliance.lab.net import free_port
 from appliance.lab.postgres import PostgresServer
 
@@ -276,6 +277,7 @@ def main() -> None:
         f"Statements recorded: {recorded} commands for {witness_done} pgbench transactions "
         f"(plus the COPY reads)",
         f"Witness peak RSS: {rss:.0f} MB",
+        f"Witness hot path: {native.STATUS}",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

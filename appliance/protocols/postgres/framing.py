@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from appliance.protocols.errors import ProtocolError
@@ -23,13 +22,18 @@ def types(letters: str) -> frozenset[bytes]:
     return frozenset(letter.encode("latin-1") for letter in letters)
 
 
-@dataclass(frozen=True, slots=True)
 class Phase(Generic[T]):
-    """What a peer may send in one phase: types to hop over unread, and types to hand over."""
+    """What a peer may send in one phase: types to hop over unread, and types to hand over.
 
-    name: str
-    skip: frozenset[bytes]
-    keep: Mapping[bytes, Callable[[T, bytes], None]]
+    (A plain class: mypyc compiles this module, and cannot compile a generic dataclass.)
+    """
+
+    def __init__(
+        self, name: str, skip: frozenset[bytes], keep: Mapping[bytes, Callable[[T, bytes], None]]
+    ) -> None:
+        self.name = name
+        self.skip = skip
+        self.keep = keep
 
 
 class Framer(Generic[T]):

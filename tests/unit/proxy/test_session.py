@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -135,12 +136,18 @@ def test_nothing_is_forwarded_when_the_trail_refuses(tmp_path: Path, chunks: lis
         relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
         session, client, server = connected(relay_)
 
-        def fail() -> None:
-            from appliance.trail.store import TrailWriteError
+        real = trail._conn
 
-            raise TrailWriteError("disk full")
+        class Full:
+            """The store's connection, failing inserts the way a full disk does."""
 
-        trail.commit = fail
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+            def executemany(self, *_: object) -> None:
+                raise sqlite3.OperationalError("database or disk is full")
+
+        trail._conn = Full()  # type: ignore[assignment]
         for chunk in chunks:
             session.data_received(chunk)
         session._maybe_start()
