@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from typing import cast
 
 from appliance import native
 from appliance.config import Settings
@@ -35,7 +37,10 @@ async def run(settings: Settings, owner_lookup: OwnerLookup = owners.lookup) -> 
             )
             try:
                 server = await loop.create_server(
-                    relay.session, listener.address, listener.port, reuse_address=True
+                    cast(Callable[[], asyncio.Protocol], relay.session),
+                    listener.address,
+                    listener.port,
+                    reuse_address=True,
                 )
             except OSError as exc:
                 raise StartError(

@@ -61,11 +61,22 @@ class Relay:
         return Session(self)
 
 
-class _Backend(asyncio.Protocol):
+# Session and _Backend are asyncio protocols by their methods, not by inheritance: a class
+# deriving from asyncio.Protocol is compiled by mypyc as an ordinary Python class, with its
+# attributes in a dict, and these two are on every byte's path.
+
+
+class _Backend:
     """The backend side of one session: hands everything to the session."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass  # the session takes the transport from create_connection
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
 
     def data_received(self, data: bytes) -> None:
         self.session.from_server(data)
@@ -80,7 +91,7 @@ class _Backend(asyncio.Protocol):
         self.session.resume_client()
 
 
-class Session(asyncio.Protocol):
+class Session:
     """One client connection and its backend connection."""
 
     def __init__(self, relay: Relay) -> None:
@@ -138,7 +149,7 @@ class Session(asyncio.Protocol):
         backend = self.relay.backend
         try:
             transport, _ = await loop.create_connection(
-                lambda: _Backend(self), backend.address, backend.port
+                lambda: cast(asyncio.Protocol, _Backend(self)), backend.address, backend.port
             )
         except OSError as exc:
             self._refuse_connection(
