@@ -184,13 +184,14 @@ class Trail:
                 rows, seq, prev, ts=stamp, type=chain.CHECKPOINT, payload=signed.as_dict()
             )
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT, rows)
+            cursor = conn.cursor()  # one cursor, where each conn.execute would make its own
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.executemany(_INSERT, rows)
             if starts:
-                conn.executemany(_SESSION_START, starts)
+                cursor.executemany(_SESSION_START, starts)
             if ends:
-                conn.executemany(_SESSION_END, ends)
-            conn.execute("COMMIT")
+                cursor.executemany(_SESSION_END, ends)
+            cursor.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:

@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from fulldisk import fail_inserts
 
 from appliance.config import Backend, Capture, TrailSettings
 from appliance.model import Owner
@@ -112,7 +113,6 @@ def test_setup_that_breaks_fails_closed_with_a_native_error(tmp_path: Path) -> N
         assert b"netlink went away" in b"".join(client.written)
         await asyncio.sleep(0.02)
         trail.close()
-        import sqlite3
 
         db = sqlite3.connect(tmp_path / "trail.db")
         rows = [
@@ -136,18 +136,7 @@ def test_nothing_is_forwarded_when_the_trail_refuses(tmp_path: Path, chunks: lis
         relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
         session, client, server = connected(relay_)
 
-        real = trail._conn
-
-        class Full:
-            """The store's connection, failing inserts the way a full disk does."""
-
-            def __getattr__(self, name: str) -> object:
-                return getattr(real, name)
-
-            def executemany(self, *_: object) -> None:
-                raise sqlite3.OperationalError("database or disk is full")
-
-        trail._conn = Full()  # type: ignore[assignment]
+        fail_inserts(trail)
         for chunk in chunks:
             session.data_received(chunk)
         session._maybe_start()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fulldisk import fail_inserts
 from trailkit import Clock, fill
 
 from appliance.config import TrailSettings
@@ -222,19 +223,7 @@ def test_commit_failure_from_the_store_is_a_trail_write_error(
     settings: TrailSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trail = Trail.open(settings)
-    assert trail._conn is not None
-    real = trail._conn
-
-    class Full:
-        """Only executemany fails, the way a full disk fails the insert."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(real, name)
-
-        def executemany(self, *_: object) -> None:
-            raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(trail, "_conn", Full())
+    real = fail_inserts(trail)
     trail.append("command", "s", {"n": 1})
     with pytest.raises(TrailWriteError, match="disk is full"):
         trail.commit()
