@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_CONFIG = Path("/etc/witness/witness.toml")
 PROTOCOLS = ("postgresql",)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DURABILITY = ("process", "power")
 
 
@@ -24,6 +25,20 @@ class Backend:
     address: str
     port: int
     protocol: str = "postgresql"
+    protect: tuple[Network, ...] = ()
+    """Destination ranges no one but the service user may reach directly; empty: the address."""
+    protect_ports: tuple[int, ...] = ()
+    """Ports on those ranges that are diverted to the recorder; empty: the backend's port."""
+
+    @property
+    def protected_networks(self) -> tuple[Network, ...]:
+        """``protect``, or the backend's own address as a /32 or /128."""
+        return self.protect or (ipaddress.ip_network(self.address),)
+
+    @property
+    def protected_ports(self) -> tuple[int, ...]:
+        """``protect_ports``, or the backend's port."""
+        return self.protect_ports or (self.port,)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,11 +94,24 @@ class Capture:
 
 
 @dataclass(frozen=True, slots=True)
+class EnforceSettings:
+    """Host enforcement: who is exempt from the diversion, and where diverted traffic goes.
+
+    ``service_user`` is the Unix user the recorder runs as: its traffic to protected backends
+    passes, everyone else's is redirected to ``redirect_port`` on loopback or rejected.
+    """
+
+    service_user: str = "witness"
+    redirect_port: int = 15432
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listeners: tuple[Listener, ...]
     backends: dict[str, Backend]
     trail: TrailSettings
     capture: Capture = field(default_factory=Capture)
+    enforce: EnforceSettings = field(default_factory=EnforceSettings)
     max_message_bytes: int = 64 * 1024 * 1024
 
 
@@ -129,6 +157,22 @@ def _address(value: Any, key: str) -> str:
     return text
 
 
+def _network(value: Any, key: str) -> Network:
+    text = _str(value, key)
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{key}: expected a CIDR such as 10.0.0.0/24 or fd00::/64, got {text!r} ({exc})"
+        ) from None
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list, got {value!r}")
+    return value
+
+
 def _no_unknown(table: dict[str, Any], key: str, known: set[str]) -> None:
     for name in table:
         if name not in known:
@@ -166,12 +210,26 @@ def parse_backend_url(text: str, key: str = "--backend") -> Backend:
 
 def _backend(raw: Any, key: str) -> Backend:
     table = _table(raw, key)
-    _no_unknown(table, key, {"name", "address", "port", "protocol"})
+    _no_unknown(table, key, {"name", "address", "port", "protocol", "protect", "protect_ports"})
+    protect: tuple[Network, ...] = ()
+    if "protect" in table:
+        protect = tuple(
+            _network(item, f"{key}.protect[{i}]")
+            for i, item in enumerate(_list(table["protect"], f"{key}.protect"))
+        )
+    ports: tuple[int, ...] = ()
+    if "protect_ports" in table:
+        ports = tuple(
+            _int(item, f"{key}.protect_ports[{i}]", 1, 65535)
+            for i, item in enumerate(_list(table["protect_ports"], f"{key}.protect_ports"))
+        )
     return Backend(
         name=_str(table.get("name"), f"{key}.name"),
         address=_address(table.get("address"), f"{key}.address"),
         port=_int(table.get("port"), f"{key}.port", 1, 65535),
         protocol=_choice(table.get("protocol", "postgresql"), f"{key}.protocol", PROTOCOLS),
+        protect=protect,
+        protect_ports=ports,
     )
 
 
@@ -220,9 +278,18 @@ def _capture(raw: Any) -> Capture:
     )
 
 
+def _enforce(raw: Any) -> EnforceSettings:
+    table = _table(raw, "enforce")
+    _no_unknown(table, "enforce", {"service_user", "redirect_port"})
+    return EnforceSettings(
+        service_user=_str(table.get("service_user", "witness"), "enforce.service_user"),
+        redirect_port=_int(table.get("redirect_port", 15432), "enforce.redirect_port", 1, 65535),
+    )
+
+
 def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     """Validate a parsed TOML document. Relative paths are taken from ``base``."""
-    _no_unknown(data, "", {"listener", "backend", "trail", "capture", "limits"})
+    _no_unknown(data, "", {"listener", "backend", "trail", "capture", "limits", "enforce"})
     raw_backends = data.get("backend", [])
     if not isinstance(raw_backends, list) or not raw_backends:
         raise ConfigError("backend: expected at least one [[backend]] table")
@@ -245,6 +312,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         backends=backends,
         trail=_trail(data.get("trail", {}), base),
         capture=_capture(data.get("capture", {})),
+        enforce=_enforce(data.get("enforce", {})),
         max_message_bytes=_int(
             limits.get("max_message_bytes", 64 * 1024 * 1024),
             "limits.max_message_bytes",
