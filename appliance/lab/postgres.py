@@ -1,4 +1,7 @@
-"""A throwaway PostgreSQL server on a free port, for the demo, the tests and the benchmarks."""
+"""A throwaway PostgreSQL server on a free port, for the demo, the tests and the benchmarks.
+
+The network-namespace lab (``appliance.lab.netns``) runs the same server inside a namespace.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -43,6 +47,16 @@ class PostgresServer:
 
     PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
     that the Debian package creates. Local connections are trusted: this is a lab.
+
+    For the network-namespace lab (root only):
+
+    - ``netns`` runs the server, ``pg_isready`` and :meth:`psql` inside that namespace
+      (``ip netns exec``; the server drops to ``postgres`` with ``setpriv``, which keeps
+      its pid, so :attr:`pid` is the postmaster's). The port then defaults to 5432.
+    - ``listen`` adds addresses to ``listen_addresses`` besides ``host``.
+    - ``trust`` adds ``host all all CIDR trust`` lines to ``pg_hba.conf``.
+    - ``detach`` starts the server in its own session, so it outlives the calling command
+      and its terminal's signals.
     """
 
     def __init__(
@@ -51,9 +65,20 @@ class PostgresServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         superuser: str = "postgres",
+        *,
+        netns: str | None = None,
+        listen: Sequence[str] = (),
+        trust: Sequence[str] = (),
+        detach: bool = False,
     ) -> None:
+        if netns is not None and os.geteuid() != 0:
+            raise LabError(f"running PostgreSQL in network namespace {netns!r} needs root")
         self.host = host
-        self.port = port or free_port(host)
+        self.netns = netns
+        self.listen = tuple(listen)
+        self.trust = tuple(trust)
+        self.detach = detach
+        self.port = port or (5432 if netns is not None else free_port(host))
         self.superuser = superuser
         self.settings = settings or {}
         self.bindir = postgres_bindir()
@@ -73,17 +98,35 @@ class PostgresServer:
             shutil.chown(self.directory, "postgres", "postgres")
         self.directory.chmod(0o755)
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while this object's server process runs."""
+        return self._process.pid if self._process is not None else None
+
     def url(self, port: int | None = None, database: str = "postgres") -> str:
         return f"postgresql://{self.superuser}@{self.host}:{port or self.port}/{database}"
 
+    def _in_netns(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside :attr:`netns`, if there is one."""
+        if self.netns is None:
+            return argv
+        return ["ip", "netns", "exec", self.netns, *argv]
+
     def _run(self, *args: str) -> None:
-        result = subprocess.run(
-            [str(self.bindir / args[0]), *args[1:]],
-            user=self._user,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        program = self.bindir / args[0]
+        try:
+            result = subprocess.run(
+                [str(program), *args[1:]],
+                user=self._user,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise LabError(
+                f"{program}: no such program; install PostgreSQL (scripts/bootstrap) or point"
+                " WITNESS_PG_BINDIR at its bin directory"
+            ) from None
         if result.returncode != 0:
             raise LabError(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
 
@@ -100,8 +143,13 @@ class PostgresServer:
             "UTF8",
             "--locale=C",
         )
+        if self.trust:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("# the lab's networks\n")
+                for network in self.trust:
+                    hba.write(f"host all all {network} trust\n")
         options = {
-            "listen_addresses": self.host,
+            "listen_addresses": ",".join((self.host, *self.listen)),
             "port": str(self.port),
             "unix_socket_directories": str(self.directory),
             "fsync": "off",
@@ -112,9 +160,21 @@ class PostgresServer:
         argv = [str(self.bindir / "postgres"), "-D", str(self.data)]
         for key, value in options.items():
             argv += ["-c", f"{key}={value}"]
+        user = self._user
+        if self.netns is not None:
+            # setns needs root, so the drop to the postgres user happens after it.
+            argv = self._in_netns(
+                ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
+            )
+            user = None
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                argv, user=self._user, stdout=log, stderr=subprocess.STDOUT
+                argv,
+                user=user,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.detach,
             )
         self._wait_ready()
         return self
@@ -126,16 +186,18 @@ class PostgresServer:
             if self._process.poll() is not None:
                 raise LabError(f"postgres exited at start: {self.log_path.read_text()[-2000:]}")
             ready = subprocess.run(
-                [
-                    str(self.bindir / "pg_isready"),
-                    "-q",
-                    "-h",
-                    self.host,
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    self.superuser,
-                ],
+                self._in_netns(
+                    [
+                        str(self.bindir / "pg_isready"),
+                        "-q",
+                        "-h",
+                        self.host,
+                        "-p",
+                        str(self.port),
+                        "-U",
+                        self.superuser,
+                    ]
+                ),
                 check=False,
             )
             if ready.returncode == 0:
@@ -146,17 +208,19 @@ class PostgresServer:
     def psql(self, sql: str, port: int | None = None, database: str = "postgres") -> str:
         """Run ``sql`` with psql (directly, or through ``port``) and return its output."""
         result = subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-                self.url(port, database),
-            ],
+            self._in_netns(
+                [
+                    "psql",
+                    "-X",
+                    "-q",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    sql,
+                    self.url(port, database),
+                ]
+            ),
             capture_output=True,
             text=True,
             check=False,
