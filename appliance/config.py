@@ -113,6 +113,11 @@ class Settings:
     capture: Capture = field(default_factory=Capture)
     enforce: EnforceSettings = field(default_factory=EnforceSettings)
     max_message_bytes: int = 64 * 1024 * 1024
+    transparent: bool = False
+    """The file has an ``[enforce]`` table: ``witness serve`` then also accepts the connections
+    that ``witness up`` diverts, on ``enforce.redirect_port`` at 127.0.0.1 and ::1, and must run
+    as ``enforce.service_user``. Without the table, ``enforce`` holds the defaults that
+    ``witness up`` would use, and the recorder has no transparent listener."""
 
 
 # --- small validators: each takes the dotted key so the error can name it -------------------
@@ -299,9 +304,12 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         if backend.name in backends:
             raise ConfigError(f"backend[{i}].name: {backend.name!r} is defined twice")
         backends[backend.name] = backend
+    transparent = "enforce" in data
     raw_listeners = data.get("listener", [])
-    if not isinstance(raw_listeners, list) or not raw_listeners:
-        raise ConfigError("listener: expected at least one [[listener]] table")
+    # With [enforce], diverted connections need no [[listener]]: they find their backend by
+    # their original destination.
+    if not isinstance(raw_listeners, list) or (not raw_listeners and not transparent):
+        raise ConfigError("listener: expected at least one [[listener]] table (or an [enforce])")
     listeners = tuple(
         _listener(raw, f"listener[{i}]", backends) for i, raw in enumerate(raw_listeners)
     )
@@ -319,6 +327,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
             1024,
             1 << 30,
         ),
+        transparent=transparent,
     )
 
 

@@ -115,10 +115,13 @@ def _owner(owner: Any) -> str:
     return " ".join(parts)
 
 
-def _backend(backend: Any) -> str:
+def _backend(backend: Any, destination: Any = None) -> str:
+    """The backend's name and the address the session went to (a diverted session's original
+    destination, which may be another address in the backend's protected ranges)."""
     if not isinstance(backend, dict):
-        return "-"
-    return f"{backend.get('name')} ({backend.get('address')}:{backend.get('port')})"
+        return f"- ({destination})" if destination else "-"
+    where = destination or f"{backend.get('address')}:{backend.get('port')}"
+    return f"{backend.get('name')} ({where})"
 
 
 def _echo_json(data: Any) -> None:
@@ -207,7 +210,7 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
                     d["db_user"],
                     d["database"],
                     d["application_name"],
-                    _backend(d["backend"]),
+                    _backend(d["backend"], d["destination"]),
                     s.commands,
                     f"{d['bytes_in'] if d['bytes_in'] is not None else '-'}"
                     f"/{d['bytes_out'] if d['bytes_out'] is not None else '-'}",
@@ -252,7 +255,8 @@ def _header(info: SessionInfo) -> Table:
         ("db user", d["db_user"]),
         ("database", d["database"]),
         ("application", d["application_name"]),
-        ("backend", _backend(d["backend"])),
+        ("backend", _backend(d["backend"], d["destination"])),
+        ("diverted", "yes, by the nftables redirect" if d["diverted"] else "no"),
         ("commands", info.commands),
         ("bytes in/out", f"{d['bytes_in']}/{d['bytes_out']}"),
     ]
@@ -346,7 +350,8 @@ def _replay_line(event: Event) -> str:
     if event.type == "session_start":
         return (
             f"session start: {p.get('client')} as {p.get('db_user')} on {p.get('database')}"
-            f" via {_backend(p.get('backend'))}, owner {_owner(p.get('owner'))}"
+            f" via {_backend(p.get('backend'), p.get('destination'))},"
+            f" owner {_owner(p.get('owner'))}"
         )
     if event.type == "command":
         line = f"-> #{p.get('n')} {p.get('kind')}: {_command_text(p)}"

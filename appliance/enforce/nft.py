@@ -14,15 +14,19 @@ The table has two chains on the output hook, so it governs what processes on thi
 - ``guard`` (filter, priority 0): the service user's traffic passes; the
   redirected flow passes (nat has already rewritten its destination to loopback, and it is
   accepted by name in case a protected range covers loopback); everything else to a
-  protected range is rejected: TCP with a reset, every other protocol with ICMP(v6)
-  administratively prohibited.
+  protected range that would leave the host is rejected: TCP with a reset, every other
+  protocol with ICMP(v6) administratively prohibited. Packets to this host's own addresses
+  are not rejected: they reach no backend, and among them are the resets and ICMP errors
+  the reject sends back to the agent's socket (when a protected range holds the host's own
+  address, rejecting those would turn a refusal into a timeout).
 
 The kernel runs nat chains from the nat core's own hook at the dstnat priority (-100), so
 ``guard`` always sees a redirected packet with its loopback destination; ``divert`` states
 -100 to say so (tests/lab/test_nft_enforce.py shows the redirected flow getting through).
 
-Packets the kernel sends without a socket (a TIME_WAIT ack, a reset) have no uid; they fall
-through to the reject, which costs nothing but a connection that was over anyway.
+Packets the kernel sends without a socket (a TIME_WAIT ack, a reset) to a backend have no
+uid; they fall through to the reject, which costs nothing but a connection that was over
+anyway.
 
 ``up`` sends one ``nft -f`` input that adds, deletes and re-creates the table, after checking
 it with ``nft -c``: one transaction, so the table is replaced whole or not at all, and
@@ -191,10 +195,20 @@ def table(p: Plan) -> list[Json]:
         nets = [_element(n) for n in p.networks(version)]
         if nets:
             ranges = _match(_daddr(version), _values(nets))
+            # Only what would leave the host: a protected range may hold this host's own
+            # address (the bastion's subnet), and the resets and ICMP errors these rules
+            # send to a local socket pass through this chain too; rejecting them in turn
+            # would turn a refusal into a silent timeout.
+            leaving = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local", "!=")
             tcp = _match({"meta": {"key": "l4proto"}}, "tcp")
-            guard.append(_rule("guard", ranges, tcp, {"reject": {"type": "tcp reset"}}))
+            guard.append(_rule("guard", ranges, leaving, tcp, {"reject": {"type": "tcp reset"}}))
             guard.append(
-                _rule("guard", ranges, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}})
+                _rule(
+                    "guard",
+                    ranges,
+                    leaving,
+                    {"reject": {"type": "icmpx", "expr": "admin-prohibited"}},
+                )
             )
     return [
         {"table": {"family": FAMILY, "name": TABLE}},

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from appliance.config import Backend, Capture
+from appliance.enforce.divert import NotDiverted, Routes, original_destination
 from appliance.model import Owner
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.postgres import events as ev
@@ -24,6 +26,9 @@ from appliance.proxy.recorder import Recorder
 log = logging.getLogger(__name__)
 
 OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
+_CANCELLED = "cancel request handled"
+# Refusing a diverted connection that cannot be relayed (not diverted, or to no backend).
+REFUSED_DIVERSION = "08004"  # sqlserver_rejected_establishment_of_sqlconnection
 
 
 def _hostport(addr: Any) -> tuple[str, int]:
@@ -31,18 +36,29 @@ def _hostport(addr: Any) -> tuple[str, int]:
 
 
 class Relay:
-    """What every session of one listener shares: where to go, and where to record."""
+    """What every session of one listener shares: where to go, and where to record.
+
+    A listener relays to its one ``backend``. The transparent listener (``routes`` given,
+    ``backend`` None) takes the connections nftables diverted: each session reads its
+    original destination once, when it is accepted, and relays to that address and port if
+    it lies in a configured backend's protected ranges and ports, or is refused.
+    """
 
     def __init__(
         self,
         recorder: Recorder,
-        backend: Backend,
+        backend: Backend | None,
         capture: Capture,
         max_message: int,
         owner_lookup: OwnerLookup,
+        *,
+        routes: Routes | None = None,
     ) -> None:
+        if (backend is None) == (routes is None):
+            raise ValueError("a relay has either a backend or routes for diverted connections")
         self.recorder = recorder
         self.backend = backend
+        self.routes = routes
         self.capture = capture
         self.max_message = max_message
         self.owner_lookup = owner_lookup
@@ -108,6 +124,14 @@ class Session:
         self.server: asyncio.Transport | None = None
         self.peer = ("", 0)
         self.local = ("", 0)
+        backend = relay.backend
+        self.backend: Backend | None = backend
+        # Where the backend connection goes; a diverted session learns it when accepted.
+        self.target: tuple[str, int] | None = (
+            None if backend is None else (backend.address, backend.port)
+        )
+        self.original: tuple[str, int] | None = None  # a diverted client's destination
+        self.not_relayable: str | None = None  # why a diverted connection must be refused
         self.owner: Owner | None = None
         self.startup: ev.Startup | None = None
         self.started = False  # session_start recorded and the backend connected
@@ -130,7 +154,32 @@ class Session:
         self.peer = _hostport(transport.get_extra_info("peername"))
         self.local = _hostport(transport.get_extra_info("sockname"))
         self.relay.sessions.add(self)
+        if self.relay.routes is not None:
+            self._divert(transport)
         self.relay.spawn(self._setup())
+
+    def _divert(self, transport: asyncio.BaseTransport) -> None:
+        """Find where a diverted client was going, and the backend that serves it (once)."""
+        routes = self.relay.routes
+        assert routes is not None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            self.not_relayable = "the accepted socket cannot be inspected"
+            return
+        try:
+            self.original = original_destination(sock, self.local)
+        except NotDiverted as exc:
+            self.not_relayable = str(exc)
+            return
+        address, port = self.original
+        backend = routes.backend_for(address, port)
+        if backend is None:
+            self.not_relayable = (
+                f"{address}:{port} is not a protected backend in the recorder's configuration"
+            )
+            return
+        self.backend = backend
+        self.target = self.original
 
     async def _setup(self) -> None:
         try:
@@ -142,14 +191,37 @@ class Session:
 
     async def _attribute_and_dial(self) -> None:
         loop = asyncio.get_running_loop()
-        owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, self.local)
+        # The client's socket is connected to where it meant to go: for a diverted connection
+        # that is the original destination, not this listener.
+        seen = self.original or self.local
+        owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, seen)
         if self.ended:
+            if self.not_relayable is not None and not self.started and self.ended != _CANCELLED:
+                # The client left before it could be told: the attempt is still recorded.
+                self.owner = owner
+                self._record_attempt(f"connection refused: {self.not_relayable}", "divert")
             return
         self.owner = owner
-        backend = self.relay.backend
+        if self.not_relayable is not None:
+            self._refuse_connection(
+                REFUSED_DIVERSION, f"connection refused: {self.not_relayable}", "divert"
+            )
+            return
+        if self.original is not None and owner.pid == os.getpid():
+            # Our own dial came back through the redirect: the recorder is not running as
+            # the exempt service user. Refusing ends the loop at its first turn.
+            self._refuse_connection(
+                REFUSED_DIVERSION,
+                "connection refused: the recorder's own connection was diverted back to it "
+                "(run it as the [enforce] service_user)",
+                "divert",
+            )
+            return
+        backend, target = self.backend, self.target
+        assert backend is not None and target is not None
         try:
             transport, _ = await loop.create_connection(
-                lambda: cast(asyncio.Protocol, _Backend(self)), backend.address, backend.port
+                lambda: cast(asyncio.Protocol, _Backend(self)), target[0], target[1]
             )
         except OSError as exc:
             self._refuse_connection(
@@ -173,13 +245,19 @@ class Session:
         assert self.startup is not None and self.owner is not None
         self.started = True
         params = self.startup.params
+        backend = self.backend
+        destination = self.original or self.target
         self.recorder.record(
             "session_start",
             self.id,
             {
                 "client": f"{self.peer[0]}:{self.peer[1]}",
                 "listener": f"{self.local[0]}:{self.local[1]}",
-                "backend": self.relay.backend.as_dict(),
+                "backend": None if backend is None else backend.as_dict(),
+                "destination": None
+                if destination is None
+                else f"{destination[0]}:{destination[1]}",
+                "diverted": self.relay.routes is not None,
                 "owner": self.owner.as_dict(),
                 "db_user": params.get("user"),
                 "database": params.get("database", params.get("user")),
@@ -195,7 +273,7 @@ class Session:
             *self.peer,
             self.owner.uid,
             self.owner.pid,
-            self.relay.backend.name,
+            "-" if backend is None else backend.name,
             params.get("user"),
         )
 
@@ -328,15 +406,17 @@ class Session:
     def _cancel(self, request: ev.CancelRequest, raw: bytes) -> None:
         """Record the cancel in the session it targets, then deliver it to that backend."""
         target = self.relay.keys.get((request.pid, request.secret))
-        self.ended = "cancel request handled"
+        self.ended = _CANCELLED
         self.relay.sessions.discard(self)
-        if target is None or target.ended:
+        if target is None or target.ended or self.not_relayable is not None:
             self.recorder.record(
                 "error",
                 None,
                 {
                     "where": "client",
-                    "message": f"cancel request for unknown backend pid {request.pid}",
+                    "message": f"cancel request for unknown backend pid {request.pid}"
+                    if self.not_relayable is None
+                    else f"cancel request refused: {self.not_relayable}",
                     "client": f"{self.peer[0]}:{self.peer[1]}",
                 },
             )
@@ -354,7 +434,7 @@ class Session:
                 "client": f"{self.peer[0]}:{self.peer[1]}",
             },
         )
-        self.recorder.gate(_CancelDelivery(self, raw[:16]))
+        self.recorder.gate(_CancelDelivery(self, target, raw[:16]))
 
     # --- endings -----------------------------------------------------------------------
 
@@ -362,12 +442,14 @@ class Session:
         self.recorder.record("error", self.id, {"where": exc.side, "message": exc.message})
         self._fatal("08P01", f"witness: {exc}", str(exc))
 
-    def _refuse_connection(self, code: str, message: str) -> None:
+    def _refuse_connection(self, code: str, message: str, where: str = "backend") -> None:
         """The session cannot be set up: record the attempt and tell the client.
 
         With a startup, the attempt is a session of its own, ended at once, and whatever
         commands came with it are marked refused; without one, it is an error event.
         """
+        if self.ended:
+            return
         if not self.started:
             if self.startup is not None:
                 if self.owner is None:
@@ -377,17 +459,24 @@ class Session:
                     payload["refused"] = message
                 self.unconfirmed.clear()
             else:  # too early for a session record; the attempt is still on the trail
-                self.recorder.record(
-                    "error",
-                    None,
-                    {
-                        "where": "backend",
-                        "message": message,
-                        "client": f"{self.peer[0]}:{self.peer[1]}",
-                        "owner": None if self.owner is None else self.owner.as_dict(),
-                    },
-                )
+                self._record_attempt(message, where)
         self._fatal(code, f"witness: {message}", message)
+
+    def _record_attempt(self, message: str, where: str) -> None:
+        """An error event for a connection refused before it had a session record."""
+        original = self.original
+        self.recorder.record(
+            "error",
+            None,
+            {
+                "where": where,
+                "message": message,
+                "client": f"{self.peer[0]}:{self.peer[1]}",
+                "listener": f"{self.local[0]}:{self.local[1]}",
+                "destination": None if original is None else f"{original[0]}:{original[1]}",
+                "owner": None if self.owner is None else self.owner.as_dict(),
+            },
+        )
 
     def _fatal(self, code: str, message: str, reason: str) -> None:
         if self.client is not None and not self.client.is_closing():
@@ -431,25 +520,27 @@ class Session:
 class _CancelDelivery:
     """Delivers a recorded CancelRequest to the backend once its record is committed."""
 
-    def __init__(self, session: Session, raw: bytes) -> None:
+    def __init__(self, session: Session, target: Session, raw: bytes) -> None:
         self.session = session
+        self.target = target.target  # the backend address the cancelled session talks to
         self.raw = raw
 
     def released(self) -> None:
         self.session.relay.spawn(self._send())
 
     async def _send(self) -> None:
-        backend = self.session.relay.backend
+        target = self.target
         loop = asyncio.get_running_loop()
-        try:
-            transport, _ = await loop.create_connection(
-                asyncio.Protocol, backend.address, backend.port
-            )
-        except OSError as exc:
-            log.warning("cancel request not delivered to %s: %s", backend.name, exc)
+        if target is None:
+            log.warning("cancel request not delivered: the session has no backend")
         else:
-            transport.write(self.raw)
-            transport.close()
+            try:
+                transport, _ = await loop.create_connection(asyncio.Protocol, target[0], target[1])
+            except OSError as exc:
+                log.warning("cancel request not delivered to %s:%d: %s", *target, exc)
+            else:
+                transport.write(self.raw)
+                transport.close()
         if self.session.client is not None:
             self.session.client.close()
 

@@ -74,6 +74,8 @@ class SessionInfo:
             "database": start.get("database"),
             "application_name": start.get("application_name"),
             "backend": start.get("backend"),
+            "destination": start.get("destination"),
+            "diverted": start.get("diverted", False),
             "commands": self.commands,
             "bytes_in": end.get("bytes_in"),
             "bytes_out": end.get("bytes_out"),
