@@ -2,25 +2,32 @@
 
 ``up`` validates the configuration, renders the ``inet witness`` table, checks it with
 ``nft -c`` and only then replaces the live table in one transaction; a bad configuration
-exits 2 and leaves the running ruleset as it was. ``down`` removes that table and nothing
-else. ``status`` compares the live table with what the configuration renders now.
+exits 2 and leaves the running ruleset as it was. Then it creates the agent cgroup root
+(``<cgroup2>/witness-agents``) and, when :func:`appliance.enforce.bpf.probe` says eBPF can be
+loaded here, attaches the eBPF programs to it: owner attribution by eBPF, raw sockets and
+IPv6 (or ``::ffff:``) connections to protected ranges denied. Without BCC or kernel headers
+it stops after nftables, and owners are attributed through sock_diag; ``up`` and ``status``
+say why. ``down`` removes the table, the programs, their pins and the agent root, and
+nothing else. ``status`` compares the live table with what the configuration renders now,
+and tells which attribution mode is active.
+
+cgroups are host-wide, not per network namespace: with ``--netns`` (the lab), ``up`` leaves
+the host's cgroups alone unless ``--ebpf`` is given.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
+from pathlib import Path
 
 import click
 
 from appliance.cli.common import fail, json_option, settings
 from appliance.config import ConfigError, Settings
-from appliance.enforce import nft
+from appliance.enforce import bpf, cgroups, nft
 
-ATTRIBUTION = "sock_diag"
-ATTRIBUTION_WHY = (
-    "the eBPF programs are not built yet: owners are found through sock_diag and /proc "
-    "when the recorder accepts a connection"
-)
+SOCK_DIAG_WHY = "owners are found through sock_diag and /proc when the recorder accepts"
 
 netns_option = click.option(
     "--netns",
@@ -38,10 +45,43 @@ def _plan(ctx: click.Context) -> tuple[Settings, nft.Plan]:
         fail(str(exc), 2)
 
 
+def _agent_root() -> Path | None:
+    mount = cgroups.cgroup2_mount()
+    return None if mount is None else mount / cgroups.AGENT_ROOT_NAME
+
+
+def _up_ebpf(plan: nft.Plan) -> None:
+    """Create the agent root and attach the programs; says on stderr why not, never fails."""
+    found = bpf.probe()
+    if not found.available:
+        click.echo(f"witness: attribution by sock_diag: {found.why}", err=True)
+        return
+    try:
+        root = cgroups.create_root()
+        try:
+            reader_gid: int | None = pwd.getpwuid(plan.service_uid).pw_gid
+        except KeyError:
+            reader_gid = None
+        done = bpf.attach((*plan.networks(4), *plan.networks(6)), root, reader_gid=reader_gid)
+    except (cgroups.CgroupError, bpf.BpfError) as exc:
+        click.echo(f"witness: eBPF not attached, attribution by sock_diag: {exc}", err=True)
+        return
+    click.echo(
+        f"witness: eBPF attached to {done.root} ({', '.join(done.programs)}), "
+        f"{done.protected} protected range(s) denied over IPv6, maps pinned in {done.pins}"
+    )
+
+
 @click.command()
 @netns_option
+@click.option(
+    "--ebpf/--no-ebpf",
+    default=None,
+    help="Attach the eBPF programs to the agent cgroup root [default: when BCC and kernel "
+    "headers are here, and no --netns is given].",
+)
 @click.pass_context
-def up(ctx: click.Context, netns: str | None) -> None:
+def up(ctx: click.Context, netns: str | None, ebpf: bool | None) -> None:
     """Divert and guard the protected backends (replaces the inet witness table)."""
     resolved, plan = _plan(ctx)
     try:
@@ -53,17 +93,65 @@ def up(ctx: click.Context, netns: str | None) -> None:
         f"diverted to port {plan.redirect_port}, "
         f"{resolved.enforce.service_user} (uid {plan.service_uid}) exempt"
     )
+    if ebpf or (ebpf is None and netns is None):
+        _up_ebpf(plan)
+
+
+def _down_ebpf() -> list[str]:
+    """Detach, unpin, remove the agent root; what was done, or fail() with what was not."""
+    root = _agent_root()
+    done: list[str] = []
+    try:
+        if root is not None or bpf.PIN_DIR.exists():
+            done += bpf.detach(root or Path("/nonexistent"), bpf.PIN_DIR)
+        if root is not None:
+            done += [f"removed cgroup {path}" for path in cgroups.remove(root)]
+    except (bpf.BpfError, cgroups.CgroupError) as exc:
+        fail(str(exc))
+    return done
 
 
 @click.command()
 @netns_option
 def down(netns: str | None) -> None:
-    """Remove the inet witness table (nothing else); not an error when it is absent."""
+    """Remove the inet witness table, the eBPF programs and the agent cgroup root; nothing else.
+
+    Not an error when they are absent. The agent root can be removed only once no agent
+    runs in it: down says which processes hold it, after removing everything else.
+    """
     try:
         nft.down(netns)
     except nft.NftError as exc:
         fail(str(exc))
     click.echo("witness: table inet witness is down")
+    done = _down_ebpf()
+    if done:
+        click.echo(f"witness: eBPF and agent cgroups removed ({len(done)} step(s))")
+
+
+def attribution() -> tuple[str, str]:
+    """The active attribution mode (``ebpf`` or ``sock_diag``) and why."""
+    root = _agent_root()
+    pinned = (bpf.PIN_DIR / bpf.OWNER_MAP).exists()
+    try:
+        progs = bpf.programs_at(root) if root is not None else {}
+    except (OSError, bpf.BpfError) as exc:
+        return "sock_diag", f"cannot query the programs on {root}: {exc}; {SOCK_DIAG_WHY}"
+    if pinned and "sock_ops" in progs and "connect4" in progs:
+        return "ebpf", (
+            f"programs attached to {root} ({', '.join(sorted(progs))}), owner map pinned at "
+            f"{bpf.PIN_DIR / bpf.OWNER_MAP}; sock_diag for owners outside the agent cgroups "
+            "or evicted from the map"
+        )
+    found = bpf.probe()
+    if not found.available:
+        return "sock_diag", f"eBPF unavailable: {found.why}; {SOCK_DIAG_WHY}"
+    if pinned or progs:
+        return "sock_diag", (
+            f"eBPF is only partly in place (pinned: {pinned}, attached: {sorted(progs)}): "
+            f"run witness up; {SOCK_DIAG_WHY}"
+        )
+    return "sock_diag", f"eBPF is available but not attached (run witness up); {SOCK_DIAG_WHY}"
 
 
 def _state(current: list[nft.Json] | None, plan: nft.Plan) -> str:
@@ -91,6 +179,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
         }
         for b in plan.protected
     ]
+    mode, why = attribution()
     if as_json:
         report = {
             "table": state,
@@ -98,7 +187,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             "service_uid": plan.service_uid,
             "redirect_port": plan.redirect_port,
             "protected": backends,
-            "attribution": {"mode": ATTRIBUTION, "why": ATTRIBUTION_WHY},
+            "attribution": {"mode": mode, "why": why},
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -116,7 +205,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             nets = ", ".join(str(n) for n in p.networks)
             ports = ", ".join(str(port) for port in p.ports)
             click.echo(f"  {p.name}: {nets} (diverted ports: {ports})")
-        click.echo(f"attribution:        {ATTRIBUTION} ({ATTRIBUTION_WHY})")
+        click.echo(f"attribution:        {mode} ({why})")
     ctx.exit(0 if state == "up" else 1)
 
 
