@@ -1,8 +1,9 @@
 """Socket to owner: which local process holds the client end of an accepted connection.
 
-sock_diag (netlink, through pyroute2) gives the owning uid, the socket inode and the cgroup
-id; /proc then gives the process holding that inode, its executable and its cgroup path.
-The lookup is blocking (it walks /proc), so the relay runs it off the event loop.
+The record the eBPF programs took at connect time answers first (``bpf.lookup``). Without
+one, sock_diag (netlink, through pyroute2) gives the owning uid, the socket inode and the
+cgroup id; /proc then gives the process holding that inode, its executable and its cgroup
+path. The lookup is blocking (it walks /proc), so the relay runs it off the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 
 from pyroute2 import DiagSocket
 
+from appliance.enforce import bpf
 from appliance.model import Owner
 
 _ESTABLISHED = 1 << 1
@@ -82,8 +84,19 @@ def _cgroup_path(pid: int) -> str | None:
     return None
 
 
-def lookup(client: tuple[str, int], local: tuple[str, int]) -> Owner:
-    """Attribute the local socket ``client`` -> ``local``; never raises."""
+def lookup(client: tuple[str, int], destination: tuple[str, int]) -> Owner:
+    """The owner of the client socket ``client`` -> ``destination``; never raises.
+
+    The eBPF record comes first: it was taken when the process connected, so it is exact
+    and survives the process exiting. Without one (eBPF not attached, the record evicted,
+    or the client outside the agent cgroups), sock_diag and /proc are asked instead.
+    """
+    owner = bpf.lookup(client[0], client[1], destination=destination)
+    return owner if owner is not None else by_sock_diag(client, destination)
+
+
+def by_sock_diag(client: tuple[str, int], local: tuple[str, int]) -> Owner:
+    """Attribute the local socket ``client`` -> ``local`` through sock_diag; never raises."""
     try:
         diag = _diag(client, local)
     except OSError as exc:
