@@ -29,6 +29,8 @@ OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
 _CANCELLED = "cancel request handled"
 # Refusing a diverted connection that cannot be relayed (not diverted, or to no backend).
 REFUSED_DIVERSION = "08004"  # sqlserver_rejected_establishment_of_sqlconnection
+# How long a refusal waits for the client's startup packet (see Session._refuse_connection).
+STARTUP_WAIT = 5.0
 
 
 def _hostport(addr: Any) -> tuple[str, int]:
@@ -132,6 +134,9 @@ class Session:
         )
         self.original: tuple[str, int] | None = None  # a diverted client's destination
         self.not_relayable: str | None = None  # why a diverted connection must be refused
+        # A refusal decided before the client's startup packet came: (code, message, where).
+        self.refusal: tuple[str, str, str] | None = None
+        self.refusal_timer: asyncio.TimerHandle | None = None
         self.owner: Owner | None = None
         self.startup: ev.Startup | None = None
         self.started = False  # session_start recorded and the backend connected
@@ -236,6 +241,10 @@ class Session:
 
     def _maybe_start(self) -> None:
         """Record the session once the owner, the backend and the startup are all known."""
+        if self.refusal is not None:
+            if self.startup is not None:
+                self._refuse_now()
+            return
         if self.started or self.startup is None or self.server is None or self.owner is None:
             return
         self._record_start()
@@ -445,9 +454,36 @@ class Session:
     def _refuse_connection(self, code: str, message: str, where: str = "backend") -> None:
         """The session cannot be set up: record the attempt and tell the client.
 
-        With a startup, the attempt is a session of its own, ended at once, and whatever
-        commands came with it are marked refused; without one, it is an error event.
+        The refusal waits up to STARTUP_WAIT for the client's startup packet, so that the
+        record says which user and database were asked for whatever the timing. With a
+        startup, the attempt is a session of its own, ended at once, and whatever commands
+        came with it are marked refused; without one (a silent client, or one that left),
+        it is an error event.
         """
+        if self.ended:
+            return
+        if not self.started and self.startup is None and self.refusal is None:
+            self.refusal = (code, message, where)
+            self.refusal_timer = asyncio.get_running_loop().call_later(
+                STARTUP_WAIT, self._refuse_now
+            )
+            return
+        self._refuse(code, message, where)
+
+    def _refuse_now(self) -> None:
+        """Carry out a refusal that was waiting for the startup packet."""
+        if self.refusal is not None:
+            code, message, where = self.refusal
+            self._cancel_refusal()
+            self._refuse(code, message, where)
+
+    def _cancel_refusal(self) -> None:
+        self.refusal = None
+        if self.refusal_timer is not None:
+            self.refusal_timer.cancel()
+            self.refusal_timer = None
+
+    def _refuse(self, code: str, message: str, where: str) -> None:
         if self.ended:
             return
         if not self.started:
@@ -488,6 +524,9 @@ class Session:
         """Close both sides (once) and record why the session ended."""
         if self.ended:
             return
+        if self.refusal is not None:  # the client left while its refusal waited
+            self._record_attempt(self.refusal[1], self.refusal[2])
+            self._cancel_refusal()
         self.ended = reason
         self.relay.sessions.discard(self)
         if self.key is not None:

@@ -258,3 +258,23 @@ def test_refusal_before_startup_is_still_recorded(tmp_path: Path) -> None:
         assert found[0]["owner"]["pid"] == os.getpid()
     finally:
         recorder.stop()
+
+
+def test_a_refusal_decided_before_startup_still_names_the_user(tmp_path: Path) -> None:
+    from appliance.lab.net import free_port
+
+    recorder = Witness(free_port(), tmp_path / "trail.db")
+    try:
+        late = socket.create_connection(("127.0.0.1", recorder.port))
+        late.settimeout(10)
+        time.sleep(0.5)  # the backend has been found unreachable by now
+        params = b"user\x00late-agent\x00database\x00orders\x00\x00"
+        late.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+        reply = late.recv(65536)
+        late.close()
+        assert b"08006" in reply and b"unreachable" in reply
+        entry = next(iter(ended_sessions(recorder.trail).values()))
+        assert entry["start"]["db_user"] == "late-agent"
+        assert "unreachable" in entry["end"]["reason"]
+    finally:
+        recorder.stop()
