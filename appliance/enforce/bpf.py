@@ -63,6 +63,7 @@ STALE_AFTER = 10.0
 # bpf(2) commands, map types, attach types and flags, from include/uapi/linux/bpf.h
 _MAP_LOOKUP_ELEM = 1
 _MAP_UPDATE_ELEM = 2
+_MAP_DELETE_ELEM = 3
 _MAP_GET_NEXT_KEY = 4
 _OBJ_PIN = 6
 _OBJ_GET = 7
@@ -156,6 +157,18 @@ def map_update(fd: int, key: bytes, value: bytes) -> None:
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
     _sys(_MAP_UPDATE_ELEM, _attr("<IIQQQ", fd, 0, _addr(k), _addr(v), 0))
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Delete ``key``; False when it was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    try:
+        _sys(_MAP_DELETE_ELEM, _attr("<IIQ", fd, 0, _addr(k)))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def map_keys(fd: int, key_size: int) -> Iterator[bytes]:

@@ -1,18 +1,44 @@
 """The namespace lab with host enforcement on: ``witness up`` in the bastion, and the recorder
-running there as the service user, taking the connections nftables diverts to it.
+running there as the lab's own service user, taking the connections nftables diverts to it.
 
-Used by tests/lab/test_transparent.py and tests/bench/bench_connect.py. Needs root. Every
-piece is removed by :meth:`EnforcedLab.close` (also after a failed :meth:`start`): the
-recorder, the ``inet witness`` table, the lab and the recorder's directory.
+Used by tests/lab/test_transparent.py, test_attribution.py, test_bypass.py and
+tests/bench/bench_connect.py. Needs root. Every piece is removed by :meth:`EnforcedLab.close`
+(also after a failed :meth:`start`): the recorder, the agents' processes, the ``inet witness``
+table, the eBPF programs and pins, the agent cgroups, the lab's users, the lab and the
+recorder's directory. Whatever is made beyond the lab itself (users, agent cgroups, pins) is
+first recorded in the lab's state file, so ``witness lab down`` removes it after a crash too.
 
-The recorder runs as ``service_user`` (exempt from the redirect) with two capabilities,
-``CAP_SYS_PTRACE`` and ``CAP_DAC_READ_SEARCH``: without them it cannot read another user's
-``/proc/PID/fd`` and ``/proc/PID/exe``, and sock_diag attribution would know the agent's
-uid but not its pid or executable.
+**Users.** The recorder runs as a service user made for the lab, ``wlab[-SUFFIX]-witness``
+(see :mod:`appliance.lab.users`): never a real install's ``witness``. ``agents=N`` also makes
+``wlab[-SUFFIX]-agent1`` ... ``agentN``. The trail, its signing key and checkpoint live in
+``DIRECTORY/trail/``, owned by the service user, mode 0700 (files 0600): agents can neither
+read nor write them.
+
+**Capabilities.** The recorder gets ``CAP_SYS_PTRACE`` and ``CAP_DAC_READ_SEARCH`` (ambient,
+nothing else): without them it cannot read another user's ``/proc/PID/fd`` and
+``/proc/PID/exe``, and sock_diag attribution would know the agent's uid but not its pid or
+executable. With ``ebpf=True`` it also gets ``CAP_BPF``, to read the pinned owner map through
+``bpf(2)`` (Debian sets ``kernel.unprivileged_bpf_disabled``).
+
+**Agent cgroups.** With ``agents`` or ``ebpf``, the host's agent cgroup root
+(``<cgroup2>/witness-agents``) and one child per agent (``agent1`` ...) are the lab's: the
+lab refuses to start if the root or the eBPF pins exist already (a Witness enforcing on this
+host, or a lab left over). With ``ebpf=True``, ``witness up --netns BASTION --ebpf`` attaches
+the programs to that root; without, the cgroups exist but nothing is attached (sock_diag).
+:meth:`agent` runs a command as agent ``i`` inside agent cgroup ``i``: a shell, still root,
+writes its own pid to the cgroup's ``cgroup.procs`` and only then execs (same pid)
+``nsenter --net`` and ``setpriv``, which exec the command. The command never runs outside the
+cgroup, and its pid is the pid :meth:`agent` returns.
+
+Agents and the recorder enter the bastion with ``nsenter --net=/run/netns/BASTION``, not
+``ip netns exec``: that one also remounts ``/sys``, which would hide the cgroup2 and bpffs
+mounts from them (the recorder must open the pinned map, and an agent must see the cgroup
+files it will try to escape through).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -23,13 +49,25 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from appliance.enforce import bpf, cgroups
+from appliance.lab import users
 from appliance.lab.netns import Lab, namespaces
 from appliance.lab.postgres import LabError
 
 WITNESS = str(Path(sys.executable).parent / "witness")
 CAPABILITIES = "+sys_ptrace,+dac_read_search"
+EBPF_CAPABILITIES = CAPABILITIES + ",+bpf"
 READY = "hot path:"  # the recorder logs it once every listener is up
+NETNS_DIR = Path("/run/netns")  # where ip netns keeps its names
+# Run as root by /bin/sh: move this very process into the cgroup named by $1, then exec the
+# rest (nsenter, setpriv, the command: each execs the next, so the pid stays the same).
+INTO_CGROUP = 'echo $$ > "$1" || exit 125; shift; exec "$@"'
+
+
+class EbpfUnavailable(LabError):
+    """eBPF was asked for but cannot be loaded here; the message is the probe's reason."""
 
 
 def _config(lab: Lab, trail: Path, ports: Sequence[int], user: str, redirect_port: int) -> str:
@@ -52,7 +90,10 @@ class EnforcedLab:
 
     ``up_ports`` are the ports ``witness up`` diverts; ``serve_ports`` those the recorder's
     configuration protects (the same unless a test wants a diverted port the recorder does
-    not know).
+    not know). ``service_user`` names an existing user to run the recorder as instead of the
+    lab's own. ``agents`` is how many agent users (and agent cgroups) to make; ``ebpf``
+    attaches the eBPF programs (:class:`EbpfUnavailable` from :meth:`start` if it cannot).
+    Agents are numbered from 1.
     """
 
     def __init__(
@@ -60,28 +101,44 @@ class EnforcedLab:
         suffix: str,
         state_dir: Path,
         *,
-        service_user: str = "daemon",
+        service_user: str | None = None,
         redirect_port: int = 15432,
         up_ports: Sequence[int] = (5432,),
         serve_ports: Sequence[int] = (5432,),
+        agents: int = 0,
+        ebpf: bool = False,
     ) -> None:
         self.lab = Lab(suffix, state_dir)
         self.topology = self.lab.topology
-        self.service_user = service_user
+        self.users = users.names(self.topology.name, agents)
+        self.own_service_user = service_user is None
+        self.service_user = self.users.service if service_user is None else service_user
         self.redirect_port = redirect_port
         self.up_ports = tuple(up_ports)
         self.serve_ports = tuple(serve_ports)
+        self.ebpf = ebpf
+        self.agent_root: Path | None = None
         self.directory: Path | None = None
         self.recorder: subprocess.Popen[bytes] | None = None
+        self.up_output = ""
+        self._agents: list[subprocess.Popen[Any]] = []
 
     @property
     def bastion(self) -> str:
         return self.topology.bastion
 
     @property
+    def trail_dir(self) -> Path:
+        """The service user's directory (0700): the trail, its key and its checkpoint."""
+        return self._dir / "trail"
+
+    @property
     def trail(self) -> Path:
-        assert self.directory is not None
-        return self.directory / "trail.db"
+        return self.trail_dir / "trail.db"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.trail_dir / "trail.db.key"
 
     @property
     def up_config(self) -> Path:
@@ -95,45 +152,90 @@ class EnforcedLab:
 
     @property
     def log(self) -> Path:
-        assert self.directory is not None
-        return self.directory / "witness.log"
+        return self._dir / "witness.log"
+
+    @property
+    def capabilities(self) -> str:
+        """The recorder's capabilities, as setpriv takes them."""
+        return EBPF_CAPABILITIES if self.ebpf else CAPABILITIES
 
     def start(self) -> EnforcedLab:
-        """Build the lab, apply ``witness up`` in its bastion, start the recorder."""
+        """Build the lab, its users and cgroups, apply ``witness up``, start the recorder."""
+        if self.ebpf:
+            found = bpf.probe()
+            if not found.available:
+                raise EbpfUnavailable(found.why)
         try:
             self.lab.up()
+            wanted = [*([self.service_user] if self.own_service_user else []), *self.users.agents]
+            users.create(wanted, lambda made: self.lab.record("users", made))
+            if self.users.agents or self.ebpf:
+                self._claim_agent_root()
             service = pwd.getpwnam(self.service_user)
-            # Somewhere the service user can write its trail and root can read it.
+            # Configurations and the log: root's, readable. The trail: the service user's only.
             self.directory = Path(tempfile.mkdtemp(prefix="witness-enforced-"))
+            self.lab.record("directory", str(self.directory))
             self.directory.chmod(0o755)
-            os.chown(self.directory, service.pw_uid, service.pw_gid)
+            self.trail_dir.mkdir(mode=0o700)
+            os.chown(self.trail_dir, service.pw_uid, service.pw_gid)
             for name, ports in (("up.toml", self.up_ports), ("serve.toml", self.serve_ports)):
                 path = self.directory / name
                 path.write_text(
                     _config(self.lab, self.trail, ports, self.service_user, self.redirect_port)
                 )
                 path.chmod(0o644)
-            done = subprocess.run(
-                [WITNESS, "--config", str(self.up_config), "up", "--netns", self.bastion],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=30,
-            )
-            if done.returncode != 0:
-                raise LabError(f"witness up failed: {done.stderr.strip() or done.stdout}")
+            self._witness_up()
+            if self.users.agents:
+                assert self.agent_root is not None
+                cgroups.create_root(self.agent_root)  # witness up made it when eBPF is on
+                for i in range(1, len(self.users.agents) + 1):
+                    cgroups.create_child(self.agent_root, f"agent{i}")
             self.start_recorder()
         except BaseException:
             self.close()
             raise
         return self
 
+    def _claim_agent_root(self) -> None:
+        root = cgroups.default_root()
+        for taken in (root, bpf.PIN_DIR):
+            if taken.exists():
+                raise LabError(
+                    f"{taken} exists: a Witness enforces on this host's cgroups, or a lab was "
+                    "left over (witness down, or witness lab down for that lab); a lab with "
+                    "agents or eBPF needs them to itself"
+                )
+        self.lab.record("agent_cgroups", {"root": str(root), "pins": str(bpf.PIN_DIR)})
+        self.agent_root = root
+
+    def _witness_up(self) -> None:
+        argv = [WITNESS, "--config", str(self.up_config), "up", "--netns", self.bastion]
+        done = subprocess.run(
+            [*argv, "--ebpf" if self.ebpf else "--no-ebpf"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        self.up_output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise LabError(f"witness up failed: {done.stderr.strip() or done.stdout}")
+        if self.ebpf:
+            assert self.agent_root is not None
+            attached = set(bpf.programs_at(self.agent_root))
+            wanted = {name for name, *_ in bpf.PROGRAMS}
+            if attached != wanted or not (bpf.PIN_DIR / bpf.OWNER_MAP).exists():
+                raise LabError(
+                    f"witness up --ebpf did not attach the programs ({sorted(attached)} on "
+                    f"{self.agent_root}): {self.up_output.strip()}"
+                )
+
     def start_recorder(self, timeout: float = 20.0) -> None:
         """``witness serve`` in the bastion as the service user; return once it listens."""
         argv = self.as_user(
             self.service_user,
             [WITNESS, "--config", str(self.serve_config), "serve"],
-            capabilities=CAPABILITIES,
+            capabilities=self.capabilities,
         )
         with self.log.open("ab") as log:
             self.recorder = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -168,10 +270,97 @@ class EnforcedLab:
             [f"--inh-caps={capabilities}", f"--ambient-caps={capabilities}"] if capabilities else []
         )
         return [
-            "ip", "netns", "exec", self.bastion,
+            "nsenter", f"--net={NETNS_DIR / self.bastion}",
             "setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--clear-groups",
             *caps, "--", *argv,
         ]  # fmt: skip
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def agent_user(self, i: int) -> str:
+        if not 1 <= i <= len(self.users.agents):
+            raise LabError(f"agent {i}: this lab has agents 1 to {len(self.users.agents)}")
+        return self.users.agents[i - 1]
+
+    def agent_uid(self, i: int) -> int:
+        return pwd.getpwnam(self.agent_user(i)).pw_uid
+
+    def agent_cgroup(self, i: int) -> Path:
+        """Agent ``i``'s cgroup directory."""
+        self.agent_user(i)
+        assert self.agent_root is not None
+        return self.agent_root / f"agent{i}"
+
+    def agent_cgroup_name(self, i: int) -> str:
+        """Agent ``i``'s cgroup as ``/proc/PID/cgroup`` shows it (``/witness-agents/agent1``)."""
+        mount = cgroups.require_cgroup2()
+        return "/" + str(self.agent_cgroup(i).relative_to(mount))
+
+    def agent_argv(
+        self,
+        i: int,
+        argv: Sequence[str],
+        *,
+        in_cgroup: bool = True,
+        capabilities: str | None = None,
+    ) -> list[str]:
+        """``argv`` run as agent ``i`` in the bastion, inside agent cgroup ``i`` before it
+        execs (unless ``in_cgroup`` is False: then it stays in the caller's cgroup)."""
+        command = self.as_user(self.agent_user(i), argv, capabilities)
+        if not in_cgroup:
+            return command
+        procs = self.agent_cgroup(i) / "cgroup.procs"
+        return ["/bin/sh", "-c", INTO_CGROUP, "witness-agent", str(procs), *command]
+
+    def agent(
+        self,
+        i: int,
+        argv: Sequence[str],
+        *,
+        in_cgroup: bool = True,
+        capabilities: str | None = None,
+        **popen: Any,
+    ) -> subprocess.Popen[Any]:
+        """Start ``argv`` as agent ``i`` (see :meth:`agent_argv`); its pid is the command's.
+
+        ``popen`` goes to :class:`subprocess.Popen` (``stdout``, ``text``...); the environment
+        is a bare ``PATH`` and ``HOME`` unless ``env`` is given. :meth:`close` kills it.
+        """
+        popen.setdefault("env", {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/nonexistent"})
+        proc: subprocess.Popen[Any] = subprocess.Popen(
+            self.agent_argv(i, argv, in_cgroup=in_cgroup, capabilities=capabilities), **popen
+        )
+        self._agents.append(proc)
+        return proc
+
+    def run_agent(
+        self,
+        i: int,
+        argv: Sequence[str],
+        *,
+        timeout: float = 20.0,
+        in_cgroup: bool = True,
+        capabilities: str | None = None,
+        stdin: str | None = None,
+    ) -> tuple[int, str, str, int]:
+        """Run ``argv`` as agent ``i`` to its end: (exit status, stdout, stderr, pid)."""
+        proc = self.agent(
+            i,
+            argv,
+            in_cgroup=in_cgroup,
+            capabilities=capabilities,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        return proc.returncode, out.strip(), err.strip(), proc.pid
 
     @property
     def _dir(self) -> Path:
@@ -179,9 +368,17 @@ class EnforcedLab:
         return self.directory
 
     def close(self) -> None:
-        """Remove everything: recorder, table, lab, directory. Safe to call more than once."""
+        """Remove everything: recorder, agents, table, eBPF, cgroups, users, lab, directory.
+        Safe to call more than once."""
         self.kill_recorder()
         self.recorder = None
+        for proc in self._agents:
+            if proc.poll() is None:
+                proc.kill()
+                # lab.down() kills whatever is left in the agent cgroups
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+        self._agents.clear()
         if self.bastion in namespaces():
             subprocess.run(
                 [WITNESS, "down", "--netns", self.bastion],
@@ -189,7 +386,8 @@ class EnforcedLab:
                 check=False,
                 timeout=30,
             )
-        self.lab.down()  # also kills whatever is left in the namespaces
+        self.lab.down()  # also kills whatever is left; removes the users and agent cgroups
+        self.agent_root = None
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None

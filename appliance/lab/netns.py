@@ -26,6 +26,12 @@ in-process ``setns`` to get wrong in a multi-threaded caller.
 each piece it creates, so :meth:`Lab.down` removes exactly those pieces, also after a crash
 of ``up`` or of the servers. ``down`` skips what is already gone, and also removes the
 lab's namespaces (and every process in them) when the state file is missing.
+
+What is made for a lab beyond :meth:`Lab.up` is recorded in the same file with
+:meth:`Lab.record` before it is made (the enforced lab's users, its agent cgroups and eBPF
+pins, see :mod:`appliance.lab.enforced`), and :meth:`Lab.down` removes that too: it kills
+what runs in the agent cgroups, detaches and unpins the programs, removes the cgroups, and
+deletes the users (after killing what still runs as them).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.enforce import bpf, cgroups
+from appliance.lab import users
 from appliance.lab.postgres import LabError, PostgresServer
 
 DEFAULT_STATE_DIR = Path("/run/witness-lab")
@@ -231,6 +239,20 @@ class Lab:
         partial.write_text(json.dumps(state, indent=2) + "\n")
         partial.replace(self.state_path)
 
+    def record(self, key: str, value: Any) -> None:
+        """Note in the state file something made for this lab beyond :meth:`up` (its users,
+        its agent cgroups), *before* making it, so that :meth:`down` removes it too.
+
+        ``users``: a list of user names; ``agent_cgroups``: ``{"root": PATH, "pins": PATH}``,
+        an agent cgroup root (everything below it is the lab's) and an eBPF pin directory;
+        ``directory``: a directory of the lab's (removed with everything in it).
+        """
+        state = self.state()
+        if state is None:
+            raise LabError(f"lab {self.topology.name} is not up: nothing to record {key} in")
+        state[key] = value
+        self._save(state)
+
     # -- up ------------------------------------------------------------------------------
 
     def problems(self) -> list[str]:
@@ -354,6 +376,11 @@ class Lab:
             for leftover in ip("netns", "pids", ns, check=False).stdout.split():
                 _stop(int(leftover), signal.SIGKILL, 5.0)
                 self._say(f"killed process {leftover} left in {ns}")
+        agent_cgroups = state.get("agent_cgroups")
+        if agent_cgroups:
+            removed |= _remove_agent_cgroups(
+                Path(agent_cgroups["root"]), Path(agent_cgroups["pins"]), self._say
+            )
         veth = state.get("veth")
         if veth and veth["namespace"] in existing:
             shown = ip("-n", veth["namespace"], "link", "show", veth["name"], check=False)
@@ -365,14 +392,46 @@ class Lab:
             ip("netns", "del", ns)
             self._say(f"removed namespace {ns}")
             removed = True
-        if directory and Path(directory).exists():
-            shutil.rmtree(directory)
-            self._say(f"removed {directory}")
-            removed = True
+        for made in (directory, state.get("directory")):
+            if made and Path(made).exists():
+                shutil.rmtree(made)
+                self._say(f"removed {made}")
+                removed = True
+        removed |= bool(users.remove(state.get("users") or (), self._say))
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
             removed = True
         return removed
+
+
+def _remove_agent_cgroups(root: Path, pins: Path, say: Callable[[str], None]) -> bool:
+    """Kill every process in the lab's agent cgroups, detach and unpin the eBPF programs,
+    and remove the cgroups. The root and everything below it belong to the lab."""
+    removed = False
+    if root.is_dir():
+        everything = [Path(d) for d, _, _ in os.walk(root)]
+        if any(cgroups.pids(c) for c in everything):
+            kill = root / "cgroup.kill"  # the whole subtree, at once (Linux 5.14)
+            if kill.exists():
+                kill.write_text("1\n", encoding="ascii")
+            deadline = time.monotonic() + 5.0
+            while any(cgroups.pids(c) for c in everything):
+                for cgroup in everything:
+                    for pid in cgroups.pids(cgroup):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                if time.monotonic() > deadline:
+                    break  # cgroups.remove names what is left
+                time.sleep(0.05)
+            say(f"killed the processes left in {root}")
+    try:
+        done = bpf.detach(root, pins)
+        done += [f"removed cgroup {c}" for c in cgroups.remove(root)]
+    except (bpf.BpfError, cgroups.CgroupError) as exc:
+        raise LabError(f"cannot remove the lab's agent cgroups: {exc}") from None
+    for line in done:
+        say(line)
+    return removed or bool(done)
 
 
 def _require_root() -> None:

@@ -2,10 +2,11 @@
 relayed to where it was going, and recorded with its owner; what cannot be relayed is refused.
 
 One lab (its own suffix) with ``witness up`` in the bastion, and ``witness serve`` running there
-as ``daemon``, the exempt service user. The agent is ``nobody``, running the real psql against
-the backend's real addresses. ``witness up`` diverts ports 5432 and 5433; the recorder's own
-configuration protects 5432 only, so that a diverted connection it has no backend for can be
-shown refused. The tests run in file order: the last one kills the recorder.
+as the lab's own service user (``wlab-<suffix>-witness``), the exempt one. The agent is
+``nobody``, running the real psql against the backend's real addresses. ``witness up`` diverts
+ports 5432 and 5433; the recorder's own configuration protects 5432 only, so that a diverted
+connection it has no backend for can be shown refused. The tests run in file order: the last
+one kills the recorder.
 """
 
 from __future__ import annotations
