@@ -25,7 +25,10 @@
 //   witness_sock_create                   cgroup/sock_create
 //       Deny SOCK_RAW sockets (EPERM) in the agent cgroups. The kernel runs this hook for
 //       AF_INET and AF_INET6 only; the AF_PACKET test below is a guard for kernels that
-//       run it more widely (see README, "Enforcement").
+//       run it more widely. AF_PACKET is denied by the agent launcher's seccomp filter
+//       (appliance/enforce/confine.py), inherited by everything an agent starts: a
+//       cgroup-wide BPF LSM program (socket_create) is not used because this kernel refuses
+//       BPF LSM and fentry program loads (EPERM). See README, "Enforcement".
 //
 // Addresses in keys and records are 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d, which is
 // also how an IPv4 connection made from an IPv6 socket looks. So no family field is needed

@@ -25,10 +25,16 @@ executable. With ``ebpf=True`` it also gets ``CAP_BPF``, to read the pinned owne
 lab refuses to start if the root or the eBPF pins exist already (a Witness enforcing on this
 host, or a lab left over). With ``ebpf=True``, ``witness up --netns BASTION --ebpf`` attaches
 the programs to that root; without, the cgroups exist but nothing is attached (sock_diag).
-:meth:`agent` runs a command as agent ``i`` inside agent cgroup ``i``: a shell, still root,
-writes its own pid to the cgroup's ``cgroup.procs`` and only then execs (same pid)
-``nsenter --net`` and ``setpriv``, which exec the command. The command never runs outside the
-cgroup, and its pid is the pid :meth:`agent` returns.
+:meth:`agent` runs a command as agent ``i`` inside agent cgroup ``i`` through Witness's
+launcher, as ``witness run`` will: ``nsenter --net`` execs ``python -m
+appliance.enforce.confine``, which, still root, writes its own pid to the cgroup's
+``cgroup.procs``, drops to the agent user (no supplementary groups), sets ``no_new_privs``,
+installs the launcher's seccomp filter (no ``AF_PACKET`` sockets, no io_uring, x86_64 system
+calls only) and execs the command. The command never runs outside the cgroup or unfiltered,
+and its pid is the pid :meth:`agent` returns. Capabilities a test deliberately gives an agent
+(``capabilities="+net_admin"``) go to the launcher's ``--ambient-caps``. With
+``in_cgroup=False`` (the tests' controls) the command runs as the agent user through
+``setpriv``, in the caller's cgroup and without the filter: not launched as an agent.
 
 Agents and the recorder enter the bastion with ``nsenter --net=/run/netns/BASTION``, not
 ``ip netns exec``: that one also remounts ``/sys``, which would hide the cgroup2 and bpffs
@@ -61,9 +67,8 @@ CAPABILITIES = "+sys_ptrace,+dac_read_search"
 EBPF_CAPABILITIES = CAPABILITIES + ",+bpf"
 READY = "hot path:"  # the recorder logs it once every listener is up
 NETNS_DIR = Path("/run/netns")  # where ip netns keeps its names
-# Run as root by /bin/sh: move this very process into the cgroup named by $1, then exec the
-# rest (nsenter, setpriv, the command: each execs the next, so the pid stays the same).
-INTO_CGROUP = 'echo $$ > "$1" || exit 125; shift; exec "$@"'
+# The agent launcher (root until it execs the command); sys.executable is root's venv Python.
+CONFINE = [sys.executable, "-m", "appliance.enforce.confine"]
 
 
 class EbpfUnavailable(LabError):
@@ -304,13 +309,17 @@ class EnforcedLab:
         in_cgroup: bool = True,
         capabilities: str | None = None,
     ) -> list[str]:
-        """``argv`` run as agent ``i`` in the bastion, inside agent cgroup ``i`` before it
-        execs (unless ``in_cgroup`` is False: then it stays in the caller's cgroup)."""
-        command = self.as_user(self.agent_user(i), argv, capabilities)
+        """``argv`` run as agent ``i`` in the bastion, inside agent cgroup ``i`` and under the
+        launcher's seccomp filter before it execs (unless ``in_cgroup`` is False: then it
+        stays in the caller's cgroup, unfiltered)."""
         if not in_cgroup:
-            return command
-        procs = self.agent_cgroup(i) / "cgroup.procs"
-        return ["/bin/sh", "-c", INTO_CGROUP, "witness-agent", str(procs), *command]
+            return self.as_user(self.agent_user(i), argv, capabilities)
+        caps = [f"--ambient-caps={capabilities}"] if capabilities else []
+        return [
+            "nsenter", f"--net={NETNS_DIR / self.bastion}",
+            *CONFINE, f"--cgroup={self.agent_cgroup(i)}", f"--user={self.agent_user(i)}",
+            *caps, "--", *argv,
+        ]  # fmt: skip
 
     def agent(
         self,

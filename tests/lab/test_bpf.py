@@ -4,7 +4,10 @@ Each test gets its own agent root (``<cgroup2>/witness-test-<tag>``), pins
 (``/sys/fs/bpf/witness_test_<tag>``) and, where addresses other than loopback are needed, a
 throwaway network namespace, so neither a running Witness nor the host's network is touched.
 Agents are real processes running as ``nobody``, moved into an agent cgroup by root before
-they exec (they could not move themselves: the cgroups are root's).
+they exec (they could not move themselves: the cgroups are root's). :meth:`Agents.run` starts
+them as Witness's launcher does (:mod:`appliance.enforce.confine`: into the cgroup, drop to
+``nobody``, seccomp filter, exec); its controls (``inside=False``) run them with ``setpriv``
+alone, outside the agent cgroups and unfiltered.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ pytestmark = [
 
 PYTHON = "/usr/bin/python3"  # readable by nobody, unlike a venv under /root
 AS_AGENT = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+CONFINE = [sys.executable, "-m", "appliance.enforce.confine", "--user=nobody"]
 PROTECTED = ("10.99.0.5/32", "fd99::/64")
 
 
@@ -45,19 +50,19 @@ class Agents:
     def run(
         self, code: str, *, inside: bool = True, userns: bool = False, netns: bool = True
     ) -> str:
-        """Run ``code`` with python3 as nobody (in the agent cgroup unless ``inside`` is False),
-        in the test's network namespace unless ``netns`` is False; returns its stdout."""
-        command = [*AS_AGENT, *(["unshare", "-Urn"] if userns else []), PYTHON, "-c", code]
-        if netns:  # ip netns exec mounts its own /sys, without the cgroup2 mount
-            command = ["ip", "netns", "exec", self.netns, *command]
-        child = self.child
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            preexec_fn=(lambda: cgroups.move(os.getpid(), child)) if inside else None,
-        )
+        """Run ``code`` with python3 as nobody, in the test's network namespace unless
+        ``netns`` is False; returns its stdout. ``inside``: launched as an agent, into the
+        agent cgroup and under the launcher's filter; else with setpriv, outside, unfiltered."""
+        command = [*(["unshare", "-Urn"] if userns else []), PYTHON, "-c", code]
+        if inside:
+            command = [*CONFINE, f"--cgroup={self.child}", "--", *command]
+            if netns:  # not ip netns exec: it mounts its own /sys, without the cgroup2 mount
+                command = ["nsenter", f"--net=/run/netns/{self.netns}", *command]
+        else:
+            command = [*AS_AGENT, "--", *command]
+            if netns:
+                command = ["ip", "netns", "exec", self.netns, *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -220,15 +225,11 @@ def test_packet_sockets_need_cap_net_raw(agents: Agents) -> None:
     assert agents.run(PACKET) == "EPERM"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cgroup/sock_create runs for AF_INET and AF_INET6 only: an agent in its own user "
-    "namespace (which holds CAP_NET_RAW there) can open AF_PACKET sockets on that "
-    "namespace's interfaces; denying it needs a cgroup LSM program (socket_create)",
-)
 def test_packet_sockets_are_denied_in_the_agent_cgroup_even_in_a_user_namespace(
     agents: Agents,
 ) -> None:
+    # cgroup/sock_create never sees AF_PACKET; the launcher's seccomp filter denies it. The
+    # control: in its own user namespace, unfiltered, the same process opens one.
     assert agents.run(PACKET, userns=True, inside=False) == "ok"
     assert agents.run(PACKET, userns=True) == "EPERM"
 

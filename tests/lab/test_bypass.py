@@ -209,15 +209,12 @@ def test_packet_sockets_are_denied_on_the_host(lab: EnforcedLab) -> None:
     assert python(lab, PACKET)[0] == "EPERM"  # no CAP_NET_RAW
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cgroup/sock_create runs for AF_INET and AF_INET6 only: an agent in its own user "
-    "and network namespace holds CAP_NET_RAW there and can open AF_PACKET sockets on that "
-    "namespace's interfaces (which reach no backend); denying it needs a cgroup LSM "
-    "program (socket_create)",
-)
 def test_packet_sockets_are_denied_even_in_a_user_namespace(lab: EnforcedLab) -> None:
+    # In a user and network namespace of its own the agent holds CAP_NET_RAW, and
+    # cgroup/sock_create never sees AF_PACKET: the launcher's seccomp filter denies it, as the
+    # control (same user, not launched as an agent: outside the cgroups, unfiltered) shows.
     assert python(lab, PACKET, userns=True)[0] == "EPERM"
+    assert python(lab, PACKET, userns=True, in_cgroup=False)[0] == "ok"
 
 
 def test_udp_to_the_backend_is_rejected(lab: EnforcedLab) -> None:
