@@ -2,14 +2,20 @@
 diverted through Witness by the nftables redirect (host enforcement), in the namespace lab.
 
 ``pgbench -n -C -f noop.sql`` (``SELECT 1``, a new connection per transaction) runs in the
-lab's bastion against the backend's address, unchanged, once as the exempt service user
-(direct: the ``inet witness`` table lets it through) and once as an agent user (diverted to
-the recorder, attributed through sock_diag and /proc, session and command recorded,
-relayed). Both paths are measured in the same run, alternating, and the median of the rounds
-is kept: at ``-c 4 -j 2`` (connections per second, and the recorder's CPU time per
-connection) and at ``-c 1`` (the time each connection takes, and what Witness adds to it).
-The run checks that the trail holds a command for every diverted transaction. The table is
-printed and written to ``--out``. Needs root.
+lab's bastion against the backend's address, unchanged, as:
+
+- ``direct``: the exempt service user (the ``inet witness`` table lets it through);
+- ``witness-ebpf``: an agent in its agent cgroup, diverted to the recorder, its owner read
+  from the eBPF map (only when eBPF can be attached here);
+- ``witness-sock_diag``: an agent user outside the agent cgroups, diverted, its owner found
+  through sock_diag and /proc (the fallback).
+
+Each diverted connection is attributed, its session and command recorded, and relayed. All
+paths are measured in the same run, alternating, and the median of the rounds is kept: at
+``-c 4 -j 2`` (connections per second, and the recorder's CPU time per connection) and at
+``-c 1`` (the time each connection takes, and what Witness adds to it). The run checks that
+the trail holds a command for every diverted transaction. The table is printed and written
+to ``--out``. Needs root.
 
 Run: ``.venv/bin/python tests/bench/bench_connect.py [--seconds 10] [--rounds 3]``
 """
@@ -28,6 +34,7 @@ import uuid
 from pathlib import Path
 
 from appliance import native
+from appliance.enforce import bpf
 from appliance.lab.enforced import EnforcedLab
 from appliance.lab.postgres import postgres_bindir
 
@@ -43,17 +50,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def pgbench(
-    lab: EnforcedLab, user: str, script: Path, clients: int, seconds: int
+    lab: EnforcedLab, path: str, script: Path, clients: int, seconds: int
 ) -> tuple[float, int]:
-    """(connections per second, transactions) of a ``-C`` run as ``user`` in the bastion."""
-    argv = lab.as_user(
-        user,
-        [
-            PGBENCH, "-n", "-C", "-f", str(script),
-            "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-            "-h", str(lab.topology.backend_ipv4), "-p", "5432", "-U", "postgres", "postgres",
-        ],
-    )  # fmt: skip
+    """(connections per second, transactions) of a ``-C`` run on ``path`` in the bastion."""
+    command = [
+        PGBENCH, "-n", "-C", "-f", str(script),
+        "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
+        "-h", str(lab.topology.backend_ipv4), "-p", "5432", "-U", "postgres", "postgres",
+    ]  # fmt: skip
+    if path == "direct":
+        argv = lab.as_user(lab.service_user, command)
+    elif path == "witness-ebpf":
+        argv = lab.agent_argv(1, command)
+    else:
+        argv = lab.as_user(AGENT, command)
     done = subprocess.run(
         argv,
         capture_output=True,
@@ -62,7 +72,7 @@ def pgbench(
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"pgbench as {user} failed: {done.stderr.strip()}")
+        raise RuntimeError(f"pgbench on the {path} path failed: {done.stderr.strip()}")
     out = done.stdout
     # With -C every transaction opens its own connection, so tps is connections per second.
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -87,8 +97,14 @@ def main() -> None:
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces, nftables)")
 
+    probe = bpf.probe()
+    if not probe.available:
+        print(f"eBPF attribution is not available ({probe.why}): sock_diag only", flush=True)
     state = Path(tempfile.mkdtemp(prefix="witness-bench-lab-"))
-    lab = EnforcedLab(f"bench{uuid.uuid4().hex[:6]}", state)
+    lab = EnforcedLab(
+        f"bench{uuid.uuid4().hex[:6]}", state, agents=1 if probe.available else 0,
+        ebpf=probe.available,
+    )  # fmt: skip
     try:
         lab.start()
         assert lab.directory is not None and lab.recorder is not None
@@ -96,22 +112,21 @@ def main() -> None:
         script.write_text("SELECT 1;\n")
         script.chmod(0o644)
         recorder = lab.recorder.pid
-        paths = {"direct": lab.service_user, "witness": AGENT}
+        paths = ["direct", *(["witness-ebpf"] if probe.available else []), "witness-sock_diag"]
         cps4: dict[str, list[float]] = {p: [] for p in paths}
         cps1: dict[str, list[float]] = {p: [] for p in paths}
-        cpu: list[float] = []
+        cpu: dict[str, list[float]] = {p: [] for p in paths}
         diverted = 0
         for r in range(args.rounds):
-            for name, user in paths.items():
+            for name in paths:
                 before = cpu_seconds(recorder)
-                rate, done = pgbench(lab, user, script, 4, args.seconds)
+                rate, done = pgbench(lab, name, script, 4, args.seconds)
                 cps4[name].append(rate)
-                if name == "witness":
-                    cpu.append((cpu_seconds(recorder) - before) / done * 1e6)
-                    diverted += done
-                rate, done = pgbench(lab, user, script, 1, args.seconds)
+                cpu[name].append((cpu_seconds(recorder) - before) / done * 1e6)
+                diverted += done if name != "direct" else 0
+                rate, done = pgbench(lab, name, script, 1, args.seconds)
                 cps1[name].append(rate)
-                diverted += done if name == "witness" else 0
+                diverted += done if name != "direct" else 0
                 print(
                     f"round {r + 1} {name}: c4 {cps4[name][-1]:.0f}/s, c1 {rate:.0f}/s "
                     f"({1e6 / rate:.0f} us per connection)",
@@ -124,26 +139,30 @@ def main() -> None:
         state.rmdir()
 
     med = statistics.median
-    d4, w4 = med(cps4["direct"]), med(cps4["witness"])
-    d1, w1 = med(cps1["direct"]), med(cps1["witness"])
-    per_d, per_w = 1e6 / d1, 1e6 / w1
-    paired = [w / d for w, d in zip(cps4["witness"], cps4["direct"], strict=True)]
+    d4, d1 = med(cps4["direct"]), med(cps1["direct"])
     lines = [
         f"# Connection benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
         f"median of {args.rounds} alternating rounds of {args.seconds}s)",
         "",
         "Each transaction is a new connection (`pgbench -n -C`) running `SELECT 1`, in the "
-        "namespace lab; direct = the exempt service user, witness = an agent diverted by the "
-        "nftables redirect, attributed, recorded and relayed.",
+        "namespace lab; direct = the exempt service user; witness-* = an agent diverted by the "
+        "nftables redirect, attributed (eBPF map, or sock_diag and /proc), recorded, relayed.",
         "",
-        "| path | conn/s c=4 | vs direct | conn/s c=1 | us per connection c=1 | added (us) "
-        "| recorder CPU (us/conn) |",
-        "|---|---|---|---|---|---|---|",
-        f"| direct | {d4:.0f} | 1.00 | {d1:.0f} | {per_d:.0f} | - | - |",
-        f"| witness | {w4:.0f} | {w4 / d4:.2f} | {w1:.0f} | {per_w:.0f} | {per_w - per_d:+.0f} "
-        f"| {med(cpu):.0f} |",
+        "| path | conn/s c=4 | vs direct | round by round | conn/s c=1 "
+        "| us per connection c=1 | added (us) | recorder CPU (us/conn) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in paths:
+        w4, w1 = med(cps4[name]), med(cps1[name])
+        paired = [w / d for w, d in zip(cps4[name], cps4["direct"], strict=True)]
+        added = "-" if name == "direct" else f"{1e6 / w1 - 1e6 / d1:+.0f}"
+        used = "-" if name == "direct" else f"{med(cpu[name]):.0f}"
+        lines.append(
+            f"| {name} | {w4:.0f} | {w4 / d4:.2f} | {min(paired):.2f}-{max(paired):.2f} "
+            f"| {w1:.0f} | {1e6 / w1:.0f} | {added} | {used} |"
+        )
+    lines += [
         "",
-        f"Witness vs direct at c=4, round by round: {min(paired):.2f} to {max(paired):.2f}",
         f"Commands recorded: {recorded} for {diverted} diverted pgbench transactions",
         f"Witness hot path: {native.STATUS}",
     ]
