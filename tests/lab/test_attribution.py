@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labagents import PG_WIRE, PSQL, PYTHON, all_sessions, ended_session_with, psql_argv, tag
+from labagents import (
+    PG_WIRE,
+    PSQL,
+    PYTHON,
+    all_sessions,
+    ended_session_with,
+    psql_argv,
+    status_json,
+    tag,
+)
 
 from appliance.enforce import bpf, cgroups
 from appliance.lab.enforced import WITNESS, EbpfUnavailable, EnforcedLab
@@ -78,14 +87,7 @@ PYTHON_EXE = os.path.realpath(PYTHON)
 
 
 def test_the_attribution_mode_is_the_one_status_reports(lab: EnforcedLab) -> None:
-    done = subprocess.run(
-        [WITNESS, "--config", str(lab.up_config), "status", "--netns", lab.bastion, "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout)
+    report = status_json(lab.up_config, lab.bastion)
     assert report["attribution"]["mode"] == source(lab), report["attribution"]
     assert report["service_user"] == lab.service_user
 

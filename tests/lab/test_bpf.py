@@ -19,12 +19,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from labagents import PACKET_PROBE
 
 from appliance.enforce import bpf, cgroups
 
@@ -186,10 +188,15 @@ def test_the_record_outlives_the_socket_but_is_stamped_closed(agents: Agents) ->
             proc.stdin.flush()
             proc.wait(timeout=10)
             assert conn.recv(1) == b""  # the client closed
+        # The client's socket reaches TCP_CLOSE (and is stamped) once both sides have closed.
+        deadline = time.monotonic() + 5
+        record = bpf.read(*peer, pins=agents.pins)
+        while record is not None and not record.closed_ns and time.monotonic() < deadline:
+            time.sleep(0.02)
             record = bpf.read(*peer, pins=agents.pins)
-            assert record is not None and record.closed_ns > record.connect_ns
-            assert bpf.lookup(*peer, pins=agents.pins) is not None
-            assert bpf.lookup(*peer, pins=agents.pins, stale_after=0) is None
+        assert record is not None and record.closed_ns > record.connect_ns
+        assert bpf.lookup(*peer, pins=agents.pins) is not None
+        assert bpf.lookup(*peer, pins=agents.pins, stale_after=0) is None
 
 
 RAW = """
@@ -211,18 +218,8 @@ def test_raw_sockets_are_denied_in_the_agent_cgroup(agents: Agents) -> None:
     assert agents.run(RAW, userns=True, inside=False) == "ok ok ok"
 
 
-PACKET = """
-import errno, socket
-try:
-    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-    print("ok")
-except OSError as exc:
-    print(errno.errorcode[exc.errno])
-"""
-
-
 def test_packet_sockets_need_cap_net_raw(agents: Agents) -> None:
-    assert agents.run(PACKET) == "EPERM"
+    assert agents.run(PACKET_PROBE) == "EPERM"
 
 
 def test_packet_sockets_are_denied_in_the_agent_cgroup_even_in_a_user_namespace(
@@ -230,8 +227,8 @@ def test_packet_sockets_are_denied_in_the_agent_cgroup_even_in_a_user_namespace(
 ) -> None:
     # cgroup/sock_create never sees AF_PACKET; the launcher's seccomp filter denies it. The
     # control: in its own user namespace, unfiltered, the same process opens one.
-    assert agents.run(PACKET, userns=True, inside=False) == "ok"
-    assert agents.run(PACKET, userns=True) == "EPERM"
+    assert agents.run(PACKET_PROBE, userns=True, inside=False) == "ok"
+    assert agents.run(PACKET_PROBE, userns=True) == "EPERM"
 
 
 CONNECT6 = """

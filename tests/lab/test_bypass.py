@@ -12,11 +12,9 @@ outside the agent cgroup shows the difference.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 from labagents import (
+    PACKET_PROBE,
     PG_CLIENT,
     PSQL,
     PYTHON,
@@ -31,11 +30,12 @@ from labagents import (
     ended_session_with,
     psql_argv,
     sessions_with,
+    status_json,
     tag,
 )
 
 from appliance.enforce import cgroups, nft
-from appliance.lab.enforced import WITNESS, EbpfUnavailable, EnforcedLab
+from appliance.lab.enforced import EbpfUnavailable, EnforcedLab
 
 pytestmark = [
     pytest.mark.root,
@@ -187,15 +187,6 @@ for family, kind, proto in ((socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICM
 print(" ".join(out))
 """
 
-PACKET = """
-import errno, socket
-try:
-    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-    print("ok")
-except OSError as exc:
-    print(errno.errorcode[exc.errno])
-"""
-
 
 def test_raw_sockets_are_denied(lab: EnforcedLab) -> None:
     assert python(lab, RAW)[0] == "EPERM EPERM EPERM ok"  # no CAP_NET_RAW on the host
@@ -206,15 +197,15 @@ def test_raw_sockets_are_denied(lab: EnforcedLab) -> None:
 
 
 def test_packet_sockets_are_denied_on_the_host(lab: EnforcedLab) -> None:
-    assert python(lab, PACKET)[0] == "EPERM"  # no CAP_NET_RAW
+    assert python(lab, PACKET_PROBE)[0] == "EPERM"  # no CAP_NET_RAW
 
 
 def test_packet_sockets_are_denied_even_in_a_user_namespace(lab: EnforcedLab) -> None:
     # In a user and network namespace of its own the agent holds CAP_NET_RAW, and
     # cgroup/sock_create never sees AF_PACKET: the launcher's seccomp filter denies it, as the
     # control (same user, not launched as an agent: outside the cgroups, unfiltered) shows.
-    assert python(lab, PACKET, userns=True)[0] == "EPERM"
-    assert python(lab, PACKET, userns=True, in_cgroup=False)[0] == "ok"
+    assert python(lab, PACKET_PROBE, userns=True)[0] == "EPERM"
+    assert python(lab, PACKET_PROBE, userns=True, in_cgroup=False)[0] == "ok"
 
 
 def test_udp_to_the_backend_is_rejected(lab: EnforcedLab) -> None:
@@ -380,11 +371,4 @@ def test_the_agent_cannot_flush_or_alter_the_nftables_table(lab: EnforcedLab) ->
         assert code != 0, command
         assert "Operation not permitted" in err, (command, err)
     assert _table(lab) == before
-    done = subprocess.run(
-        [WITNESS, "--config", str(lab.up_config), "status", "--netns", lab.bastion, "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads(done.stdout)["table"] == "up"
+    assert status_json(lab.up_config, lab.bastion)["table"] == "up"

@@ -19,10 +19,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from labagents import ended_session_with, sessions_with
 from witnessproc import events
 
 from appliance.lab.enforced import WITNESS, EnforcedLab
@@ -79,32 +79,6 @@ def psql(lab: EnforcedLab, host: str, sql: str, port: int = 5432) -> tuple[int, 
     return proc.returncode, out.strip(), err.strip(), proc.pid
 
 
-def session_with(trail: Path, text: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The session whose command contains ``text``, once its end is committed too."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = _sessions(trail, text)
-        if found and found[0]["end"] is not None:
-            assert len(found) == 1, found
-            return found[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no ended session with {text!r} in the trail: {found}")
-        time.sleep(0.05)
-
-
-def _sessions(trail: Path, text: str) -> list[dict[str, Any]]:
-    by_id: dict[str, dict[str, Any]] = {}
-    for event in events(trail):
-        sid = event["session"]
-        if event["type"] == "session_start":
-            by_id[sid] = {"start": event, "commands": [], "end": None}
-        elif sid in by_id and event["type"] == "command":
-            by_id[sid]["commands"].append(event)
-        elif sid in by_id and event["type"] == "session_end":
-            by_id[sid]["end"] = event
-    return [s for s in by_id.values() if any(text in c["text"] for c in s["commands"])]
-
-
 def assert_agent_owns(start: dict[str, Any], pid: int) -> None:
     owner = start["owner"]
     assert owner["uid"] == pwd.getpwnam(AGENT).pw_uid
@@ -125,7 +99,7 @@ def test_psql_to_the_backend_is_diverted_relayed_and_recorded_with_its_owner(
     code, out, err, pid = psql(enforced, address, f"select '{tag}', inet_server_addr()")
     assert code == 0, err
     assert out == f"{tag}|{address}"
-    session = session_with(enforced.trail, tag)
+    session = ended_session_with(enforced.trail, tag)
     start = session["start"]
     assert start["diverted"] is True
     assert start["destination"] == f"{address}:5432"
@@ -154,7 +128,7 @@ def test_the_backends_second_address_is_diverted_and_relayed_to_that_address(
     code, out, err, pid = psql(enforced, other, f"select '{tag}', inet_server_addr()")
     assert code == 0, err
     assert out == f"{tag}|{other}"  # PostgreSQL saw the connection arrive at .3, not .2
-    start = session_with(enforced.trail, tag)["start"]
+    start = ended_session_with(enforced.trail, tag)["start"]
     assert start["destination"] == f"{other}:5432"
     assert start["backend"]["address"] == str(enforced.topology.backend_ipv4)
     assert_agent_owns(start, pid)
@@ -166,7 +140,7 @@ def test_ipv6_is_diverted_to_the_recorders_ipv6_listener(enforced: EnforcedLab) 
     code, out, err, pid = psql(enforced, address, f"select '{tag}', inet_server_addr()")
     assert code == 0, err
     assert out == f"{tag}|{address}"
-    start = session_with(enforced.trail, tag)["start"]
+    start = ended_session_with(enforced.trail, tag)["start"]
     assert start["destination"] == f"{address}:5432"
     assert start["listener"] == f"::1:{enforced.redirect_port}"
     assert_agent_owns(start, pid)
@@ -195,7 +169,7 @@ def test_a_diverted_port_the_recorder_protects_no_backend_on_is_refused_natively
     assert len(refusals) == 1
     assert refusals[0]["backend"] is None
     assert_agent_owns(refusals[0], pid)
-    assert not _sessions(enforced.trail, tag)  # the command was never taken
+    assert not sessions_with(enforced.trail, tag)  # the command was never taken
 
 
 def test_connecting_to_the_recorders_port_directly_is_refused_natively(

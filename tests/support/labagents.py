@@ -3,6 +3,8 @@ and a few lines of PostgreSQL wire protocol for an agent that is not psql."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 from witnessproc import events
 
+from appliance.lab.enforced import WITNESS
 from appliance.lab.postgres import postgres_bindir
 
 PSQL = postgres_bindir() / "psql"
@@ -68,6 +71,16 @@ def psql_argv(host: str, *, port: int = 5432, sql: str | None = None) -> list[st
 # A few lines of PostgreSQL wire protocol (trust authentication), for agents that are not
 # psql: open(host, port, mark=None) connects (setting SO_MARK first if asked) and query(s, sql)
 # sends the startup on first use, runs one query and returns the first column of its first row.
+# Prints "ok" if the agent could open an AF_PACKET socket, else the errno's name.
+PACKET_PROBE = """
+import errno, socket
+try:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    print("ok")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+"""
+
 PG_WIRE = r"""
 import errno, socket, struct, sys
 
@@ -128,3 +141,16 @@ except OSError as exc:
 print(query(s, sql))
 """
 )
+
+
+def status_json(up_config: Path, netns: str) -> dict[str, Any]:
+    """``witness status --json`` for the table in ``netns``; it must exit 0 (up, matching)."""
+    done = subprocess.run(
+        [WITNESS, "--config", str(up_config), "status", "--netns", netns, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
