@@ -17,7 +17,7 @@ from appliance.config import Settings
 from appliance.enforce import owners
 from appliance.enforce.divert import Routes
 from appliance.proxy.recorder import Recorder
-from appliance.proxy.server import OwnerLookup, Relay
+from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
 from appliance.trail.store import Trail
 
 log = logging.getLogger("witness")
@@ -64,7 +64,11 @@ def _redirect_socket(address: str, family: socket.AddressFamily, port: int) -> s
     return sock
 
 
-async def run(settings: Settings, owner_lookup: OwnerLookup = owners.lookup) -> None:
+async def run(
+    settings: Settings,
+    owner_lookup: OwnerLookup = owners.lookup,
+    quick_lookup: QuickLookup | None = owners.quick,
+) -> None:
     """Serve until SIGTERM or SIGINT, then end every session and sign the trail."""
     loop = asyncio.get_running_loop()
     if settings.transparent:
@@ -77,7 +81,12 @@ async def run(settings: Settings, owner_lookup: OwnerLookup = owners.lookup) -> 
         for listener in settings.listeners:
             backend = settings.backends[listener.backend]
             relay = Relay(
-                recorder, backend, settings.capture, settings.max_message_bytes, owner_lookup
+                recorder,
+                backend,
+                settings.capture,
+                settings.max_message_bytes,
+                owner_lookup,
+                quick_lookup=quick_lookup,
             )
             try:
                 server = await loop.create_server(
@@ -108,6 +117,7 @@ async def run(settings: Settings, owner_lookup: OwnerLookup = owners.lookup) -> 
                 settings.max_message_bytes,
                 owner_lookup,
                 routes=Routes(list(settings.backends.values())),
+                quick_lookup=quick_lookup,
             )
             relays.append(relay)
             port = settings.enforce.redirect_port

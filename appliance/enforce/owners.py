@@ -84,6 +84,12 @@ def _cgroup_path(pid: int) -> str | None:
     return None
 
 
+def quick(client: tuple[str, int], destination: tuple[str, int]) -> Owner | None:
+    """The eBPF record alone, or None: a map read and a few /proc reads, cheap enough for the
+    relay to run on its event loop rather than hand to a thread."""
+    return bpf.lookup(client[0], client[1], destination=destination)
+
+
 def lookup(client: tuple[str, int], destination: tuple[str, int]) -> Owner:
     """The owner of the client socket ``client`` -> ``destination``; never raises.
 

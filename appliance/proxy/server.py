@@ -26,6 +26,8 @@ from appliance.proxy.recorder import Recorder
 log = logging.getLogger(__name__)
 
 OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
+# A lookup cheap enough for the event loop (a map read), or None to take the slow one.
+QuickLookup = Callable[[tuple[str, int], tuple[str, int]], Owner | None]
 _CANCELLED = "cancel request handled"
 # Refusing a diverted connection that cannot be relayed (not diverted, or to no backend).
 REFUSED_DIVERSION = "08004"  # sqlserver_rejected_establishment_of_sqlconnection
@@ -55,6 +57,7 @@ class Relay:
         owner_lookup: OwnerLookup,
         *,
         routes: Routes | None = None,
+        quick_lookup: QuickLookup | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -64,6 +67,7 @@ class Relay:
         self.capture = capture
         self.max_message = max_message
         self.owner_lookup = owner_lookup
+        self.quick_lookup = quick_lookup
         self.sessions: set[Session] = set()
         # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
         self.keys: dict[tuple[int, int], Session] = {}
@@ -199,7 +203,10 @@ class Session:
         # The client's socket is connected to where it meant to go: for a diverted connection
         # that is the original destination, not this listener.
         seen = self.original or self.local
-        owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, seen)
+        quick = self.relay.quick_lookup
+        owner = None if quick is None else quick(self.peer, seen)
+        if owner is None:  # the slow way (sock_diag walks /proc): off the event loop
+            owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, seen)
         if self.ended:
             if self.not_relayable is not None and not self.started and self.ended != _CANCELLED:
                 # The client left before it could be told: the attempt is still recorded.
