@@ -83,25 +83,22 @@ def _lock_down(path: Path) -> None:
 
 def create_root(root: Path | None = None) -> Path:
     """Make the agent root (idempotent) and lock it down; returns its path."""
-    path = root if root is not None else default_root()
-    try:
-        path.mkdir(exist_ok=True)
-        _lock_down(path)
-    except OSError as exc:
-        raise CgroupError(f"cannot create the agent cgroup root {path}: {exc}") from None
-    return path
+    return _create(root if root is not None else default_root(), "the agent cgroup root")
 
 
 def create_child(root: Path, name: str) -> Path:
     """Make ``root/name`` (idempotent), locked down like the root; returns its path."""
     if not name or "/" in name or name in (".", ".."):
         raise CgroupError(f"invalid cgroup name {name!r}")
-    path = root / name
+    return _create(root / name, "cgroup")
+
+
+def _create(path: Path, what: str) -> Path:
     try:
         path.mkdir(exist_ok=True)
         _lock_down(path)
     except OSError as exc:
-        raise CgroupError(f"cannot create cgroup {path}: {exc}") from None
+        raise CgroupError(f"cannot create {what} {path}: {exc}") from None
     return path
 
 

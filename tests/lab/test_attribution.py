@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,13 @@ from labagents import (
     all_sessions,
     ended_session_with,
     psql_argv,
+    running_lab,
     status_json,
     tag,
 )
 
 from appliance.enforce import bpf, cgroups
-from appliance.lab.enforced import WITNESS, EbpfUnavailable, EnforcedLab
+from appliance.lab.enforced import WITNESS, EnforcedLab
 
 pytestmark = [
     pytest.mark.root,
@@ -52,21 +52,13 @@ STATEMENTS = 4
 def lab(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnforcedLab]:
-    mode = request.param
-    made = EnforcedLab(
-        f"a{uuid.uuid4().hex[:8]}",
+    yield from running_lab(
+        "a",
         tmp_path_factory.mktemp("lab-state"),
         agents=AGENTS,
-        ebpf=mode == "ebpf",
+        ebpf=request.param == "ebpf",
+        needs="eBPF attribution unavailable",
     )
-    try:
-        made.start()
-    except EbpfUnavailable as exc:
-        pytest.skip(f"eBPF attribution unavailable: {exc}")
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def source(lab: EnforcedLab) -> str:

@@ -16,7 +16,6 @@ import os
 import shutil
 import stat
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,13 +28,14 @@ from labagents import (
     all_sessions,
     ended_session_with,
     psql_argv,
+    running_lab,
     sessions_with,
     status_json,
     tag,
 )
 
 from appliance.enforce import cgroups, nft
-from appliance.lab.enforced import EbpfUnavailable, EnforcedLab
+from appliance.lab.enforced import EnforcedLab
 
 pytestmark = [
     pytest.mark.root,
@@ -50,17 +50,13 @@ AGENT = 1
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnforcedLab]:
-    made = EnforcedLab(
-        f"b{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("lab-state"), agents=2, ebpf=True
+    yield from running_lab(
+        "b",
+        tmp_path_factory.mktemp("lab-state"),
+        agents=2,
+        ebpf=True,
+        needs="eBPF unavailable, the bypass suite needs it",
     )
-    try:
-        made.start()
-    except EbpfUnavailable as exc:
-        pytest.skip(f"eBPF unavailable, the bypass suite needs it: {exc}")
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def python(

@@ -7,12 +7,14 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from witnessproc import events
 
-from appliance.lab.enforced import WITNESS
+from appliance.lab.enforced import WITNESS, EbpfUnavailable, EnforcedLab
 from appliance.lab.postgres import postgres_bindir
 
 PSQL = postgres_bindir() / "psql"
@@ -154,3 +156,19 @@ def status_json(up_config: Path, netns: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stdout + done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
+
+
+def running_lab(
+    prefix: str, state: Path, *, agents: int, ebpf: bool, needs: str
+) -> Iterator[EnforcedLab]:
+    """For a module fixture: a started enforced lab, closed afterwards; skipped, saying
+    ``needs`` and why, when eBPF was asked for and cannot be attached here."""
+    made = EnforcedLab(f"{prefix}{uuid.uuid4().hex[:8]}", state, agents=agents, ebpf=ebpf)
+    try:
+        made.start()
+    except EbpfUnavailable as exc:
+        pytest.skip(f"{needs}: {exc}")
+    try:
+        yield made
+    finally:
+        made.close()

@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from faketransport import FakeTransport
 from fulldisk import fail_inserts
 
 from appliance.config import Backend, Capture, TrailSettings
@@ -16,33 +17,6 @@ from appliance.model import Owner
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import Relay, Session
 from appliance.trail.store import Trail
-
-
-class FakeTransport:
-    """Collects what the relay writes; stands in for a socket."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(bytes(data))
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.written.extend(bytes(c) for c in chunks)
-
-    def get_extra_info(self, name: str) -> tuple[str, int]:
-        return ("127.0.0.1", 40000)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 def message(kind: bytes, body: bytes) -> bytes:

@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 from typing import Any, cast
 
+from faketransport import FakeTransport
+
 from appliance import config
 from appliance.enforce.divert import Routes
 from appliance.model import Owner
@@ -43,32 +45,6 @@ class DivertedSocket:
         return self.answer
 
 
-class ClientTransport:
-    def __init__(self, sock: DivertedSocket) -> None:
-        self.sock = sock
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def get_extra_info(self, name: str) -> Any:
-        return {"socket": self.sock, "peername": PEER, "sockname": LISTENER}.get(name)
-
-    def write(self, data: bytes) -> None:
-        self.written.append(bytes(data))
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.written.extend(bytes(c) for c in chunks)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-
 def routes(port: int) -> Routes:
     settings = config.parse(
         {
@@ -97,7 +73,7 @@ def events(trail_path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def run(
     tmp_path: Path, answer: bytes | OSError, backend_port: int
-) -> tuple[ClientTransport, list[Any]]:
+) -> tuple[FakeTransport, list[Any]]:
     """One diverted session: the client sends its startup; return what it got and the trail."""
     looked_up: list[tuple[tuple[str, int], tuple[str, int]]] = []
 
@@ -105,7 +81,7 @@ def run(
         looked_up.append((client, seen))
         return Owner(uid=65534, pid=4242, exe="/usr/bin/psql", source="sock_diag")
 
-    async def scenario() -> ClientTransport:
+    async def scenario() -> FakeTransport:
         loop = asyncio.get_running_loop()
         trail = Trail.open(config.TrailSettings.beside(tmp_path / "trail.db"))
         relay = Relay(
@@ -117,7 +93,9 @@ def run(
             routes=routes(backend_port),
         )
         session = relay.session()
-        client = ClientTransport(DivertedSocket(answer))
+        client = FakeTransport(
+            {"socket": DivertedSocket(answer), "peername": PEER, "sockname": LISTENER}
+        )
         session.connection_made(cast(asyncio.BaseTransport, client))
         session.data_received(STARTUP)
         for _ in range(100):
