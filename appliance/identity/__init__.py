@@ -1,0 +1,1 @@
+"""Who is behind a connection: OIDC token validation, the device-flow login, and bindings."""
