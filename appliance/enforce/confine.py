@@ -35,6 +35,11 @@ The filter (classic BPF, built here, no library), rule by rule:
 ``python -m appliance.enforce.confine --cgroup PATH --user NAME [--ambient-caps CAPS] -- CMD``
 runs :func:`exec_confined`: as root, it moves itself into the cgroup, drops to the user, sets
 ``no_new_privs``, installs the filter and execs ``CMD`` (same pid throughout).
+
+``witness run`` has no root to spare: it runs as the agent's own user, and the root warden
+(:mod:`appliance.enforce.warden`) moves it into its cgroup. It then calls :func:`restrict`,
+the part of the launcher that needs no privilege (``no_new_privs`` and the filter), before it
+execs the agent's command.
 """
 
 from __future__ import annotations
@@ -207,6 +212,20 @@ def install_filter() -> None:
         raise ConfineError(f"seccomp(SECCOMP_SET_MODE_FILTER): {why}")
 
 
+def restrict() -> None:
+    """Confine the calling process as an agent, whoever it runs as: set ``no_new_privs`` and
+    install the filter, then check in ``/proc/self/status`` that both took.
+
+    No cgroup move and no change of user: that is what lets ``witness run``, unprivileged,
+    confine itself once the warden has placed it. The check is there because a process that
+    believes itself filtered and is not would run its agent unconfined without a word.
+    """
+    install_filter()
+    status = _status_fields("NoNewPrivs", "Seccomp")
+    if status != {"NoNewPrivs": "1", "Seccomp": "2"}:  # 2: SECCOMP_MODE_FILTER
+        raise ConfineError(f"the filter did not take: /proc/self/status says {status}")
+
+
 def parse_caps(text: str) -> list[int]:
     """``"net_admin,+net_raw"`` or ``"cap_net_admin"`` -> capability numbers."""
     numbers = []
@@ -246,13 +265,19 @@ def _capset(caps: Sequence[int]) -> None:
     _check(done, "capset")
 
 
-def _status_caps() -> dict[str, int]:
+def _status_fields(*keys: str) -> dict[str, str]:
+    """The fields ``keys`` of ``/proc/self/status`` that are there, as text."""
     found = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
-            found[key] = int(value.strip(), 16)
+        if key in keys:
+            found[key] = value.strip()
     return found
+
+
+def _status_caps() -> dict[str, int]:
+    fields = _status_fields("CapInh", "CapPrm", "CapEff", "CapAmb")
+    return {key: int(value, 16) for key, value in fields.items()}
 
 
 def drop_to(uid: int, gid: int, groups: Sequence[int] = (), caps: Sequence[int] = ()) -> None:
@@ -303,7 +328,8 @@ def exec_confined(
     caps: Sequence[int] = (),
 ) -> None:
     """As root: move this process into ``cgroup``, drop to ``uid``/``gid`` (supplementary
-    ``groups``, ambient ``caps``), set ``no_new_privs``, install the filter, exec ``argv``.
+    ``groups``, ambient ``caps``), then :func:`restrict` it (``no_new_privs`` and the filter),
+    and exec ``argv``.
 
     Returns only by raising :class:`ConfineError` (or the exec's OSError); ``argv`` never runs
     outside the cgroup, as root, or unfiltered.
@@ -315,7 +341,7 @@ def exec_confined(
     except OSError as exc:
         raise ConfineError(f"cannot enter cgroup {cgroup}: {exc}") from None
     drop_to(uid, gid, groups, caps)
-    install_filter()
+    restrict()
     os.execvp(argv[0], list(argv))  # noqa: S606 - the agent's own command, as given
 
 
