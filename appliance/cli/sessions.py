@@ -115,6 +115,23 @@ def _owner(owner: Any) -> str:
     return " ".join(parts)
 
 
+def _identity(identity: dict[str, Any] | None) -> str:
+    return query.identity_label(identity) or "-"
+
+
+def _refusal(refused: dict[str, Any] | None, prefix: str = "refused ") -> str | None:
+    """A connect-time refusal as its SQLSTATE and message."""
+    if refused is None:
+        return None
+    return f"{prefix}{refused.get('code')}: {refused.get('message')}"
+
+
+def _epoch(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    return _when(int(seconds * 1_000_000)) + " UTC"
+
+
 def _backend(backend: Any, destination: Any = None) -> str:
     """The backend's name and the address the session went to (a diverted session's original
     destination, which may be another address in the backend's protected ranges)."""
@@ -157,6 +174,12 @@ def sessions_group() -> None:
 @click.option("--until", type=When(), default=None, help="Started at or before TIME.")
 @click.option("--user", default=None, help="Database user or owner uid.")
 @click.option("--backend", default=None, help="Backend name.")
+@click.option(
+    "--identity",
+    default=None,
+    help="Identity's email (ignoring case) or subject (exactly).",
+)
+@click.option("--group", default=None, help="A group of the identity.")
 @trail_option
 @json_option
 @click.pass_context
@@ -167,6 +190,8 @@ def list_command(
     until: int | None,
     user: str | None,
     backend: str | None,
+    identity: str | None,
+    group: str | None,
     trail: Path | None,
     as_json: bool,
 ) -> None:
@@ -175,7 +200,13 @@ def list_command(
         ctx,
         trail,
         lambda conn: query.list_sessions(
-            conn, since=since, until=until, user=user, backend=backend
+            conn,
+            since=since,
+            until=until,
+            user=user,
+            backend=backend,
+            identity=identity,
+            group=group,
         ),
     )
     if as_json:
@@ -191,9 +222,9 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
     table = Table()
     for name in ("id", "start", "end"):
         table.add_column(name, no_wrap=True)  # kept whole: people copy them into show
-    for name in ("duration", "client", "owner", "db user", "database", "application"):
+    for name in ("duration", "client", "identity", "owner", "db user", "database"):
         table.add_column(name, overflow="fold")
-    for name in ("backend", "commands", "bytes in/out", "end reason"):
+    for name in ("application", "backend", "commands", "bytes in/out", "end reason"):
         table.add_column(name, overflow="fold")
     for s in found:
         d = s.as_dict()
@@ -206,6 +237,7 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
                     _when(s.end),
                     _duration(s.duration),
                     d["client"],
+                    _identity(s.identity),
                     _owner(d["owner"]),
                     d["db_user"],
                     d["database"],
@@ -214,11 +246,21 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
                     s.commands,
                     f"{d['bytes_in'] if d['bytes_in'] is not None else '-'}"
                     f"/{d['bytes_out'] if d['bytes_out'] is not None else '-'}",
-                    d["end_reason"] or ("open" if s.end is None else "-"),
+                    _end_reason(s),
                 ),
             )
         )
     return table
+
+
+def _end_reason(s: SessionInfo) -> str:
+    """How the session ended; a session refused at connect time says so first."""
+    reason = (s.end_payload or {}).get("reason")
+    refusal = _refusal(s.refused)
+    if refusal is not None:
+        # The recorder's own reason, unless it only repeats that the connection was refused.
+        return refusal + (f" ({reason})" if reason and reason != "refused" else "")
+    return str(reason) if reason else ("open" if s.end is None else "-")
 
 
 # --- sessions show -----------------------------------------------------------------------
@@ -241,17 +283,19 @@ def show_command(ctx: click.Context, session_id: str, trail: Path | None, as_jso
 
 
 def _header(info: SessionInfo) -> Table:
-    d = info.as_dict()
+    d, refused = info.as_dict(), info.refused
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     rows = [
         ("session", info.id),
         ("start", _when(info.start) + " UTC"),
-        ("end", f"{_when(info.end)} ({d['end_reason'] or 'open'})"),
+        ("end", f"{_when(info.end)} ({d['end_reason'] or ('refused' if refused else 'open')})"),
         ("duration", _duration(info.duration)),
         ("client", d["client"]),
         ("owner", _owner_full(d["owner"])),
+        *_identity_rows(info.identity),
+        *([("refused", _refusal(refused, prefix=""))] if refused else []),
         ("db user", d["db_user"]),
         ("database", d["database"]),
         ("application", d["application_name"]),
@@ -269,7 +313,30 @@ def _owner_full(owner: Any) -> str:
     if not isinstance(owner, dict):
         return "-"
     extra = [f"{k} {owner[k]}" for k in ("comm", "cgroup", "source", "detail") if owner.get(k)]
+    if owner.get("cgroup_id") is not None:
+        extra.append(f"cgroup id {owner['cgroup_id']}")
     return ", ".join([_owner(owner), *extra])
+
+
+def _identity_rows(identity: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The header's lines for the bound identity: one "-" line when there is none."""
+    if identity is None:
+        return [("identity", "-")]
+    groups = identity.get("groups")
+    rows: list[tuple[str, Any]] = [
+        ("identity", _identity(identity)),
+        ("issuer", identity.get("issuer") or "-"),
+        ("subject", identity.get("subject") or "-"),
+        ("email", identity.get("email") or "-"),
+        ("name", identity.get("name") or "-"),
+        ("groups", ", ".join(map(str, groups)) if isinstance(groups, list) and groups else "-"),
+    ]
+    binding = identity.get("binding")
+    if isinstance(binding, dict):
+        expires = binding.get("expires")
+        until = "no expiry" if expires is None else f"expires {_epoch(expires)}"
+        rows.append(("binding", f"{binding.get('kind')} {binding.get('target')}, {until}"))
+    return rows
 
 
 def _command_text(payload: dict[str, Any]) -> str:
@@ -348,11 +415,13 @@ def replay_command(ctx: click.Context, session_id: str, speed: float, trail: Pat
 def _replay_line(event: Event) -> str:
     p = event.payload
     if event.type == "session_start":
-        return (
+        line = (
             f"session start: {p.get('client')} as {p.get('db_user')} on {p.get('database')}"
             f" via {_backend(p.get('backend'), p.get('destination'))},"
-            f" owner {_owner(p.get('owner'))}"
+            f" owner {_owner(p.get('owner'))}, identity {_identity(query.identity_of(p))}"
         )
+        refused = p.get("refused")
+        return line + (f"\n   {_refusal(refused)}" if isinstance(refused, dict) else "")
     if event.type == "command":
         line = f"-> #{p.get('n')} {p.get('kind')}: {_command_text(p)}"
         return line + (f"\n   refused: {p['refused']}" if p.get("refused") else "")
@@ -390,14 +459,13 @@ def search_command(ctx: click.Context, text: str, trail: Path | None, as_json: b
         click.echo("no commands match")
         return
     table = Table()
-    for name in ("session", "time", "n", "text", "status"):
+    for name in ("session", "time", "identity", "n", "text", "status"):
         table.add_column(name, overflow="fold")
     for match in found:
         d = match.as_dict()
         status = d["status"] or ("refused" if d["refused"] else "-")
-        table.add_row(
-            *map(_cell, (d["session"], _when(match.command.ts), d["n"], d["text"], status))
-        )
+        when, who = _when(match.command.ts), d["identity"] or "-"
+        table.add_row(*map(_cell, (d["session"], when, who, d["n"], d["text"], status)))
     _print(table)
 
 

@@ -17,6 +17,20 @@ class UnknownSession(TrailError):
     """No session, or more than one, matches the id given."""
 
 
+def identity_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The OIDC identity an event's payload names, or None (none bound, or an older trail)."""
+    identity = payload.get("identity")
+    return identity if isinstance(identity, dict) else None
+
+
+def identity_label(identity: dict[str, Any] | None) -> str | None:
+    """A short name for people: the identity's email, else its subject."""
+    if identity is None:
+        return None
+    label = identity.get("email") or identity.get("subject")
+    return None if label is None else str(label)
+
+
 def iso(us: int | None) -> str | None:
     """Microseconds since the epoch as ISO 8601 in UTC."""
     if us is None:
@@ -60,6 +74,17 @@ class SessionInfo:
         """Seconds from start to end; None while the session is open (or was never closed)."""
         return None if self.end is None else (self.end - self.start) / 1e6
 
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        """The identity bound when the session started; None if none was (or the trail is older)."""
+        return identity_of(self.start_payload)
+
+    @property
+    def refused(self) -> dict[str, Any] | None:
+        """Why the connection was refused at connect time (its code and message), or None."""
+        refused = self.start_payload.get("refused")
+        return refused if isinstance(refused, dict) else None
+
     def as_dict(self) -> dict[str, Any]:
         start, end = self.start_payload, self.end_payload or {}
         return {
@@ -69,6 +94,8 @@ class SessionInfo:
             "duration_s": self.duration,
             "client": start.get("client"),
             "listener": start.get("listener"),
+            "identity": self.identity,
+            "refused": self.refused,
             "owner": start.get("owner"),
             "db_user": start.get("db_user"),
             "database": start.get("database"),
@@ -90,9 +117,18 @@ class CommandView:
 
     command: Event
     result: Event | None = None
+    session_identity: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        """The identity the command was recorded under: its own, else its session's."""
+        if "identity" in self.command.payload:
+            return identity_of(self.command.payload)
+        return self.session_identity
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.command.payload)
+        out["identity"] = self.identity
         out["seq"] = self.command.seq
         out["time"] = iso(self.command.ts)
         out["result"] = None if self.result is None else self.result.payload
@@ -120,11 +156,14 @@ class Match:
 
     command: Event
     status: str | None
+    identity: str | None = None
+    """The label (email, else subject) of the identity the command ran under, if any."""
 
     def as_dict(self) -> dict[str, Any]:
         payload = self.command.payload
         return {
             "session": self.command.session,
+            "identity": self.identity,
             "seq": self.command.seq,
             "time": iso(self.command.ts),
             "n": payload.get("n"),
@@ -146,11 +185,21 @@ def list_sessions(
     until: int | None = None,
     user: str | None = None,
     backend: str | None = None,
+    identity: str | None = None,
+    group: str | None = None,
 ) -> list[SessionInfo]:
     """Sessions active at some time in [since, until] (microseconds), oldest first.
 
-    ``user`` matches the database user or the owner's uid; ``backend`` the backend's name.
+    ``user`` matches the database user or the owner's uid; ``backend`` the backend's name;
+    ``identity`` the bound identity's email (ignoring case) or its subject (exactly);
+    ``group`` one of the identity's groups. Every filter reads only the session_start events.
     """
+    email = None if identity is None else identity.casefold()
+
+    def folded(value: object) -> str | None:
+        return value.casefold() if isinstance(value, str) else None
+
+    conn.create_function("witness_casefold", 1, folded, deterministic=True)
     rows = conn.execute(
         """
         SELECT x.id, s.ts, s.seq, s.payload, e.ts, e.seq, e.payload,
@@ -166,9 +215,23 @@ def list_sessions(
           AND (:user IS NULL OR json_extract(s.payload, '$.db_user') = :user
                OR CAST(json_extract(s.payload, '$.owner.uid') AS TEXT) = :user)
           AND (:backend IS NULL OR json_extract(s.payload, '$.backend.name') = :backend)
+          AND (:identity IS NULL
+               OR json_extract(s.payload, '$.identity.subject') = :identity
+               OR witness_casefold(json_extract(s.payload, '$.identity.email')) = :email)
+          AND (:group IS NULL
+               OR EXISTS (SELECT 1 FROM json_each(s.payload, '$.identity.groups') g
+                           WHERE g.type = 'text' AND g.value = :group))
         ORDER BY x.start_seq
         """,
-        {"since": since, "until": until, "user": user, "backend": backend},
+        {
+            "since": since,
+            "until": until,
+            "user": user,
+            "backend": backend,
+            "identity": identity,
+            "email": email,
+            "group": group,
+        },
     )
     return [
         SessionInfo(
@@ -243,7 +306,8 @@ def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
         start_payload={} if start is None else start.payload,
         end_payload=None if end is None else end.payload,
     )
-    views = [CommandView(c, results.get(c.payload.get("n"))) for c in commands]
+    identity = info.identity
+    views = [CommandView(c, results.get(c.payload.get("n")), identity) for c in commands]
     return SessionDetail(info, views, errors, events)
 
 
@@ -255,16 +319,35 @@ def search(conn: sqlite3.Connection, text: str) -> list[Match]:
         return isinstance(haystack, str) and needle in haystack.casefold()
 
     conn.create_function("witness_contains", 1, contains, deterministic=True)
+    # A command's own identity, else (older commands) its session's, found by primary key.
     rows = conn.execute(
         f"""
         SELECT {_COLUMNS},
                (SELECT json_extract(r.payload, '$.status') FROM events r
                  WHERE r.session = c.session AND r.seq > c.seq AND r.type = 'result'
                    AND json_extract(r.payload, '$.n') = json_extract(c.payload, '$.n')
-                 ORDER BY r.seq LIMIT 1)
+                 ORDER BY r.seq LIMIT 1),
+               CASE WHEN json_type(c.payload, '$.identity') IS NULL
+                    THEN (SELECT json_extract(s.payload, '$.identity')
+                            FROM sessions x JOIN events s ON s.seq = x.start_seq
+                           WHERE x.id = c.session)
+                    ELSE json_extract(c.payload, '$.identity') END
         FROM events c
         WHERE c.type = 'command' AND witness_contains(json_extract(c.payload, '$.text'))
         ORDER BY c.seq
         """
     )
-    return [Match(Event.from_row(row[:5]), row[5]) for row in rows]
+    return [
+        Match(Event.from_row(row[:5]), row[5], identity_label(_identity_json(row[6])))
+        for row in rows
+    ]
+
+
+def _identity_json(text: Any) -> dict[str, Any] | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        identity = json.loads(text)
+    except ValueError:
+        return None
+    return identity if isinstance(identity, dict) else None

@@ -164,3 +164,162 @@ def path(tmp_path: Path) -> Path:
     at(121, "command", still, {"n": 1, "kind": "query", "text": "UPDATE Accounts SET x = 1"})
     t.close()
     return settings.path
+
+
+ISSUER = "https://idp.example.com"
+RUN = "/witness-agents/run-1a2b"
+
+
+def identity(
+    subject: str,
+    email: str | None,
+    groups: list[str],
+    binding: dict[str, object],
+    name: str | None = None,
+) -> dict[str, object]:
+    return {
+        "issuer": ISSUER,
+        "subject": subject,
+        "email": email,
+        "name": name,
+        "groups": groups,
+        "binding": binding,
+    }
+
+
+CAROL = identity(
+    "sub-carol",
+    "Carol@Example.com",
+    ["dba", "analysts"],
+    {"kind": "cgroup", "target": RUN, "expires": T0 + 3600},
+    name="Carol Jones",
+)
+DAVE = identity(
+    "sub-dave", None, ["analysts"], {"kind": "uid", "target": "uid 1003", "expires": None}
+)
+
+
+def bound(who: dict[str, object] | None, uid: int, backend: dict[str, object]) -> dict[str, object]:
+    """A session_start as the recorder writes it now: with the identity and a cgroup id."""
+    payload = start("app", uid, backend)
+    payload["identity"] = who
+    payload["owner"] = {**owner(uid, 4000 + uid), "cgroup": RUN, "cgroup_id": 9000 + uid}
+    return payload
+
+
+@pytest.fixture
+def identity_path(tmp_path: Path) -> Path:
+    """Carol's session (cgroup binding), Dave's (uid binding, expiring mid-session), a
+    connection refused for want of an identity, and one written before identities existed."""
+    now = [T0]
+    settings = TrailSettings.beside(tmp_path / "trail.db")
+    t = Trail.open(settings, clock=lambda: now[0])
+
+    def at(offset: float, type_: str, session: str | None, payload: dict[str, object]) -> None:
+        now[0] = T0 + offset
+        t.append(type_, session, payload)
+        t.commit()
+
+    by = {"uid": 0, "pid": 321, "cgroup": None}
+    at(
+        0,
+        "binding",
+        None,
+        {
+            "action": "bind",
+            "kind": "cgroup",
+            "target": RUN,
+            "identity": CAROL,
+            "expires": T0 + 3600,
+            "by": by,
+            "reason": None,
+        },
+    )
+    carol = "c1-carol"
+    at(1, "session_start", carol, bound(CAROL, 1002, MAIN))
+    # Carol logged in again with fewer groups before her first command: the command carries
+    # the identity it ran under.
+    again = {**CAROL, "groups": ["dba"]}
+    at(2, "command", carol, {"n": 1, "kind": "query", "text": "SELECT 1", "identity": again})
+    at(2.5, "result", carol, {"n": 1, "status": "ok", "rows": 1, "bytes": 10, "duration_ms": 0.1})
+    at(3, "command", carol, {"n": 2, "kind": "query", "text": "SELECT 2"})  # no identity key
+    at(
+        4,
+        "session_end",
+        carol,
+        {
+            "reason": "client closed",
+            "bytes_in": 40,
+            "bytes_out": 80,
+            "commands": 2,
+            "backend_pid": 901,
+        },
+    )
+    dave = "d1-dave"
+    at(10, "session_start", dave, bound(DAVE, 1003, OTHER))
+    at(11, "command", dave, {"n": 1, "kind": "query", "text": "SELECT 3", "identity": DAVE})
+    at(
+        12,
+        "binding",
+        None,
+        {
+            "action": "expire",
+            "kind": "uid",
+            "target": "uid 1003",
+            "identity": DAVE,
+            "expires": None,
+            "by": by,
+            "reason": "logout",
+        },
+    )
+    at(
+        13,
+        "command",
+        dave,
+        {
+            "n": 2,
+            "kind": "query",
+            "text": "SELECT 4",
+            "identity": None,
+            "refused": "identity binding expired",
+        },
+    )
+    at(
+        14,
+        "session_end",
+        dave,
+        {
+            "reason": "client closed",
+            "bytes_in": 30,
+            "bytes_out": 20,
+            "commands": 2,
+            "backend_pid": 902,
+        },
+    )
+    refused = "e1-refused"
+    payload = bound(None, 1004, MAIN)
+    payload["refused"] = {"code": "28000", "message": "no identity bound to uid 1004"}
+    at(20, "session_start", refused, payload)
+    at(
+        20.5,
+        "session_end",
+        refused,
+        {"reason": "refused", "bytes_in": 8, "bytes_out": 90, "commands": 0, "backend_pid": None},
+    )
+    old = "f1-old"
+    at(30, "session_start", old, start("app", 1005, MAIN))
+    at(31, "command", old, {"n": 1, "kind": "query", "text": "SELECT 5"})
+    at(
+        32,
+        "session_end",
+        old,
+        {
+            "reason": "client closed",
+            "bytes_in": 10,
+            "bytes_out": 10,
+            "commands": 1,
+            "backend_pid": 903,
+        },
+    )
+    t.close()
+    return settings.path

@@ -260,3 +260,178 @@ def test_a_corrupt_payload_is_an_error_not_a_traceback(cli: click.Group, path: P
         assert result.exit_code == 1, command
         assert result.stderr.startswith("witness: "), command
         assert "Traceback" not in result.output
+
+
+# --- identities --------------------------------------------------------------------------
+
+IDENTITY_IDS = ["c1-carol", "d1-dave", "e1-refused", "f1-old"]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], IDENTITY_IDS),
+        (["--identity", "Carol@Example.com"], ["c1-carol"]),
+        (["--identity", "CAROL@example.COM"], ["c1-carol"]),  # email: case ignored
+        (["--identity", "sub-carol"], ["c1-carol"]),
+        (["--identity", "SUB-CAROL"], []),  # subject: exact
+        (["--identity", "sub-dave"], ["d1-dave"]),  # no email; the subject still matches
+        (["--identity", "nobody@example.com"], []),
+        (["--group", "analysts"], ["c1-carol", "d1-dave"]),
+        (["--group", "dba"], ["c1-carol"]),
+        (["--group", "DBA"], []),
+        (["--group", "nobody"], []),
+        (["--group", "analysts", "--backend", "other"], ["d1-dave"]),
+        (["--group", "analysts", "--user", "1002"], ["c1-carol"]),
+        (["--identity", "carol@example.com", "--user", "app"], ["c1-carol"]),
+        (["--identity", "carol@example.com", "--user", "1003"], []),
+        (["--identity", "sub-dave", "--group", "dba"], []),
+        (["--identity", "sub-dave", "--group", "analysts"], ["d1-dave"]),
+    ],
+)
+def test_list_by_identity(
+    cli: click.Group, identity_path: Path, options: list[str], expected: list[str]
+) -> None:
+    found = run_json(cli, "sessions", "list", "--trail", str(identity_path), *options)
+    assert [s["id"] for s in found] == expected
+
+
+def test_list_by_identity_for_people(cli: click.Group, identity_path: Path) -> None:
+    result = run(cli, "sessions", "list", "--group", "dba", "--trail", str(identity_path))
+    assert result.exit_code == 0, result.output
+    assert "Carol@Example.com" in result.stdout
+    assert "d1-dave" not in result.stdout
+    result = run(cli, "sessions", "list", "--identity", "x@y", "--trail", str(identity_path))
+    assert (result.exit_code, result.stdout.strip()) == (0, "no sessions")
+
+
+def test_list_json_carries_identity_and_refusal(cli: click.Group, identity_path: Path) -> None:
+    carol, dave, refused, old = run_json(cli, "sessions", "list", "--trail", str(identity_path))
+    assert carol["identity"]["email"] == "Carol@Example.com"
+    assert carol["identity"]["groups"] == ["dba", "analysts"]
+    assert carol["identity"]["binding"] == {
+        "kind": "cgroup",
+        "target": "/witness-agents/run-1a2b",
+        "expires": 1_700_003_600.0,
+    }
+    assert carol["owner"]["cgroup_id"] == 10002
+    assert carol["refused"] is None
+    assert (dave["identity"]["subject"], dave["identity"]["email"]) == ("sub-dave", None)
+    assert refused["identity"] is None
+    assert refused["refused"] == {"code": "28000", "message": "no identity bound to uid 1004"}
+    assert refused["owner"]["uid"] == 1004
+    assert (old["identity"], old["refused"]) == (None, None)
+    assert old["owner"]["uid"] == 1005
+
+
+def test_list_shows_identities_and_refusals(cli: click.Group, identity_path: Path) -> None:
+    result = run(cli, "sessions", "list", "--trail", str(identity_path))
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if "-" in line[:12]}
+    assert "Carol@Example.com" in rows["c1-carol"]
+    assert "uid 1002 pid 5002 /usr/bin/psql" in rows["c1-carol"]  # the owner stays
+    assert "sub-dave" in rows["d1-dave"]
+    assert "refused 28000: no identity bound to uid 1004" in rows["e1-refused"]
+    assert "uid 1004 pid 5004" in rows["e1-refused"]
+    assert "refused" not in rows["f1-old"]
+    # The identity column of the refused and the old session holds "-".
+    for sid in ("e1-refused", "f1-old"):
+        cells = [c.strip() for c in rows[sid].split("│")]
+        assert cells[6] == "-", cells
+
+
+def test_list_by_identity_reads_no_command(cli: click.Group, identity_path: Path) -> None:
+    # A command whose payload cannot be parsed does not trouble a filter on identities,
+    # which reads session_start events only.
+    conn = sqlite3.connect(identity_path, isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET payload = '{oops' WHERE type = 'command'")
+    conn.close()
+    for options in (["--identity", "sub-dave"], ["--group", "dba"]):
+        result = run(cli, "sessions", "list", "--trail", str(identity_path), *options, "--json")
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.stdout)) == 1
+
+
+def test_show_identity_for_people(cli: click.Group, identity_path: Path) -> None:
+    result = run(cli, "sessions", "show", "c1", "--trail", str(identity_path))
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    for line in (
+        "owner uid 1002 pid 5002 /usr/bin/psql, comm psql, cgroup /witness-agents/run-1a2b,"
+        " source sock_diag, cgroup id 10002",
+        "identity Carol@Example.com",
+        "issuer https://idp.example.com",
+        "subject sub-carol",
+        "email Carol@Example.com",
+        "name Carol Jones",
+        "groups dba, analysts",
+        "binding cgroup /witness-agents/run-1a2b, expires 2023-11-14 23:13:20 UTC",
+    ):
+        assert line in lines, line
+    assert not any(line.startswith("refused ") for line in lines)
+    result = run(cli, "sessions", "show", "d1", "--trail", str(identity_path))
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "identity sub-dave" in lines
+    assert "email -" in lines
+    assert "binding uid uid 1003, no expiry" in lines
+
+
+@pytest.mark.parametrize("sid", ["e1-refused", "f1-old"])
+def test_show_without_identity(cli: click.Group, identity_path: Path, sid: str) -> None:
+    result = run(cli, "sessions", "show", sid, "--trail", str(identity_path))
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "identity -" in lines
+    assert not any(line.startswith(("issuer", "subject", "binding")) for line in lines)
+    refusal = "refused 28000: no identity bound to uid 1004"
+    assert (refusal in lines) == (sid == "e1-refused")
+
+
+def test_show_json_identity(cli: click.Group, identity_path: Path) -> None:
+    shown = run_json(cli, "sessions", "show", "c1", "--trail", str(identity_path))
+    session = shown["session"]
+    assert session["identity"]["subject"] == "sub-carol"
+    assert session["identity"]["binding"]["kind"] == "cgroup"
+    assert session["owner"]["cgroup_id"] == 10002
+    assert session["refused"] is None
+    first, second = shown["commands"]
+    assert first["identity"]["groups"] == ["dba"]  # its own
+    assert second["identity"] == session["identity"]  # none of its own: the session's
+    dave = run_json(cli, "sessions", "show", "d1", "--trail", str(identity_path))
+    assert dave["commands"][0]["identity"]["subject"] == "sub-dave"
+    assert dave["commands"][1]["identity"] is None  # recorded after the binding expired
+    assert dave["commands"][1]["refused"] == "identity binding expired"
+
+
+def test_show_json_without_identity(cli: click.Group, identity_path: Path) -> None:
+    refused = run_json(cli, "sessions", "show", "e1", "--trail", str(identity_path))
+    assert refused["session"]["identity"] is None
+    assert refused["session"]["refused"]["code"] == "28000"
+    assert refused["session"]["owner"]["uid"] == 1004
+    assert refused["commands"] == []
+    old = run_json(cli, "sessions", "show", "f1", "--trail", str(identity_path))
+    assert (old["session"]["identity"], old["session"]["refused"]) == (None, None)
+    assert [c["identity"] for c in old["commands"]] == [None]
+
+
+def test_replay_names_the_identity(cli: click.Group, identity_path: Path) -> None:
+    result = run(cli, "sessions", "replay", "c1", "--speed", "0", "--trail", str(identity_path))
+    assert result.exit_code == 0, result.output
+    assert "identity Carol@Example.com" in result.stdout.splitlines()[0]
+    result = run(cli, "sessions", "replay", "e1", "--speed", "0", "--trail", str(identity_path))
+    assert "refused 28000: no identity bound to uid 1004" in result.stdout
+    assert "binding" not in result.stdout  # binding events belong to no session
+
+
+def test_search_carries_the_identity(cli: click.Group, identity_path: Path) -> None:
+    found = run_json(cli, "search", "select", "--trail", str(identity_path))
+    assert [(m["session"], m["n"], m["identity"]) for m in found] == [
+        ("c1-carol", 1, "Carol@Example.com"),
+        ("c1-carol", 2, "Carol@Example.com"),  # from the session
+        ("d1-dave", 1, "sub-dave"),
+        ("d1-dave", 2, None),  # its own: none
+        ("f1-old", 1, None),
+    ]
+    result = run(cli, "search", "select 3", "--trail", str(identity_path))
+    assert "sub-dave" in result.stdout
