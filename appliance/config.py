@@ -11,6 +11,22 @@ from urllib.parse import urlsplit
 
 DEFAULT_CONFIG = Path("/etc/witness/witness.toml")
 PROTOCOLS = ("postgresql",)
+UNBOUND = ("refuse", "allow")
+# Asymmetric signatures only: HS* would make the verifier's key a signing key, and "none" is
+# no signature at all.
+ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+LOGIN_TOKENS = ("access_token", "id_token")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DURABILITY = ("process", "power")
 
@@ -29,6 +45,17 @@ class Backend:
     """Destination ranges no one but the service user may reach directly; empty: the address."""
     protect_ports: tuple[int, ...] = ()
     """Ports on those ranges that are diverted to the recorder; empty: the backend's port."""
+    allow_identities: tuple[str, ...] = ()
+    """Connect-time policy: identities (email or subject) that may connect."""
+    allow_groups: tuple[str, ...] = ()
+    """Connect-time policy: groups whose members may connect. With neither list, any bound
+    identity may; with either, only those they name."""
+    end_at_expiry: bool = False
+    """End live sessions when their identity's binding expires (new ones are always refused)."""
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.allow_identities or self.allow_groups)
 
     @property
     def protected_networks(self) -> tuple[Network, ...]:
@@ -106,12 +133,78 @@ class EnforceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuerSettings:
+    """One trusted OIDC issuer: where its keys are, and how its tokens are read.
+
+    ``issuer`` is the exact ``iss`` its tokens carry, and the discovery document must say the
+    same. ``audience`` lists the ``aud`` values accepted. ``client_id`` (a public client
+    allowed the device authorization grant) is what ``witness login`` signs in with, passing
+    ``login_params`` along (for example a ``resource`` or ``audience``), and it binds the
+    ``login_token`` the token endpoint returns.
+    """
+
+    name: str
+    issuer: str
+    audience: tuple[str, ...]
+    discovery: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    client_id: str | None = None
+    login_params: tuple[tuple[str, str], ...] = ()
+    login_scopes: tuple[str, ...] = ("openid", "email", "profile")
+    login_token: str = "access_token"  # noqa: S105  (which token, not a token)
+    subject_claim: str = "sub"
+    email_claim: str = "email"
+    name_claim: str = "name"
+    groups_claim: str = "groups"
+    timeout: float = 5.0
+    """Seconds allowed for each fetch from the issuer (discovery, keys, device flow)."""
+    leeway: float = 30.0
+    """Seconds of clock difference tolerated on exp, nbf and iat."""
+
+    @property
+    def discovery_url(self) -> str:
+        return self.discovery or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+@dataclass(frozen=True, slots=True)
+class StaticBinding:
+    """A Unix user bound to an identity by configuration: for service accounts, no expiry."""
+
+    user: str
+    issuer: str
+    subject: str
+    email: str | None = None
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    """Who may be bound, how, and what a connection with no binding gets.
+
+    ``unbound`` is ``refuse`` (SQLSTATE 28000, telling the user to run ``witness login``) or
+    ``allow`` (recorded with no identity). The control socket is where ``witness login``,
+    ``run``, ``whoami`` and ``logout`` reach the recorder; the warden socket is where the
+    recorder asks the root warden to place a ``witness run`` in a cgroup of its own.
+    """
+
+    issuers: tuple[IssuerSettings, ...] = ()
+    bindings: tuple[StaticBinding, ...] = ()
+    unbound: str = "refuse"
+    control_socket: Path = Path("/run/witness/control.sock")
+    warden_socket: Path = Path("/run/witness/warden.sock")
+    state: Path | None = None
+    """Where live bindings are kept across restarts; default: bindings.json beside the trail."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listeners: tuple[Listener, ...]
     backends: dict[str, Backend]
     trail: TrailSettings
     capture: Capture = field(default_factory=Capture)
     enforce: EnforceSettings = field(default_factory=EnforceSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
     max_message_bytes: int = 64 * 1024 * 1024
     transparent: bool = False
     """The file has an ``[enforce]`` table: ``witness serve`` then also accepts the connections
@@ -178,6 +271,24 @@ def _list(value: Any, key: str) -> list[Any]:
     return value
 
 
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    return tuple(_str(item, f"{key}[{i}]") for i, item in enumerate(_list(value, key)))
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _url(value: Any, key: str) -> str:
+    text = _str(value, key)
+    url = urlsplit(text)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        raise ConfigError(f"{key}: expected an https:// (or http://) URL, got {text!r}")
+    return text
+
+
 def _no_unknown(table: dict[str, Any], key: str, known: set[str]) -> None:
     for name in table:
         if name not in known:
@@ -215,7 +326,21 @@ def parse_backend_url(text: str, key: str = "--backend") -> Backend:
 
 def _backend(raw: Any, key: str) -> Backend:
     table = _table(raw, key)
-    _no_unknown(table, key, {"name", "address", "port", "protocol", "protect", "protect_ports"})
+    _no_unknown(
+        table,
+        key,
+        {
+            "name",
+            "address",
+            "port",
+            "protocol",
+            "protect",
+            "protect_ports",
+            "allow_identities",
+            "allow_groups",
+            "end_sessions_at_expiry",
+        },
+    )
     protect: tuple[Network, ...] = ()
     if "protect" in table:
         protect = tuple(
@@ -235,6 +360,15 @@ def _backend(raw: Any, key: str) -> Backend:
         protocol=_choice(table.get("protocol", "postgresql"), f"{key}.protocol", PROTOCOLS),
         protect=protect,
         protect_ports=ports,
+        allow_identities=_strings(table["allow_identities"], f"{key}.allow_identities")
+        if "allow_identities" in table
+        else (),
+        allow_groups=_strings(table["allow_groups"], f"{key}.allow_groups")
+        if "allow_groups" in table
+        else (),
+        end_at_expiry=_bool(
+            table.get("end_sessions_at_expiry", False), f"{key}.end_sessions_at_expiry"
+        ),
     )
 
 
@@ -292,9 +426,131 @@ def _enforce(raw: Any) -> EnforceSettings:
     )
 
 
+_ISSUER_KEYS = {
+    "name",
+    "issuer",
+    "discovery",
+    "audience",
+    "algorithms",
+    "client_id",
+    "login_params",
+    "login_scopes",
+    "login_token",
+    "claims",
+    "timeout_seconds",
+    "leeway_seconds",
+}
+_CLAIMS = ("subject", "email", "name", "groups")
+
+
+def _issuer(raw: Any, key: str) -> IssuerSettings:
+    table = _table(raw, key)
+    _no_unknown(table, key, _ISSUER_KEYS)
+    audience = table.get("audience")
+    algorithms = _strings(table.get("algorithms", ["RS256", "ES256"]), f"{key}.algorithms")
+    for i, alg in enumerate(algorithms):
+        if alg not in ALGORITHMS:
+            raise ConfigError(
+                f"{key}.algorithms[{i}]: {alg!r} is not allowed (expected asymmetric ones: "
+                f"{', '.join(ALGORITHMS)}; 'none' and HS* are never accepted)"
+            )
+    params = _table(table.get("login_params", {}), f"{key}.login_params")
+    claims = _table(table.get("claims", {}), f"{key}.claims")
+    _no_unknown(claims, f"{key}.claims", set(_CLAIMS))
+    claim = {
+        name: _str(claims.get(name, default), f"{key}.claims.{name}")
+        for name, default in zip(_CLAIMS, ("sub", "email", "name", "groups"), strict=True)
+    }
+    return IssuerSettings(
+        name=_str(table.get("name"), f"{key}.name"),
+        issuer=_url(table.get("issuer"), f"{key}.issuer"),
+        audience=(_str(audience, f"{key}.audience"),)
+        if isinstance(audience, str)
+        else _strings(audience, f"{key}.audience"),
+        discovery=_url(table["discovery"], f"{key}.discovery") if "discovery" in table else "",
+        algorithms=algorithms,
+        client_id=_str(table["client_id"], f"{key}.client_id") if "client_id" in table else None,
+        login_params=tuple(
+            (name, _str(value, f"{key}.login_params.{name}")) for name, value in params.items()
+        ),
+        login_scopes=_strings(
+            table.get("login_scopes", ["openid", "email", "profile"]), f"{key}.login_scopes"
+        ),
+        login_token=_choice(
+            table.get("login_token", "access_token"), f"{key}.login_token", LOGIN_TOKENS
+        ),
+        subject_claim=claim["subject"],
+        email_claim=claim["email"],
+        name_claim=claim["name"],
+        groups_claim=claim["groups"],
+        timeout=_number(table.get("timeout_seconds", 5.0), f"{key}.timeout_seconds", 0.1),
+        leeway=_number(table.get("leeway_seconds", 30.0), f"{key}.leeway_seconds", 0),
+    )
+
+
+def _static_binding(raw: Any, key: str, issuers: dict[str, IssuerSettings]) -> StaticBinding:
+    table = _table(raw, key)
+    _no_unknown(table, key, {"user", "issuer", "subject", "email", "name", "groups"})
+    issuer = _str(table.get("issuer"), f"{key}.issuer")
+    if issuer in issuers:  # an issuer's name stands for its iss
+        issuer = issuers[issuer].issuer
+    return StaticBinding(
+        user=_str(table.get("user"), f"{key}.user"),
+        issuer=issuer,
+        subject=_str(table.get("subject"), f"{key}.subject"),
+        email=_str(table["email"], f"{key}.email") if "email" in table else None,
+        name=_str(table["name"], f"{key}.name") if "name" in table else None,
+        groups=_strings(table["groups"], f"{key}.groups") if "groups" in table else (),
+    )
+
+
+def _identity(raw: Any, base: Path) -> IdentitySettings:
+    table = _table(raw, "identity")
+    _no_unknown(
+        table,
+        "identity",
+        {"issuer", "binding", "unbound", "control_socket", "warden_socket", "state"},
+    )
+    raw_issuers = table.get("issuer", [])
+    if not isinstance(raw_issuers, list):
+        raise ConfigError("identity.issuer: expected [[identity.issuer]] tables")
+    issuers: dict[str, IssuerSettings] = {}
+    for i, item in enumerate(raw_issuers):
+        issuer = _issuer(item, f"identity.issuer[{i}]")
+        if issuer.name in issuers:
+            raise ConfigError(f"identity.issuer[{i}].name: {issuer.name!r} is defined twice")
+        issuers[issuer.name] = issuer
+    raw_bindings = table.get("binding", [])
+    if not isinstance(raw_bindings, list):
+        raise ConfigError("identity.binding: expected [[identity.binding]] tables")
+    bindings = tuple(
+        _static_binding(item, f"identity.binding[{i}]", issuers)
+        for i, item in enumerate(raw_bindings)
+    )
+    users = [b.user for b in bindings]
+    for i, user in enumerate(users):
+        if user in users[:i]:
+            raise ConfigError(f"identity.binding[{i}].user: {user!r} is bound twice")
+    defaults = IdentitySettings()
+    return IdentitySettings(
+        issuers=tuple(issuers.values()),
+        bindings=bindings,
+        unbound=_choice(table.get("unbound", "refuse"), "identity.unbound", UNBOUND),
+        control_socket=base / _str(table["control_socket"], "identity.control_socket")
+        if "control_socket" in table
+        else defaults.control_socket,
+        warden_socket=base / _str(table["warden_socket"], "identity.warden_socket")
+        if "warden_socket" in table
+        else defaults.warden_socket,
+        state=base / _str(table["state"], "identity.state") if "state" in table else None,
+    )
+
+
 def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     """Validate a parsed TOML document. Relative paths are taken from ``base``."""
-    _no_unknown(data, "", {"listener", "backend", "trail", "capture", "limits", "enforce"})
+    _no_unknown(
+        data, "", {"listener", "backend", "trail", "capture", "limits", "enforce", "identity"}
+    )
     raw_backends = data.get("backend", [])
     if not isinstance(raw_backends, list) or not raw_backends:
         raise ConfigError("backend: expected at least one [[backend]] table")
@@ -321,6 +577,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         trail=_trail(data.get("trail", {}), base),
         capture=_capture(data.get("capture", {})),
         enforce=_enforce(data.get("enforce", {})),
+        identity=_identity(data.get("identity", {}), base),
         max_message_bytes=_int(
             limits.get("max_message_bytes", 64 * 1024 * 1024),
             "limits.max_message_bytes",

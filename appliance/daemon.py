@@ -9,13 +9,18 @@ import os
 import pwd
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import cast
 
 from appliance import native
 from appliance.config import Settings
-from appliance.enforce import owners
+from appliance.enforce import cgroups, owners
 from appliance.enforce.divert import Routes
+from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
+from appliance.identity.oidc import Validator
+from appliance.policy.access import Access
+from appliance.proxy.control import Control
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
 from appliance.trail.store import Trail
@@ -48,6 +53,79 @@ def check_service_user(settings: Settings, euid: int | None = None) -> None:
         )
 
 
+def _cgroup_exists(binding: Binding) -> bool:
+    """Whether a bound agent cgroup is still there (True when that cannot be told)."""
+    mount = cgroups.cgroup2_mount()
+    return mount is None or (mount / binding.target.lstrip("/")).is_dir()
+
+
+def open_bindings(settings: Settings) -> Bindings:
+    identity = settings.identity
+    state = identity.state or settings.trail.path.parent / "bindings.json"
+    try:
+        return Bindings(identity.bindings, state, cgroup_exists=_cgroup_exists)
+    except BindingError as exc:
+        raise StartError(str(exc)) from None
+
+
+class Expiry:
+    """Once a second: say in the trail when a binding expires, end the live sessions of
+    backends that ask for it, and drop the bindings of agent cgroups that are gone.
+
+    An expired binding is kept (until a new login replaces it, or its cgroup goes), so that
+    a new connection is told that its identity expired rather than that it has none.
+    """
+
+    def __init__(self, bindings: Bindings, recorder: Recorder, relays: list[Relay]) -> None:
+        self.bindings = bindings
+        self.recorder = recorder
+        self.relays = relays
+        self.announced: set[int] = set()
+
+    def _record(self, action: str, binding: Binding, reason: str) -> None:
+        self.recorder.record(
+            "binding",
+            None,
+            {
+                "action": action,
+                "kind": binding.kind,
+                "target": binding.target,
+                "identity": binding.identity.as_dict(),
+                "expires": binding.expires,
+                "by": None,
+                "reason": reason,
+            },
+        )
+
+    def sweep(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for binding in self.bindings.expired(now):
+            if id(binding) not in self.announced:
+                self.announced.add(id(binding))
+                self._record("expire", binding, "the token expired")
+                log.info("binding expired: %s", binding.describe())
+        for relay in self.relays:
+            for session in list(relay.sessions):
+                bound = session.binding
+                backend = session.backend
+                if (
+                    bound is not None
+                    and backend is not None
+                    and backend.end_at_expiry
+                    and bound.expired(now)
+                ):
+                    session.terminate(
+                        "28000",
+                        f"the identity {bound.describe()} expired; "
+                        f"backend {backend.name} ends its sessions at expiry",
+                    )
+        for binding in self.bindings.live():
+            if binding.kind == CGROUP and not _cgroup_exists(binding):
+                self.bindings.unbind(binding)
+                self.announced.discard(id(binding))
+                self._record("unbind", binding, "the agent's cgroup is gone")
+
+
 def _redirect_socket(address: str, family: socket.AddressFamily, port: int) -> socket.socket:
     """A listening socket for diverted connections; IPv6 only on ::1, so the two never mix."""
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -73,10 +151,13 @@ async def run(
     loop = asyncio.get_running_loop()
     if settings.transparent:
         check_service_user(settings)
+    bindings = open_bindings(settings)
+    access = Access(bindings, settings.identity.unbound)
     trail = Trail.open(settings.trail)
     recorder = Recorder(trail, loop)
     relays: list[Relay] = []
     servers: list[asyncio.Server] = []
+    control: Control | None = None
     try:
         for listener in settings.listeners:
             backend = settings.backends[listener.backend]
@@ -87,6 +168,7 @@ async def run(
                 settings.max_message_bytes,
                 owner_lookup,
                 quick_lookup=quick_lookup,
+                access=access,
             )
             try:
                 server = await loop.create_server(
@@ -118,6 +200,7 @@ async def run(
                 owner_lookup,
                 routes=Routes(list(settings.backends.values())),
                 quick_lookup=quick_lookup,
+                access=access,
             )
             relays.append(relay)
             port = settings.enforce.redirect_port
@@ -151,6 +234,26 @@ async def run(
                     for b in settings.backends.values()
                 ),
             )
+        if settings.identity.issuers:
+            control = Control(
+                settings.identity, bindings, recorder, Validator(settings.identity.issuers)
+            )
+            try:
+                await control.start()
+            except OSError as exc:
+                raise StartError(
+                    f"cannot open the control socket {settings.identity.control_socket}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            log.info("control socket %s", settings.identity.control_socket)
+        log.info(
+            "identity: %d issuer(s), %d static binding(s), %d live binding(s); unbound "
+            "connections are %s",
+            len(settings.identity.issuers),
+            len(settings.identity.bindings),
+            len(bindings.live()),
+            "refused" if settings.identity.unbound == "refuse" else "allowed, with no identity",
+        )
         log.info("trail %s (durability %s)", settings.trail.path, settings.trail.durability)
         report = log.info if native.STATUS.compiled else log.warning
         report("hot path: %s", native.STATUS)
@@ -164,11 +267,22 @@ async def run(
                 await asyncio.sleep(settings.trail.checkpoint_seconds)
                 recorder.checkpoint()
 
+        expiry = Expiry(bindings, recorder, relays)
+
+        async def expiries() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                expiry.sweep()
+
         ticker = asyncio.ensure_future(checkpoints())
+        sweeper = asyncio.ensure_future(expiries())
         await stop.wait()
         ticker.cancel()
+        sweeper.cancel()
         log.info("shutting down")
     finally:
+        if control is not None:
+            control.close()
         for server in servers:
             server.close()
         for relay in relays:

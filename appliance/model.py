@@ -22,6 +22,8 @@ class Owner:
     comm: str | None = None
     source: str = "unknown"
     detail: str | None = None
+    cgroup_id: int | None = None
+    """The kernel's id of ``cgroup`` (its directory's inode): kept when the process is gone."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -29,10 +31,40 @@ class Owner:
             "pid": self.pid,
             "exe": self.exe,
             "cgroup": self.cgroup,
+            "cgroup_id": self.cgroup_id,
             "comm": self.comm,
             "source": self.source,
             "detail": self.detail,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who an OIDC token (or a static binding in the configuration) says the owner is.
+
+    ``issuer`` is the token's ``iss``; ``subject``, ``email``, ``name`` and ``groups`` come
+    from the claims the issuer's configuration names.
+    """
+
+    issuer: str
+    subject: str
+    email: str | None = None
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "email": self.email,
+            "name": self.name,
+            "groups": list(self.groups),
+        }
+
+    @property
+    def label(self) -> str:
+        """A short name for people: the email, else the subject."""
+        return self.email or self.subject
 
 
 @dataclass(frozen=True, slots=True)

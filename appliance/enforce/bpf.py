@@ -599,14 +599,14 @@ def lookup(
     except OSError:
         exe = None
     detail = (
-        f"gid {record.gid}, cgroup id {record.cgroup_id}, thread {record.tid}, "
-        f"destination {record.remote[0]}:{record.remote[1]}"
+        f"gid {record.gid}, thread {record.tid}, destination {record.remote[0]}:{record.remote[1]}"
     )
     return Owner(
         uid=record.uid,
         pid=record.tgid,
         exe=exe,
         cgroup=_cgroup_path(record.tgid, record.cgroup_id),
+        cgroup_id=record.cgroup_id,
         comm=record.comm,
         source="ebpf",
         detail=detail,

@@ -112,8 +112,8 @@ def by_sock_diag(client: tuple[str, int], local: tuple[str, int]) -> Owner:
     uid, inode, cgroup_id = diag
     pid = _holder(inode, uid) if inode else None
     if pid is None:
-        detail = f"no process holds socket inode {inode}; cgroup id {cgroup_id}"
-        return Owner(uid=uid, source="sock_diag", detail=detail)
+        detail = f"no process holds socket inode {inode}"
+        return Owner(uid=uid, source="sock_diag", detail=detail, cgroup_id=cgroup_id)
     try:
         exe: str | None = os.readlink(f"/proc/{pid}/exe")
     except OSError:
@@ -125,4 +125,5 @@ def by_sock_diag(client: tuple[str, int], local: tuple[str, int]) -> Owner:
         cgroup=_cgroup_path(pid),
         comm=_read(f"/proc/{pid}/comm"),
         source="sock_diag",
+        cgroup_id=cgroup_id,
     )

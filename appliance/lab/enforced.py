@@ -75,7 +75,13 @@ class EbpfUnavailable(LabError):
     """eBPF was asked for but cannot be loaded here; the message is the probe's reason."""
 
 
-def _config(lab: Lab, trail: Path, ports: Sequence[int], user: str, redirect_port: int) -> str:
+# Connections with no identity are recorded, unless a lab is given an [identity] of its own.
+ALLOW_UNBOUND = '[identity]\nunbound = "allow"\n'
+
+
+def _config(
+    lab: Lab, trail: Path, ports: Sequence[int], user: str, redirect_port: int, *, identity: str
+) -> str:
     topo = lab.topology
     protect = ", ".join(f'"{n}"' for n in topo.networks)
     return (
@@ -86,7 +92,8 @@ def _config(lab: Lab, trail: Path, ports: Sequence[int], user: str, redirect_por
         f"protect = [{protect}]\n"
         f"protect_ports = [{', '.join(str(p) for p in ports)}]\n\n"
         f'[trail]\npath = "{trail}"\n\n'
-        f'[enforce]\nservice_user = "{user}"\nredirect_port = {redirect_port}\n'
+        f'[enforce]\nservice_user = "{user}"\nredirect_port = {redirect_port}\n\n'
+        f"{identity}"
     )
 
 
@@ -112,6 +119,7 @@ class EnforcedLab:
         serve_ports: Sequence[int] = (5432,),
         agents: int = 0,
         ebpf: bool = False,
+        identity: str = ALLOW_UNBOUND,
     ) -> None:
         self.lab = Lab(suffix, state_dir)
         self.topology = self.lab.topology
@@ -122,6 +130,7 @@ class EnforcedLab:
         self.up_ports = tuple(up_ports)
         self.serve_ports = tuple(serve_ports)
         self.ebpf = ebpf
+        self.identity = identity
         self.agent_root: Path | None = None
         self.directory: Path | None = None
         self.recorder: subprocess.Popen[bytes] | None = None
@@ -186,7 +195,14 @@ class EnforcedLab:
             for name, ports in (("up.toml", self.up_ports), ("serve.toml", self.serve_ports)):
                 path = self.directory / name
                 path.write_text(
-                    _config(self.lab, self.trail, ports, self.service_user, self.redirect_port)
+                    _config(
+                        self.lab,
+                        self.trail,
+                        ports,
+                        self.service_user,
+                        self.redirect_port,
+                        identity=self.identity,
+                    )
                 )
                 path.chmod(0o644)
             self._witness_up()

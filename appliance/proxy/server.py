@@ -16,7 +16,9 @@ from typing import Any, cast
 
 from appliance.config import Backend, Capture
 from appliance.enforce.divert import NotDiverted, Routes, original_destination
+from appliance.identity.bindings import Binding
 from appliance.model import Owner
+from appliance.policy.access import Access
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
@@ -46,6 +48,9 @@ class Relay:
     ``backend`` None) takes the connections nftables diverted: each session reads its
     original destination once, when it is accepted, and relays to that address and port if
     it lies in a configured backend's protected ranges and ports, or is refused.
+
+    ``access`` decides, once the owner is known and before the backend is dialled, which
+    identity the connection has and whether it may reach the backend.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class Relay:
         *,
         routes: Routes | None = None,
         quick_lookup: QuickLookup | None = None,
+        access: Access | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -68,6 +74,7 @@ class Relay:
         self.max_message = max_message
         self.owner_lookup = owner_lookup
         self.quick_lookup = quick_lookup
+        self.access = access
         self.sessions: set[Session] = set()
         # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
         self.keys: dict[tuple[int, int], Session] = {}
@@ -142,6 +149,10 @@ class Session:
         self.refusal: tuple[str, str, str] | None = None
         self.refusal_timer: asyncio.TimerHandle | None = None
         self.owner: Owner | None = None
+        self.binding: Binding | None = None
+        # The identity as every record of this session carries it (one shared dict), or None.
+        self.identity: dict[str, Any] | None = None
+        self.refused_as: dict[str, str] | None = None  # a refusal at connect time, recorded
         self.startup: ev.Startup | None = None
         self.started = False  # session_start recorded and the backend connected
         self.ready = False  # the backend has said ReadyForQuery once: authentication is over
@@ -231,6 +242,15 @@ class Session:
             return
         backend, target = self.backend, self.target
         assert backend is not None and target is not None
+        access = self.relay.access
+        if access is not None:
+            # Before the backend is dialled: a connection refused here never reaches it.
+            binding, refusal = access.admit(backend, owner)
+            self.binding = binding
+            self.identity = None if binding is None else binding.record
+            if refusal is not None:
+                self._refuse_connection(refusal.code, refusal.message, "identity")
+                return
         try:
             transport, _ = await loop.create_connection(
                 lambda: cast(asyncio.Protocol, _Backend(self)), target[0], target[1]
@@ -275,12 +295,15 @@ class Session:
                 else f"{destination[0]}:{destination[1]}",
                 "diverted": self.relay.routes is not None,
                 "owner": self.owner.as_dict(),
+                "identity": self.identity,
                 "db_user": params.get("user"),
                 "database": params.get("database", params.get("user")),
                 "application_name": params.get("application_name"),
+                **({} if self.refused_as is None else {"refused": self.refused_as}),
             },
         )
-        for payload in self.early:
+        for payload in self.early:  # sent before the identity was known
+            payload["identity"] = self.identity
             self.unconfirmed.append(self.recorder.record("command", self.id, payload))
         self.early.clear()
         log.debug(
@@ -305,6 +328,7 @@ class Session:
                 self.commands += 1
                 payload = event.command.as_dict()
                 payload["n"] = event.n
+                payload["identity"] = self.identity
                 if self.started:
                     self.unconfirmed.append(self.recorder.record("command", self.id, payload))
                     self._gate()
@@ -448,6 +472,7 @@ class Session:
                 "kind": "cancel",
                 "text": f"cancel backend pid {request.pid}",
                 "client": f"{self.peer[0]}:{self.peer[1]}",
+                "identity": target.identity,
             },
         )
         self.recorder.gate(_CancelDelivery(self, target, raw[:16]))
@@ -497,6 +522,7 @@ class Session:
             if self.startup is not None:
                 if self.owner is None:
                     self.owner = Owner(source="unknown", detail=message)
+                self.refused_as = {"code": code, "message": message}
                 self._record_start()
                 for payload in self.unconfirmed:
                     payload["refused"] = message
@@ -517,9 +543,15 @@ class Session:
                 "client": f"{self.peer[0]}:{self.peer[1]}",
                 "listener": f"{self.local[0]}:{self.local[1]}",
                 "destination": None if original is None else f"{original[0]}:{original[1]}",
+                "backend": None if self.backend is None else self.backend.name,
                 "owner": None if self.owner is None else self.owner.as_dict(),
+                "identity": self.identity,
             },
         )
+
+    def terminate(self, code: str, message: str) -> None:
+        """End a live session from outside (an expired identity): the client is told why."""
+        self._fatal(code, f"witness: {message}", message)
 
     def _fatal(self, code: str, message: str, reason: str) -> None:
         if self.client is not None and not self.client.is_closing():

@@ -35,7 +35,8 @@ def test_serve_from_a_config_file_captures_rows_within_the_cap(
     config.write_text(
         f'[[backend]]\nname = "lab"\naddress = "127.0.0.1"\nport = {pg.port}\n\n'
         f'[[listener]]\nlisten = "127.0.0.1:{port}"\nbackend = "lab"\n\n'
-        '[trail]\npath = "trail.db"\n\n[capture]\nrows = 2\n'
+        '[trail]\npath = "trail.db"\n\n[capture]\nrows = 2\n\n'
+        '[identity]\nunbound = "allow"\n'
     )
     proc = _serve(config, tmp_path / "witness.log")
     try:

@@ -29,7 +29,8 @@ def _config(tmp_path: Path, pg: PostgresServer, port: int, user: str) -> Path:
         f'[[backend]]\nname = "lab"\naddress = "127.0.0.1"\nport = {pg.port}\n'
         'protect = ["127.0.0.0/8", "::1/128"]\n\n'
         '[trail]\npath = "trail.db"\n\n'
-        f'[enforce]\nservice_user = "{user}"\nredirect_port = {port}\n'
+        f'[enforce]\nservice_user = "{user}"\nredirect_port = {port}\n\n'
+        '[identity]\nunbound = "allow"\n'
     )
     return path
 

@@ -71,8 +71,8 @@ def assert_owner(lab: EnforcedLab, owner: dict[str, Any], i: int, pid: int, src:
     assert owner["uid"] == lab.agent_uid(i), owner
     assert owner["cgroup"] == lab.agent_cgroup_name(i), owner
     assert owner["exe"] == os.path.realpath(PSQL) or owner["exe"] == PYTHON_EXE, owner
-    if src == "ebpf":  # the cgroup id the kernel reported at connect(2)
-        assert f"cgroup id {cgroups.cgroup_id(lab.agent_cgroup(i))}," in owner["detail"], owner
+    # eBPF: the cgroup id the kernel reported at connect(2); sock_diag: the socket's cgroup
+    assert owner["cgroup_id"] == cgroups.cgroup_id(lab.agent_cgroup(i)), owner
 
 
 PYTHON_EXE = os.path.realpath(PYTHON)

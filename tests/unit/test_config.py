@@ -83,3 +83,87 @@ def test_backend_url() -> None:
     assert (backend.address, backend.port, backend.protocol) == ("127.0.0.1", 5433, "postgresql")
     with pytest.raises(ConfigError, match="--backend"):
         config.parse_backend_url("mysql://127.0.0.1:3306")
+
+
+IDENTITY = """
+[identity]
+unbound = "refuse"
+control_socket = "run/control.sock"
+
+[[identity.issuer]]
+name = "corp"
+issuer = "https://idp.example.test"
+audience = "urn:witness"
+client_id = "witness-cli"
+login_params = { resource = "urn:witness" }
+claims = { groups = "roles" }
+leeway_seconds = 5
+
+[[identity.binding]]
+user = "ci-runner"
+issuer = "corp"
+subject = "svc-ci"
+groups = ["ci"]
+"""
+
+
+def test_identity_issuers_bindings_and_backend_policy(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "port = 5432",
+        'port = 5432\nallow_groups = ["dba"]\nallow_identities = ["svc-ci"]\n'
+        "end_sessions_at_expiry = true",
+    )
+    settings = config.load(write(tmp_path, text + IDENTITY))
+    identity = settings.identity
+    assert identity.unbound == "refuse"
+    assert identity.control_socket == tmp_path / "run/control.sock"
+    (issuer,) = identity.issuers
+    assert issuer.audience == ("urn:witness",)
+    assert issuer.algorithms == ("RS256", "ES256")
+    assert issuer.discovery_url == "https://idp.example.test/.well-known/openid-configuration"
+    assert issuer.login_params == (("resource", "urn:witness"),)
+    assert (issuer.subject_claim, issuer.groups_claim) == ("sub", "roles")
+    assert issuer.leeway == 5.0
+    (static,) = identity.bindings
+    assert static.issuer == "https://idp.example.test"  # the issuer's name stands for its iss
+    backend = settings.backends["orders"]
+    assert backend.allow_groups == ("dba",) and backend.allow_identities == ("svc-ci",)
+    assert backend.end_at_expiry and backend.restricted
+
+
+def test_without_an_identity_table_unbound_connections_are_refused(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, GOOD))
+    assert settings.identity.unbound == "refuse"
+    assert settings.identity.issuers == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ('audience = "urn:witness"', 'audience = "urn:witness"\nalgorithms = ["HS256"]'),
+            "identity.issuer[0].algorithms[0]: 'HS256' is not allowed",
+        ),
+        (
+            ('audience = "urn:witness"', 'audience = "urn:witness"\nalgorithms = ["none"]'),
+            "'none' and HS* are never accepted",
+        ),
+        (
+            ('issuer = "https://idp.example.test"', 'issuer = "idp.example.test"'),
+            "identity.issuer[0].issuer: expected an https:// (or http://) URL",
+        ),
+        (('unbound = "refuse"', 'unbound = "maybe"'), "identity.unbound: expected one of"),
+        (
+            ('claims = { groups = "roles" }', 'claims = { team = "x" }'),
+            "identity.issuer[0].claims.team: unknown key",
+        ),
+        (('subject = "svc-ci"', 'subject = ""'), "identity.binding[0].subject"),
+        (('audience = "urn:witness"', "audience = []"), "identity.issuer[0].audience"),
+    ],
+)
+def test_identity_errors_name_the_key(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, GOOD + IDENTITY.replace(*change, 1)))
+    assert message in str(info.value)

@@ -1,0 +1,1 @@
+"""Decisions about connections and commands: who may connect where."""

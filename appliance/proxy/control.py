@@ -1,0 +1,334 @@
+"""The control socket: where ``witness login``, ``run``, ``whoami`` and ``logout`` reach the
+recorder.
+
+A UNIX stream socket, open to every local user (mode 0666): who is asking is not what the
+request says but what the kernel says, ``SO_PEERCRED`` (pid, uid, gid), plus the caller's
+cgroup and start time from ``/proc``. A caller can only ever bind itself: its own uid
+(``login``) or a fresh cgroup holding its own process (``run``).
+
+The protocol is one JSON object per line. A request gets one answer, except a device-flow
+login, which gets a ``pending`` line (the URL and code to show the person) and then the
+final answer. Every answer has ``ok``; a refusal has ``error``, a sentence for people.
+
+Every binding made or removed is recorded in the trail (a ``binding`` event) and committed
+before the caller is told it worked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from appliance.config import IdentitySettings, IssuerSettings
+from appliance.enforce import warden
+from appliance.identity import login
+from appliance.identity.bindings import Binding, BindingError, Bindings, Caller
+from appliance.identity.oidc import ProviderError, TokenError, Validated, Validator
+from appliance.proxy.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 * 1024  # a JWT is a few KiB
+REQUEST_WAIT = 10.0  # seconds a client has to send its request line
+
+
+class Refused(Exception):
+    """A request is refused; the message goes back to the caller."""
+
+
+def peer(sock: socket.socket) -> Caller:
+    """The kernel's word on who holds the other end, and that process's cgroup."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Caller(pid, uid, gid, cgroup_of(pid))
+
+
+def cgroup_of(pid: int) -> str | None:
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+class _Commit:
+    """Resolves a future once the events recorded before it are committed (or refused)."""
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+
+    def released(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def refused(self, reason: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(Refused(f"the audit trail cannot be written: {reason}"))
+
+
+class Control:
+    """Serves the control socket for one recorder."""
+
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        bindings: Bindings,
+        recorder: Recorder,
+        validator: Validator,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.bindings = bindings
+        self.recorder = recorder
+        self.validator = validator
+        self.clock = clock
+        # Token checks and device flows wait on the network: their own threads, so that they
+        # never hold up the relay's owner lookups in the default executor.
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="witness-identity")
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        path = self.settings.control_socket
+        if not path.parent.is_dir():
+            raise OSError(f"{path.parent} does not exist (create it, owned by the service user)")
+        if path.is_socket():
+            path.unlink()  # left by a recorder that was killed
+        self.server = await asyncio.start_unix_server(self._serve, path=str(path))
+        os.chmod(path, 0o666)  # noqa: S103  (anyone may ask; SO_PEERCRED says who they are)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        path = self.settings.control_socket
+        if path.is_socket():
+            path.unlink()
+
+    # --- one connection ----------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            caller = peer(sock)
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_WAIT)
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                raise Refused("no request line (one JSON object, ending in a newline)") from None
+            except ValueError as exc:
+                raise Refused(f"the request is not a JSON object: {exc}") from None
+            answer = await self._handle(str(request.get("op")), request, caller, writer)
+            self._send(writer, {"ok": True, **answer})
+        except Refused as exc:
+            self._send(writer, {"ok": False, "error": str(exc)})
+        except Exception as exc:  # one bad request never stops the recorder
+            log.exception("control request failed")
+            self._send(writer, {"ok": False, "error": f"internal error: {exc!r}"})
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+        if not writer.is_closing():
+            writer.write(json.dumps(message).encode() + b"\n")
+
+    async def _handle(
+        self, op: str, request: dict[str, Any], caller: Caller, writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
+        if op == "whoami":
+            binding = self.bindings.for_caller(caller)
+            return {"caller": caller.as_dict(), "binding": self._view(binding)}
+        if op == "logout":
+            return await self._logout(caller)
+        if op == "login":
+            token = request.get("token")
+            if token is None:
+                return await self._device_login(request, caller, writer)
+            checked = await self._validate(token)
+            return await self._bind_uid(caller, checked)
+        if op == "run":
+            return await self._run(request.get("token"), caller)
+        raise Refused(f"unknown request {op!r} (expected whoami, login, run or logout)")
+
+    def _view(self, binding: Binding | None) -> dict[str, Any] | None:
+        if binding is None:
+            return None
+        view = binding.as_dict()
+        view["expired"] = binding.expired(self.clock())
+        return view
+
+    async def _validate(self, token: Any) -> Validated:
+        if not isinstance(token, str) or not token:
+            raise Refused("the token must be a non-empty string")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, self.validator.validate, token.strip())
+        except (TokenError, ProviderError) as exc:
+            raise Refused(str(exc)) from None
+
+    async def _commit(self, action: str, binding: Binding, caller: Caller, **extra: Any) -> None:
+        """Record a binding change and wait for its commit: no unrecorded binding is used."""
+        self.recorder.record(
+            "binding",
+            None,
+            {
+                "action": action,
+                "kind": binding.kind,
+                "target": binding.target,
+                "identity": binding.identity.as_dict(),
+                "expires": binding.expires,
+                "by": caller.as_dict(),
+                **extra,
+            },
+        )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.recorder.gate(_Commit(future))
+        await future
+
+    async def _bind_uid(self, caller: Caller, checked: Validated) -> dict[str, Any]:
+        if checked.expires <= self.clock():
+            raise Refused("the token has already expired")
+        try:
+            binding, old = self.bindings.bind_uid(
+                caller.uid, checked.identity, checked.expires, caller
+            )
+        except BindingError as exc:
+            raise Refused(str(exc)) from None
+        try:
+            await self._commit("bind", binding, caller, issuer=checked.issuer_name)
+        except Refused:
+            self.bindings.unbind(binding)
+            if old is not None:
+                self.bindings.restore(old)
+            raise
+        log.info("uid %d bound to %s until %s", caller.uid, binding.identity.label, checked.expires)
+        return {"binding": self._view(binding)}
+
+    async def _run(self, token: Any, caller: Caller) -> dict[str, Any]:
+        expires: float | None
+        if token is not None:
+            checked = await self._validate(token)
+            identity, expires = checked.identity, checked.expires
+        else:
+            current = self.bindings.for_caller(caller)
+            if current is None:
+                raise Refused(
+                    "you have no identity to run under: run `witness login` first, "
+                    "or pass --token-file"
+                )
+            if current.expired(self.clock()):
+                raise Refused(
+                    f"your identity {current.identity.label} has expired: run `witness login`"
+                )
+            identity, expires = current.identity, current.expires
+        loop = asyncio.get_running_loop()
+        try:
+            start = await loop.run_in_executor(self.pool, warden.start_time, caller.pid)
+            placement = await loop.run_in_executor(
+                self.pool,
+                warden.place,
+                self.settings.warden_socket,
+                caller.pid,
+                caller.uid,
+                start,
+            )
+        except (warden.WardenError, OSError) as exc:
+            raise Refused(f"cannot give the agent a cgroup of its own: {exc}") from None
+        binding = self.bindings.bind_cgroup(
+            placement.cgroup, placement.cgroup_id, identity, expires, caller
+        )
+        try:
+            await self._commit("bind", binding, caller)
+        except Refused:
+            self.bindings.unbind(binding)
+            raise
+        log.info("cgroup %s bound to %s", placement.cgroup, identity.label)
+        return {"binding": self._view(binding)}
+
+    async def _logout(self, caller: Caller) -> dict[str, Any]:
+        binding = self.bindings.for_caller(caller)
+        if binding is None:
+            raise Refused("you have no binding to remove")
+        try:
+            self.bindings.unbind(binding)
+        except BindingError as exc:
+            raise Refused(str(exc)) from None
+        await self._commit("unbind", binding, caller, reason="logout")
+        return {"removed": self._view(binding)}
+
+    async def _device_login(
+        self, request: dict[str, Any], caller: Caller, writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
+        issuer = self._login_issuer(request.get("issuer"))
+        loop = asyncio.get_running_loop()
+        keys = self.validator.keys_for(issuer.name)
+        try:
+            grant = await loop.run_in_executor(self.pool, login.start, keys, issuer)
+        except (login.LoginError, ProviderError) as exc:
+            raise Refused(f"cannot start the sign-in with {issuer.name}: {exc}") from None
+        self._send(
+            writer,
+            {
+                "ok": True,
+                "pending": {
+                    "issuer": issuer.name,
+                    "verification_uri": grant.verification_uri,
+                    "verification_uri_complete": grant.verification_uri_complete,
+                    "user_code": grant.user_code,
+                    "expires_at": grant.expires_at,
+                },
+            },
+        )
+        await writer.drain()
+        while True:
+            await asyncio.sleep(grant.interval)
+            if writer.is_closing():
+                raise Refused("the caller went away")
+            if self.clock() >= grant.expires_at:
+                raise Refused("the code expired before the sign-in was approved")
+            try:
+                token = await loop.run_in_executor(self.pool, login.poll, keys, issuer, grant)
+            except (login.LoginError, ProviderError) as exc:
+                raise Refused(f"sign-in failed: {exc}") from None
+            if token is not None:
+                break
+        return await self._bind_uid(caller, await self._validate(token))
+
+    def _login_issuer(self, name: Any) -> IssuerSettings:
+        usable = [i for i in self.settings.issuers if i.client_id]
+        if name is not None:
+            for issuer in usable:
+                if issuer.name == name:
+                    return issuer
+            raise Refused(
+                f"no issuer named {name!r} offers sign-in "
+                f"(those that do: {', '.join(i.name for i in usable) or 'none'})"
+            )
+        if not usable:
+            raise Refused(
+                "no issuer is configured for sign-in (identity.issuer with a client_id); "
+                "use --token-file with a machine token"
+            )
+        if len(usable) > 1:
+            raise Refused(
+                f"several issuers offer sign-in ({', '.join(i.name for i in usable)}): "
+                "pick one with --issuer"
+            )
+        return usable[0]
