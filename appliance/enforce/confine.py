@@ -1,12 +1,12 @@
 """The launcher's confinement: a seccomp filter every agent runs under, and the launcher itself.
 
-Agents enter an agent cgroup only through Witness's launcher (the lab today, ``witness run``
-later): the cgroups are root's, so only root can move a process into one (see
-:mod:`appliance.enforce.cgroups`). The launcher therefore also installs a seccomp filter on the
-agent before it execs the agent's command. A seccomp filter is inherited by every child,
-across ``fork``, ``clone`` and ``execve``, and cannot be removed or loosened: filters only
-stack. So it holds for the agent and everything it spawns, inside any user or network
-namespace it makes.
+Agents enter an agent cgroup only through Witness: ``witness run`` (placed by the root warden,
+then it confines itself with :func:`restrict`) or the lab's launcher below. The cgroups are
+root's, so only root can move a process into one (see :mod:`appliance.enforce.cgroups`). The
+agent installs a seccomp filter on itself before it execs the agent's command. A seccomp
+filter is inherited by every child, across ``fork``, ``clone`` and ``execve``, and cannot be
+removed or loosened: filters only stack. So it holds for the agent and everything it
+spawns, inside any user or network namespace it makes.
 
 **Why a filter and not an eBPF program.** The eBPF ``cgroup/sock_create`` program denies raw
 sockets, but the kernel runs that hook for ``AF_INET`` and ``AF_INET6`` only. An agent that

@@ -1,6 +1,7 @@
 """The relay: accepts clients, dials backends, and moves bytes between them.
 
-This is the only module that reads or writes sockets. Client bytes that carry a command are
+This is the only module that reads or writes the relayed sockets (the control socket is
+:mod:`appliance.proxy.control`'s). Client bytes that carry a command are
 held until the command's record is committed (write before forward); server bytes are passed
 on at once and parsed for the result summaries (checked first while the session starts).
 """

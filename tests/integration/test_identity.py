@@ -35,14 +35,18 @@ class Recorder:
         self.dir = directory
         self.port = free_port()
         self.denied_port = free_port()
+        self.ending_port = free_port()
         self.socket = directory / "control.sock"
         self.config = directory / "witness.toml"
         self.config.write_text(
             f'[[backend]]\nname = "orders"\naddress = "127.0.0.1"\nport = {pg.port}\n\n'
             f'[[backend]]\nname = "payroll"\naddress = "127.0.0.1"\nport = {pg.port}\n'
             'allow_groups = ["dba"]\n\n'
+            f'[[backend]]\nname = "ledger"\naddress = "127.0.0.1"\nport = {pg.port}\n'
+            "end_sessions_at_expiry = true\n\n"
             f'[[listener]]\nlisten = "127.0.0.1:{self.port}"\nbackend = "orders"\n\n'
             f'[[listener]]\nlisten = "127.0.0.1:{self.denied_port}"\nbackend = "payroll"\n\n'
+            f'[[listener]]\nlisten = "127.0.0.1:{self.ending_port}"\nbackend = "ledger"\n\n'
             '[trail]\npath = "trail.db"\n\n'
             + identity_table(idp.settings(timeout=2.0), self.socket)
         )
@@ -205,6 +209,28 @@ def test_a_binding_expires_with_its_token(recorder: Recorder, idp: IdP) -> None:
     assert "expired at" in refused.stderr and "witness login" in refused.stderr
     whoami = recorder.cli("whoami")
     assert whoami.returncode == 1 and "EXPIRED" in whoami.stdout
+
+
+def test_a_backend_can_end_live_sessions_when_their_identity_expires(
+    recorder: Recorder, idp: IdP
+) -> None:
+    done = recorder.login_token(idp.client_credentials("agent-short"))
+    assert done.returncode == 0, done.stderr
+    started = time.monotonic()
+    # The orders backend keeps its session past expiry; ledger ends its own.
+    kept = subprocess.Popen(
+        ["psql", f"postgresql://postgres@127.0.0.1:{recorder.port}/postgres", "-XAtc",
+         "select pg_sleep(4), 'kept'"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ended = recorder.psql(recorder.ending_port, "select pg_sleep(8), 'ended'")
+    assert ended.returncode != 0
+    assert "expired" in ended.stderr and "ends its sessions at expiry" in ended.stderr
+    assert time.monotonic() - started < 7
+    out, err = kept.communicate(timeout=30)
+    assert kept.returncode == 0 and out.strip().endswith("kept"), err
+    ledger = recorder.sessions("--backend", "ledger")
+    assert len(ledger) == 1 and "expired" in ledger[0]["end_reason"]
 
 
 def test_with_the_idp_down_known_keys_still_serve_and_sign_in_fails_clearly(
