@@ -47,6 +47,8 @@ class Caller:
     uid: int
     gid: int
     cgroup: str | None = None
+    start: int | None = None
+    """The process's start time (clock ticks after boot): with the pid, names it uniquely."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "cgroup": self.cgroup}

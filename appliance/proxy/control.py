@@ -47,10 +47,16 @@ class Refused(Exception):
 
 
 def peer(sock: socket.socket) -> Caller:
-    """The kernel's word on who holds the other end, and that process's cgroup."""
+    """The kernel's word on who holds the other end, that process's cgroup, and its start
+    time, read at once: should the caller exit and its pid be reused before the warden
+    acts, the start time no longer matches and the warden refuses."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return Caller(pid, uid, gid, cgroup_of(pid))
+    try:
+        start: int | None = warden.start_time(pid)
+    except (OSError, ValueError):
+        start = None
+    return Caller(pid, uid, gid, cgroup_of(pid), start)
 
 
 def cgroup_of(pid: int) -> str | None:
@@ -184,8 +190,11 @@ class Control:
             raise Refused(str(exc)) from None
 
     async def _commit(self, action: str, binding: Binding, caller: Caller, **extra: Any) -> None:
-        """Record a binding change and wait for its commit: no unrecorded binding is used."""
-        self.recorder.record(
+        """Record a binding change and wait for its commit: no unrecorded binding is used.
+
+        If the commit fails, the change is undone by the caller, and the event, kept by the
+        trail to retry, says that it was refused."""
+        payload = self.recorder.record(
             "binding",
             None,
             {
@@ -200,7 +209,11 @@ class Control:
         )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.recorder.gate(_Commit(future))
-        await future
+        try:
+            await future
+        except Refused as exc:
+            payload["refused"] = str(exc)
+            raise
 
     async def _bind_uid(self, caller: Caller, checked: Validated) -> dict[str, Any]:
         if checked.expires <= self.clock():
@@ -238,16 +251,17 @@ class Control:
                     f"your identity {current.identity.label} has expired: run `witness login`"
                 )
             identity, expires = current.identity, current.expires
+        if caller.start is None:
+            raise Refused(f"process {caller.pid} is gone")
         loop = asyncio.get_running_loop()
         try:
-            start = await loop.run_in_executor(self.pool, warden.start_time, caller.pid)
             placement = await loop.run_in_executor(
                 self.pool,
                 warden.place,
                 self.settings.warden_socket,
                 caller.pid,
                 caller.uid,
-                start,
+                caller.start,
             )
         except (warden.WardenError, OSError) as exc:
             raise Refused(f"cannot give the agent a cgroup of its own: {exc}") from None

@@ -1,0 +1,116 @@
+"""The control socket: who is asking comes from the kernel, bad requests get a sentence, and a
+binding the trail cannot record is not kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fulldisk import fail_inserts
+
+from appliance.config import IdentitySettings, IssuerSettings, TrailSettings
+from appliance.identity.bindings import Bindings
+from appliance.identity.oidc import TokenError, Validated
+from appliance.model import Identity, Owner
+from appliance.proxy.control import Control
+from appliance.proxy.recorder import Recorder
+from appliance.trail.store import Trail
+
+ALICE = Identity("https://idp.test", "alice-sub", "alice@example.test", "Alice", ("dba",))
+
+
+class StubValidator:
+    """Stands in for token validation, which these tests are not about."""
+
+    def validate(self, token: str) -> Validated:
+        if token != "good":
+            raise TokenError("token rejected: signature does not verify")
+        now = time.time()
+        return Validated(ALICE, now + 600, now, None, None, "k1", "RS256", "test")
+
+
+async def ask(path: Path, raw: bytes) -> list[dict[str, Any]]:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(raw)
+    await writer.drain()
+    lines = []
+    while line := await reader.readline():
+        lines.append(json.loads(line))
+    writer.close()
+    return lines
+
+
+def scenario(tmp_path: Path, body: Any) -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        trail = Trail.open(TrailSettings.beside(tmp_path / "trail.db"))
+        settings = IdentitySettings(
+            issuers=(IssuerSettings("test", "https://idp.test", ("urn:witness",)),),
+            control_socket=tmp_path / "control.sock",
+        )
+        bindings = Bindings(clock=time.time)
+        control = Control(settings, bindings, Recorder(trail, loop), StubValidator())  # type: ignore[arg-type]
+        await control.start()
+        try:
+            assert (tmp_path / "control.sock").stat().st_mode & 0o777 == 0o666
+            await body(settings.control_socket, bindings, trail)
+        finally:
+            control.close()
+            trail.close()
+        assert not (tmp_path / "control.sock").exists()
+
+    asyncio.run(run())
+
+
+def test_bad_requests_get_a_sentence_and_the_socket_keeps_serving(tmp_path: Path) -> None:
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        for raw, expected in [
+            (b"{not json\n", "not a JSON object"),
+            (b"[1, 2]\n", "not a JSON object"),
+            (b'{"op": "format-disk"}\n', "unknown request 'format-disk'"),
+            (b'{"op": "login", "token": ""}\n', "non-empty string"),
+            (b'{"op": "login", "token": "forged"}\n', "signature does not verify"),
+            (b'{"op": "logout"}\n', "no binding to remove"),
+        ]:
+            (answer,) = await ask(path, raw)
+            assert answer["ok"] is False and expected in answer["error"], (raw, answer)
+        (answer,) = await ask(path, b'{"op": "whoami"}\n')
+        assert answer["ok"] is True and answer["binding"] is None
+        assert answer["caller"]["uid"] == os.getuid() and answer["caller"]["pid"] == os.getpid()
+
+    scenario(tmp_path, body)
+
+
+def test_a_login_binds_the_callers_uid_after_its_record_is_committed(tmp_path: Path) -> None:
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        (answer,) = await ask(path, b'{"op": "login", "token": "good"}\n')
+        assert answer["ok"] is True, answer
+        assert answer["binding"]["kind"] == "uid"
+        assert answer["binding"]["target"] == str(os.getuid())
+        found = bindings.resolve(Owner(uid=os.getuid()))
+        assert found is not None and found.identity == ALICE
+        assert trail.pending == 0  # committed before the answer went out
+
+    scenario(tmp_path, body)
+
+
+def test_a_login_the_trail_cannot_record_binds_nothing(tmp_path: Path) -> None:
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        real = fail_inserts(trail)
+        (answer,) = await ask(path, b'{"op": "login", "token": "good"}\n')
+        assert answer["ok"] is False
+        assert "audit trail cannot be written" in answer["error"]
+        assert bindings.resolve(Owner(uid=os.getuid())) is None
+        trail._conn = real  # the disk recovers: the attempt is written, marked refused
+        trail.commit()
+        (payload,) = [
+            json.loads(p)
+            for (p,) in real.execute("select payload from events where type='binding'")
+        ]
+        assert payload["action"] == "bind" and "database or disk is full" in payload["refused"]
+
+    scenario(tmp_path, body)
