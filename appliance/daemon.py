@@ -83,19 +83,7 @@ class Expiry:
         self.announced: set[int] = set()
 
     def _record(self, action: str, binding: Binding, reason: str) -> None:
-        self.recorder.record(
-            "binding",
-            None,
-            {
-                "action": action,
-                "kind": binding.kind,
-                "target": binding.target,
-                "identity": binding.identity.as_dict(),
-                "expires": binding.expires,
-                "by": None,
-                "reason": reason,
-            },
-        )
+        self.recorder.record("binding", None, binding.event(action, None, reason=reason))
 
     def sweep(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

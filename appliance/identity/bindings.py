@@ -81,6 +81,18 @@ class Binding:
         where = f"uid {self.target}" if self.kind in (UID, STATIC) else self.target
         return f"{self.identity.label} ({self.kind} {where})"
 
+    def event(self, action: str, by: Caller | None, **extra: Any) -> dict[str, Any]:
+        """The payload of the trail's ``binding`` event for a change to this binding."""
+        return {
+            "action": action,
+            "kind": self.kind,
+            "target": self.target,
+            "identity": self.identity.as_dict(),
+            "expires": self.expires,
+            "by": None if by is None else by.as_dict(),
+            **extra,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "identity": self.identity.as_dict(),

@@ -194,19 +194,7 @@ class Control:
 
         If the commit fails, the change is undone by the caller, and the event, kept by the
         trail to retry, says that it was refused."""
-        payload = self.recorder.record(
-            "binding",
-            None,
-            {
-                "action": action,
-                "kind": binding.kind,
-                "target": binding.target,
-                "identity": binding.identity.as_dict(),
-                "expires": binding.expires,
-                "by": caller.as_dict(),
-                **extra,
-            },
-        )
+        payload = self.recorder.record("binding", None, binding.event(action, caller, **extra))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.recorder.gate(_Commit(future))
         try:

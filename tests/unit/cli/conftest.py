@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -48,9 +49,12 @@ def cli() -> click.Group:
     return group
 
 
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    """Alice's finished session, Bob's, and Alice's still-open one, plus a stray error."""
+Write = Callable[[float, str, str | None, dict[str, object]], None]
+
+
+def _writer(tmp_path: Path) -> tuple[TrailSettings, Trail, Write]:
+    """A trail in ``tmp_path`` and ``at(offset, type, session, payload)``, which commits one
+    event ``offset`` seconds after T0."""
     now = [T0]
     settings = TrailSettings.beside(tmp_path / "trail.db")
     t = Trail.open(settings, clock=lambda: now[0])
@@ -59,6 +63,14 @@ def path(tmp_path: Path) -> Path:
         now[0] = T0 + offset
         t.append(type_, session, payload)
         t.commit()
+
+    return settings, t, at
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Alice's finished session, Bob's, and Alice's still-open one, plus a stray error."""
+    settings, t, at = _writer(tmp_path)
 
     alice = "a1b2c3d4-alice"
     at(0, "session_start", alice, start("alice", 1000, MAIN))
@@ -211,14 +223,7 @@ def bound(who: dict[str, object] | None, uid: int, backend: dict[str, object]) -
 def identity_path(tmp_path: Path) -> Path:
     """Carol's session (cgroup binding), Dave's (uid binding, expiring mid-session), a
     connection refused for want of an identity, and one written before identities existed."""
-    now = [T0]
-    settings = TrailSettings.beside(tmp_path / "trail.db")
-    t = Trail.open(settings, clock=lambda: now[0])
-
-    def at(offset: float, type_: str, session: str | None, payload: dict[str, object]) -> None:
-        now[0] = T0 + offset
-        t.append(type_, session, payload)
-        t.commit()
+    settings, t, at = _writer(tmp_path)
 
     by = {"uid": 0, "pid": 321, "cgroup": None}
     at(
