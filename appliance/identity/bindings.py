@@ -87,6 +87,7 @@ class Binding:
             "action": action,
             "kind": self.kind,
             "target": self.target,
+            "cgroup_id": self.cgroup_id,
             "identity": self.identity.as_dict(),
             "expires": self.expires,
             "by": None if by is None else by.as_dict(),

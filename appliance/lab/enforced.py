@@ -1,7 +1,7 @@
 """The namespace lab with host enforcement on: ``witness up`` in the bastion, and the recorder
 running there as the lab's own service user, taking the connections nftables diverts to it.
 
-Used by tests/lab/test_transparent.py, test_attribution.py, test_bypass.py and
+Used by tests/lab/test_transparent.py, test_attribution.py, test_bypass.py, test_identity_lab.py and
 tests/bench/bench_connect.py. Needs root. Every piece is removed by :meth:`EnforcedLab.close`
 (also after a failed :meth:`start`): the recorder, the agents' processes, the ``inet witness``
 table, the eBPF programs and pins, the agent cgroups, the lab's users, the lab and the
@@ -40,6 +40,21 @@ Agents and the recorder enter the bastion with ``nsenter --net=/run/netns/BASTIO
 ``ip netns exec``: that one also remounts ``/sys``, which would hide the cgroup2 and bpffs
 mounts from them (the recorder must open the pinned map, and an agent must see the cgroup
 files it will try to escape through).
+
+**Identities.** ``identity`` is the recorder's ``[identity]`` table, or a function of the
+lab that returns it: that one is called once the namespaces, the users and the lab's
+directory exist, and before the configurations are written, so it can start what the
+recorder will need in the bastion (an identity provider listening on its loopback) and name
+:attr:`EnforcedLab.control_socket` and :attr:`EnforcedLab.warden_socket`. The control
+socket's directory, ``DIRECTORY/control/``, is the service user's (0755), so the recorder
+can make its socket there and every agent reach it. With ``warden=True`` (it needs agents:
+the warden places ``witness run`` callers below the lab's agent root) the lab also runs
+``witness warden --config serve.toml`` as root, on :attr:`EnforcedLab.warden_socket` in
+``DIRECTORY/warden/`` (root's, 0755), before the recorder starts; :meth:`EnforcedLab.close`
+stops it (SIGTERM) after the recorder, before the agent cgroups go. The ``[identity]`` table
+must name that socket (the lab refuses to start otherwise: the default is a real install's).
+The warden runs in the bastion's network namespace, although it needs nothing there, so
+that ``witness lab down`` kills it with the namespace's other processes after a crash.
 """
 
 from __future__ import annotations
@@ -53,10 +68,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance import config
+from appliance.config import ConfigError
 from appliance.enforce import bpf, cgroups
 from appliance.lab import users
 from appliance.lab.netns import Lab, namespaces
@@ -77,6 +94,7 @@ class EbpfUnavailable(LabError):
 
 # Connections with no identity are recorded, unless a lab is given an [identity] of its own.
 ALLOW_UNBOUND = '[identity]\nunbound = "allow"\n'
+WARDEN_WAIT = 15.0  # seconds the warden gets to listen
 
 
 def _config(
@@ -105,7 +123,8 @@ class EnforcedLab:
     not know). ``service_user`` names an existing user to run the recorder as instead of the
     lab's own. ``agents`` is how many agent users (and agent cgroups) to make; ``ebpf``
     attaches the eBPF programs (:class:`EbpfUnavailable` from :meth:`start` if it cannot).
-    Agents are numbered from 1.
+    Agents are numbered from 1. ``identity`` is the ``[identity]`` table, or a function of
+    the lab returning it; ``warden`` runs ``witness warden`` (see the module's docstring).
     """
 
     def __init__(
@@ -119,7 +138,8 @@ class EnforcedLab:
         serve_ports: Sequence[int] = (5432,),
         agents: int = 0,
         ebpf: bool = False,
-        identity: str = ALLOW_UNBOUND,
+        identity: str | Callable[[EnforcedLab], str] = ALLOW_UNBOUND,
+        warden: bool = False,
     ) -> None:
         self.lab = Lab(suffix, state_dir)
         self.topology = self.lab.topology
@@ -131,9 +151,11 @@ class EnforcedLab:
         self.serve_ports = tuple(serve_ports)
         self.ebpf = ebpf
         self.identity = identity
+        self.warden = warden
         self.agent_root: Path | None = None
         self.directory: Path | None = None
         self.recorder: subprocess.Popen[bytes] | None = None
+        self.warden_proc: subprocess.Popen[bytes] | None = None
         self.up_output = ""
         self._agents: list[subprocess.Popen[Any]] = []
 
@@ -169,12 +191,29 @@ class EnforcedLab:
         return self._dir / "witness.log"
 
     @property
+    def control_socket(self) -> Path:
+        """Where the recorder's control socket goes, in a directory of the service user's."""
+        return self._dir / "control" / "control.sock"
+
+    @property
+    def warden_socket(self) -> Path:
+        """Where the lab's warden listens (``warden=True``), in a directory of root's."""
+        return self._dir / "warden" / "warden.sock"
+
+    @property
+    def warden_log(self) -> Path:
+        return self._dir / "warden.log"
+
+    @property
     def capabilities(self) -> str:
         """The recorder's capabilities, as setpriv takes them."""
         return EBPF_CAPABILITIES if self.ebpf else CAPABILITIES
 
     def start(self) -> EnforcedLab:
-        """Build the lab, its users and cgroups, apply ``witness up``, start the recorder."""
+        """Build the lab, its users and cgroups, apply ``witness up``, start the warden (if
+        asked) and the recorder."""
+        if self.warden and not self.users.agents:
+            raise LabError("a lab with a warden needs agents (it places them below their root)")
         if self.ebpf:
             found = bpf.probe()
             if not found.available:
@@ -192,6 +231,11 @@ class EnforcedLab:
             self.directory.chmod(0o755)
             self.trail_dir.mkdir(mode=0o700)
             os.chown(self.trail_dir, service.pw_uid, service.pw_gid)
+            self.control_socket.parent.mkdir(mode=0o755)
+            os.chown(self.control_socket.parent, service.pw_uid, service.pw_gid)
+            if self.warden:
+                self.warden_socket.parent.mkdir(mode=0o755)
+            identity = self.identity(self) if callable(self.identity) else self.identity
             for name, ports in (("up.toml", self.up_ports), ("serve.toml", self.serve_ports)):
                 path = self.directory / name
                 path.write_text(
@@ -201,7 +245,7 @@ class EnforcedLab:
                         ports,
                         self.service_user,
                         self.redirect_port,
-                        identity=self.identity,
+                        identity=identity,
                     )
                 )
                 path.chmod(0o644)
@@ -211,6 +255,8 @@ class EnforcedLab:
                 cgroups.create_root(self.agent_root)  # witness up made it when eBPF is on
                 for i in range(1, len(self.users.agents) + 1):
                     cgroups.create_child(self.agent_root, f"agent{i}")
+            if self.warden:
+                self.start_warden()
             self.start_recorder()
         except BaseException:
             self.close()
@@ -268,6 +314,45 @@ class EnforcedLab:
                 return
             time.sleep(0.05)
         raise LabError(f"the recorder did not start within {timeout:.0f}s")
+
+    def start_warden(self) -> None:
+        """``witness warden --config serve.toml`` as root; return once it listens."""
+        try:
+            wanted = config.load(self.serve_config).identity.warden_socket
+        except ConfigError as exc:
+            raise LabError(f"{self.serve_config}: {exc}") from None
+        if wanted != self.warden_socket:
+            raise LabError(
+                f"the [identity] table names warden_socket {wanted}, not the lab's "
+                f"{self.warden_socket}: a lab's warden never listens where a real one would"
+            )
+        argv = [
+            "nsenter", f"--net={NETNS_DIR / self.bastion}",
+            WITNESS, "warden", "--config", str(self.serve_config),
+        ]  # fmt: skip
+        with self.warden_log.open("ab") as log:
+            self.warden_proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + WARDEN_WAIT
+        while not self.warden_socket.is_socket():
+            if self.warden_proc.poll() is not None:
+                raise LabError(f"the warden exited: {self.warden_log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise LabError(f"the warden did not listen within {WARDEN_WAIT:.0f}s")
+            time.sleep(0.05)
+
+    def stop_warden(self) -> None:
+        """SIGTERM the warden (SIGKILL if it does not stop); placed agents are left alone."""
+        proc, self.warden_proc = self.warden_proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
     def kill_recorder(self) -> None:
         """``kill -9`` the recorder, and wait until it is gone."""
@@ -393,10 +478,11 @@ class EnforcedLab:
         return self.directory
 
     def close(self) -> None:
-        """Remove everything: recorder, agents, table, eBPF, cgroups, users, lab, directory.
-        Safe to call more than once."""
+        """Remove everything: recorder, warden, agents, table, eBPF, cgroups, users, lab,
+        directory. Safe to call more than once."""
         self.kill_recorder()
         self.recorder = None
+        self.stop_warden()
         for proc in self._agents:
             if proc.poll() is None:
                 proc.kill()
