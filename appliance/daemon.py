@@ -80,7 +80,7 @@ class Expiry:
         self.bindings = bindings
         self.recorder = recorder
         self.relays = relays
-        self.announced: set[int] = set()
+        self.announced: set[tuple[str, str, float]] = set()
 
     def _record(self, action: str, binding: Binding, reason: str) -> None:
         self.recorder.record("binding", None, binding.event(action, None, reason=reason))
@@ -88,8 +88,9 @@ class Expiry:
     def sweep(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for binding in self.bindings.expired(now):
-            if id(binding) not in self.announced:
-                self.announced.add(id(binding))
+            key = (binding.kind, binding.target, binding.bound_at)
+            if key not in self.announced:
+                self.announced.add(key)
                 self._record("expire", binding, "the token expired")
                 log.info("binding expired: %s", binding.describe())
         for relay in self.relays:
@@ -110,7 +111,7 @@ class Expiry:
         for binding in self.bindings.live():
             if binding.kind == CGROUP and not _cgroup_exists(binding):
                 self.bindings.unbind(binding)
-                self.announced.discard(id(binding))
+                self.announced.discard((binding.kind, binding.target, binding.bound_at))
                 self._record("unbind", binding, "the agent's cgroup is gone")
 
 
@@ -260,7 +261,10 @@ async def run(
         async def expiries() -> None:
             while True:
                 await asyncio.sleep(1.0)
-                expiry.sweep()
+                try:
+                    expiry.sweep()
+                except Exception:  # the next second tries again; never stop sweeping
+                    log.exception("the expiry sweep failed")
 
         ticker = asyncio.ensure_future(checkpoints())
         sweeper = asyncio.ensure_future(expiries())

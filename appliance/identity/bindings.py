@@ -19,6 +19,7 @@ bindings whose cgroup is gone, are dropped when the file is read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import time
@@ -29,6 +30,8 @@ from typing import Any
 
 from appliance.config import StaticBinding
 from appliance.model import Identity, Owner
+
+log = logging.getLogger(__name__)
 
 CGROUP = "cgroup"
 UID = "uid"
@@ -267,6 +270,9 @@ class Bindings:
     # --- the state file ----------------------------------------------------------------
 
     def _save(self) -> None:
+        """Keep the live bindings in the state file. A failure is logged, not raised: the
+        trail has the binding events, and the worst a lost state file does is fail closed
+        (after a restart, the agents it held are refused until they bind again)."""
         if self._state is None:
             return
         data = {"bindings": [b.as_dict() for b in self.live()]}
@@ -279,7 +285,7 @@ class Bindings:
                 os.fsync(f.fileno())
             os.replace(tmp, self._state)
         except OSError as exc:
-            raise BindingError(f"{self._state}: cannot keep the bindings: {exc}") from None
+            log.error("%s: cannot keep the bindings across a restart: %s", self._state, exc)
 
     def _load(self, state: Path, cgroup_exists: Callable[[Binding], bool] | None) -> None:
         try:

@@ -206,12 +206,7 @@ class Control:
     async def _bind_uid(self, caller: Caller, checked: Validated) -> dict[str, Any]:
         if checked.expires <= self.clock():
             raise Refused("the token has already expired")
-        try:
-            binding, old = self.bindings.bind_uid(
-                caller.uid, checked.identity, checked.expires, caller
-            )
-        except BindingError as exc:
-            raise Refused(str(exc)) from None
+        binding, old = self.bindings.bind_uid(caller.uid, checked.identity, checked.expires, caller)
         try:
             await self._commit("bind", binding, caller, issuer=checked.issuer_name)
         except Refused:

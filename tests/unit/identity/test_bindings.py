@@ -119,3 +119,13 @@ def test_restore_puts_back_a_replaced_login(tmp_path: Path) -> None:
     bindings.unbind(new)
     bindings.restore(old)
     assert bindings.resolve(Owner(uid=1001)) is old
+
+
+def test_a_state_file_that_cannot_be_written_keeps_the_binding_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "gone" / "bindings.json"  # its directory does not exist
+    bindings = Bindings(state=state, clock=lambda: 1000.0)
+    binding, _ = bindings.bind_uid(1001, ALICE, 5000.0, CALLER)
+    assert bindings.resolve(Owner(uid=1001)) is binding
+    assert "cannot keep the bindings across a restart" in caplog.text
