@@ -409,6 +409,37 @@ def test_a_bad_token_binds_nothing_and_makes_no_cgroup(world: World) -> None:
     assert f"placed pid {pid}" not in lab.warden_log.read_text()
 
 
+def test_run_without_a_token_takes_the_login_and_logout_ends_it(world: World) -> None:
+    lab = world.lab
+    socket = ["--socket", str(lab.control_socket)]
+    token = give_token(lab, 3, "agent3-login.token", world.idp.client_credentials("agent-two"))
+    code, out, err, _ = lab.run_agent(
+        3, [WITNESS, "login", *socket, "--token-file", str(token)], in_cgroup=False
+    )
+    assert code == 0, err
+    assert world.claims[2]["email"] in out, out
+    run = tag("fromlogin")
+    argv = [
+        WITNESS,
+        "run",
+        *socket,
+        "--",
+        *psql_argv(str(lab.topology.backend_ipv4), sql=f"select '{run}'"),
+    ]
+    code, out, err, pid = lab.run_agent(3, argv, in_cgroup=False)
+    assert (code, out) == (0, run), err
+    start = ended_session_with(lab.trail, run)["start"]
+    assert (start["owner"]["uid"], start["owner"]["pid"]) == (lab.agent_uid(3), pid)
+    assert start["identity"]["subject"] == world.claims[2]["sub"]
+    assert start["identity"]["binding"]["kind"] == "cgroup"  # its own cgroup, not the uid
+    code, out, err, _ = lab.run_agent(3, [WITNESS, "logout", *socket], in_cgroup=False)
+    assert code == 0 and "removed" in out, err
+    code, _, err, _ = lab.run_agent(
+        3, psql_argv(str(lab.topology.backend_ipv4), sql="select 1"), in_cgroup=False
+    )
+    assert code != 0 and "no identity is bound" in err, err
+
+
 def test_the_trail_verifies_once_the_recorder_has_stopped(world: World) -> None:
     lab = world.lab
     lab.stop_recorder()
