@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import time
@@ -33,16 +32,12 @@ from labagents import (
     status_json,
     tag,
 )
+from labmarks import lab_marks
 
 from appliance.enforce import bpf, cgroups
 from appliance.lab.enforced import WITNESS, EnforcedLab
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables, cgroups, users)"),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (nftables)"),
-    pytest.mark.timeout(180),
-]
+pytestmark = lab_marks("netns, nftables, cgroups, users", "nft", timeout=180)
 
 AGENTS = 3
 STATEMENTS = 4

@@ -27,13 +27,11 @@ from pathlib import Path
 
 import pytest
 from labagents import PACKET_PROBE
+from labmarks import lab_marks
 
 from appliance.enforce import bpf, cgroups
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, eBPF)"),
-]
+pytestmark = lab_marks("cgroups, eBPF")
 
 PYTHON = "/usr/bin/python3"  # readable by nobody, unlike a venv under /root
 AS_AGENT = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]

@@ -13,7 +13,6 @@ outside the agent cgroup shows the difference.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -33,17 +32,12 @@ from labagents import (
     status_json,
     tag,
 )
+from labmarks import lab_marks
 
 from appliance.enforce import cgroups, nft
 from appliance.lab.enforced import EnforcedLab
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables, cgroups, users)"),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (nftables)"),
-    pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is missing (util-linux)"),
-    pytest.mark.timeout(120),
-]
+pytestmark = lab_marks("netns, nftables, cgroups, users", "nft", "unshare", timeout=120)
 
 AGENT = 1
 

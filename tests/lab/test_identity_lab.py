@@ -22,7 +22,6 @@ import os
 import pwd
 import re
 import shlex
-import shutil
 import subprocess
 import time
 import uuid
@@ -36,6 +35,7 @@ import pytest
 from identityconf import identity_table
 from idp import IdP, missing
 from labagents import PG_CLIENT, PSQL, PYTHON, all_sessions, ended_session_with, psql_argv, tag
+from labmarks import lab_marks
 from witnessproc import events
 
 from appliance.enforce import cgroups, warden
@@ -45,12 +45,9 @@ from appliance.lab.netns import Topology
 MOUNT = cgroups.cgroup2_mount()
 
 pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables, cgroups, users)"),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (nftables)"),
+    *lab_marks("netns, nftables, cgroups, users", "nft", timeout=240),
     pytest.mark.skipif(MOUNT is None, reason="cgroup2 is not mounted"),
     pytest.mark.skipif(missing() is not None, reason=f"no identity provider: {missing()}"),
-    pytest.mark.timeout(240),
 ]
 
 AGENTS = 3

@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from labmarks import lab_marks
 
 from appliance.lab.netns import Lab
 from appliance.lab.postgres import LabError
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.timeout(120),
-]
+pytestmark = lab_marks("network namespaces", timeout=120)
 
 WITNESS = str(Path(sys.executable).parent / "witness")
 

@@ -9,10 +9,8 @@ real processes running as ``nobody`` (an agent) and ``daemon`` (the service user
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import re
-import shutil
 import subprocess
 import sys
 import uuid
@@ -22,14 +20,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from labmarks import lab_marks
 
 from appliance.cli import main
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)"),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (nftables)"),
-]
+pytestmark = lab_marks("network namespaces, nftables", "nft")
 
 AGENT = "nobody"
 SERVICE = "daemon"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import time
 import uuid
@@ -23,18 +22,13 @@ from typing import Any
 
 import pytest
 from labagents import ended_session_with, sessions_with
+from labmarks import lab_marks
 from witnessproc import events
 
 from appliance.lab.enforced import WITNESS, EnforcedLab
 from appliance.lab.postgres import postgres_bindir
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)"),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (nftables)"),
-    pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv is missing (util-linux)"),
-    pytest.mark.timeout(120),
-]
+pytestmark = lab_marks("network namespaces, nftables", "nft", "setpriv", timeout=120)
 
 AGENT = "nobody"
 PSQL = postgres_bindir() / "psql"

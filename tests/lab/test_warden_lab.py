@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pwd
 import re
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from labmarks import lab_marks
 
 from appliance.enforce import cgroups, warden
 from appliance.lab import users
@@ -42,12 +42,8 @@ from appliance.lab.enforced import WITNESS
 MOUNT = cgroups.cgroup2_mount()
 
 pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, users, the warden)"),
+    *lab_marks("cgroups, users, the warden", "setpriv", "useradd", timeout=120),
     pytest.mark.skipif(MOUNT is None, reason="cgroup2 is not mounted"),
-    pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv is missing (util-linux)"),
-    pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is missing (passwd)"),
-    pytest.mark.timeout(120),
 ]
 
 # argv: SOCKET REQUEST-JSON; the recorder's side of the protocol, through the module's client.
