@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from appliance import native
@@ -53,9 +54,8 @@ def check_service_user(settings: Settings, euid: int | None = None) -> None:
         )
 
 
-def _cgroup_exists(binding: Binding) -> bool:
+def _cgroup_exists(mount: Path | None, binding: Binding) -> bool:
     """Whether a bound agent cgroup is still there (True when that cannot be told)."""
-    mount = cgroups.cgroup2_mount()
     return mount is None or (mount / binding.target.lstrip("/")).is_dir()
 
 
@@ -63,7 +63,8 @@ def open_bindings(settings: Settings) -> Bindings:
     identity = settings.identity
     state = identity.state or settings.trail.path.parent / "bindings.json"
     try:
-        return Bindings(identity.bindings, state, cgroup_exists=_cgroup_exists)
+        mount = cgroups.cgroup2_mount()
+        return Bindings(identity.bindings, state, cgroup_exists=lambda b: _cgroup_exists(mount, b))
     except BindingError as exc:
         raise StartError(str(exc)) from None
 
@@ -82,34 +83,36 @@ class Expiry:
         self.relays = relays
         self.announced: set[tuple[str, str, float]] = set()
 
-    def _record(self, action: str, binding: Binding, reason: str) -> None:
-        self.recorder.record("binding", None, binding.event(action, None, reason=reason))
-
-    def sweep(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        for binding in self.bindings.expired(now):
-            key = (binding.kind, binding.target, binding.bound_at)
-            if key not in self.announced:
-                self.announced.add(key)
-                self._record("expire", binding, "the token expired")
-                log.info("binding expired: %s", binding.describe())
+    def _end_expired_sessions(self, now: float) -> None:
         for relay in self.relays:
             for session in list(relay.sessions):
-                bound = session.binding
-                backend = session.backend
-                if (
-                    bound is not None
-                    and backend is not None
-                    and backend.end_at_expiry
-                    and bound.expired(now)
-                ):
+                bound, backend = session.binding, session.backend
+                if bound is None or backend is None or not backend.end_at_expiry:
+                    continue
+                if bound.expired(now):
                     session.terminate(
                         "28000",
                         f"the identity {bound.describe()} expired; "
                         f"backend {backend.name} ends its sessions at expiry",
                     )
+
+    def _record(self, action: str, binding: Binding, reason: str) -> None:
+        self.recorder.record("binding", None, binding.event(action, None, reason=reason))
+
+    def sweep(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        expired = self.bindings.expired(now)
+        for binding in expired:
+            key = (binding.kind, binding.target, binding.bound_at)
+            if key not in self.announced:
+                self.announced.add(key)
+                self._record("expire", binding, "the token expired")
+                log.info("binding expired: %s", binding.describe())
+        if expired:  # only then can a live session have outlived its identity
+            self._end_expired_sessions(now)
+        mount = cgroups.cgroup2_mount()
         for binding in self.bindings.live():
-            if binding.kind == CGROUP and not _cgroup_exists(binding):
+            if binding.kind == CGROUP and not _cgroup_exists(mount, binding):
                 self.bindings.unbind(binding)
                 self.announced.discard((binding.kind, binding.target, binding.bound_at))
                 self._record("unbind", binding, "the agent's cgroup is gone")

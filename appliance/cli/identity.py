@@ -106,10 +106,14 @@ def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
+def _label(identity: dict[str, Any]) -> str:
+    return str(identity.get("email") or identity["subject"])
+
+
 def describe(binding: dict[str, Any]) -> str:
     """Two or three lines for people: who, how bound, until when."""
     ident = binding["identity"]
-    who = ident.get("email") or ident["subject"]
+    who = _label(ident)
     if ident.get("name"):
         who += f" ({ident['name']})"
     lines = [f"identity: {who}", f"  issuer {ident['issuer']}, subject {ident['subject']}"]
@@ -194,10 +198,7 @@ def logout(ctx: click.Context, socket_path: Path | None) -> None:
     answer = _ask(_socket_path(ctx, socket_path), {"op": "logout"})
     removed = answer["removed"]
     where = removed["target"] if removed["kind"] == "cgroup" else f"uid {removed['target']}"
-    click.echo(
-        f"removed: {removed['identity'].get('email') or removed['identity']['subject']} "
-        f"from {removed['kind']} {where}"
-    )
+    click.echo(f"removed: {_label(removed['identity'])} from {removed['kind']} {where}")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -221,7 +222,7 @@ def run(
     binding = _ask(_socket_path(ctx, socket_path), request)["binding"]
     ident = binding["identity"]
     click.echo(
-        f"witness: running as {ident.get('email') or ident['subject']} in {binding['target']} "
+        f"witness: running as {_label(ident)} in {binding['target']} "
         f"until {_when(binding.get('expires'))}",
         err=True,
     )

@@ -303,7 +303,7 @@ class Session:
                 **({} if self.refused_as is None else {"refused": self.refused_as}),
             },
         )
-        for payload in self.early:  # sent before the identity was known
+        for payload in self.early:
             payload["identity"] = self.identity
             self.unconfirmed.append(self.recorder.record("command", self.id, payload))
         self.early.clear()
@@ -329,8 +329,8 @@ class Session:
                 self.commands += 1
                 payload = event.command.as_dict()
                 payload["n"] = event.n
-                payload["identity"] = self.identity
                 if self.started:
+                    payload["identity"] = self.identity
                     self.unconfirmed.append(self.recorder.record("command", self.id, payload))
                     self._gate()
                 else:  # recorded after session_start, so the session's events stay together
