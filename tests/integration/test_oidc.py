@@ -18,15 +18,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import idp as idp_support
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from idp import IdP
 
 from appliance.identity import login
 from appliance.identity.oidc import REFRESH_INTERVAL, ProviderError, TokenError, Validator
+from appliance.lab import idp as idp_support
+from appliance.lab.idp import IdP
 
 pytestmark = pytest.mark.skipif(
     idp_support.missing() is not None, reason=str(idp_support.missing())

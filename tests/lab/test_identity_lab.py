@@ -1,7 +1,7 @@
 """Identities in the enforced lab: two agents with different OIDC identities at the same time.
 
 The lab runs the recorder as its service user in the bastion with an ``[identity]`` table
-(unbound connections refused), a real OpenID Provider (``tests/idp``, oidc-provider) on the
+(unbound connections refused), a real OpenID Provider (``appliance/lab/provider``, oidc-provider) on the
 bastion's loopback, and ``witness warden`` as root. Agents 1 and 2 each hold a machine token
 of their own (clients ``agent-ci`` and ``agent-two``: other subjects, emails and groups), in
 a file only they can read, and start the real psql through ``witness run`` at the same
@@ -33,13 +33,13 @@ from typing import Any
 import jwt
 import pytest
 from identityconf import identity_table
-from idp import IdP, missing
 from labagents import PG_CLIENT, PSQL, PYTHON, all_sessions, ended_session_with, psql_argv, tag
 from labmarks import lab_marks
 from witnessproc import events
 
 from appliance.enforce import cgroups, warden
 from appliance.lab.enforced import WITNESS, EbpfUnavailable, EnforcedLab
+from appliance.lab.idp import IdP, missing
 from appliance.lab.netns import Topology
 
 MOUNT = cgroups.cgroup2_mount()

@@ -1,8 +1,8 @@
-// A real OpenID Provider (oidc-provider) for Witness's identity tests.
+// A real OpenID Provider (oidc-provider) for Witness's lab: the demo and the identity tests.
 //
 // Usage: node provider.mjs CONFIG.json     (or "-" to read the JSON from stdin)
 //
-// The configuration is written by tests/support/idp.py:
+// The configuration is written by appliance/lab/idp.py:
 //   host, port           where to listen (port 0: any free port)
 //   issuer               optional; default http://HOST:PORT (known only once bound)
 //   jwks                 {"keys": [...]} private JWKs with kids; tokens are signed with them

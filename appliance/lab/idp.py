@@ -1,4 +1,4 @@
-"""A real OpenID Provider for the identity tests: ``node tests/idp/provider.mjs`` (oidc-provider).
+"""The lab's OpenID Provider, a real one: ``node appliance/lab/provider/provider.mjs``.
 
 ``IdP`` generates the provider's signing keys (one RS256 and one ES256 key, each with a kid),
 starts the provider on a free port (or a given one), and plays the other parties a test
@@ -7,8 +7,8 @@ device sign-in through the provider's own pages, over plain HTTP with a cookie j
 
 It can run the provider inside a network namespace (``netns="NAME"``, for ``/run/netns/NAME``):
 then node runs under ``nsenter --net=...``, and so do the fixture's own HTTP requests (this
-file re-runs itself as ``python idp.py call FUNCTION JSON`` there), since the provider is only
-reachable from inside.
+module re-runs itself as ``python -m appliance.lab.idp call FUNCTION JSON`` there), since the
+provider is only reachable from inside. The demo and the lab tests use it this way.
 
 Tokens for each algorithm: ``client_credentials(resource="urn:witness")`` is RS256,
 ``client_credentials(resource="urn:witness:es")`` is ES256; both have the audience
@@ -43,8 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.config import IssuerSettings
 
-ROOT = Path(__file__).resolve().parents[2]
-IDP_DIR = ROOT / "tests" / "idp"
+IDP_DIR = Path(__file__).resolve().parent / "provider"
 PROVIDER = IDP_DIR / "provider.mjs"
 
 AUDIENCE = "urn:witness"
@@ -66,7 +65,9 @@ def missing() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed (scripts/bootstrap installs it)"
     if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
-        return "tests/idp/node_modules is missing (run `npm ci` in tests/idp, or scripts/bootstrap)"
+        return (
+            "appliance/lab/provider/node_modules is missing (scripts/bootstrap runs npm ci there)"
+        )
     return None
 
 
@@ -294,8 +295,9 @@ class IdP:
     ) -> str:
         """A token signed with the provider's current key for ``alg`` (or ``key``)."""
         signer = key or self.keys[alg]
+        private: Any = signer.key
         return jwt.encode(
-            claims, signer.key, algorithm=signer.alg, headers={"kid": signer.kid, **(headers or {})}
+            claims, private, algorithm=signer.alg, headers={"kid": signer.kid, **(headers or {})}
         )
 
     # --- the other parties -------------------------------------------------------------------
@@ -304,8 +306,8 @@ class IdP:
         """Run one of this module's HTTP plays, inside the provider's namespace if it has one."""
         if self.netns is None:
             return _PLAYS[name](**kwargs)
-        argv = [*self._prefix(), sys.executable, __file__, "call", name, json.dumps(kwargs)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        argv = [*self._prefix(), sys.executable, "-m", __name__, "call", name, json.dumps(kwargs)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed in netns {self.netns}:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout)
@@ -357,9 +359,11 @@ def _client_credentials(url: str, client: str, secret: str, resource: str) -> st
         {"grant_type": "client_credentials", "resource": resource}
     ).encode()
     basic = base64.b64encode(f"{client}:{secret}".encode()).decode()
-    request = urllib.request.Request(url, data=form, headers={"Authorization": f"Basic {basic}"})
+    if not url.startswith(("http://", "https://")):
+        raise RuntimeError(f"not an HTTP token endpoint: {url}")
+    request = urllib.request.Request(url, data=form, headers={"Authorization": f"Basic {basic}"})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             body = json.load(response)
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"token endpoint said {exc.code}: {exc.read().decode()}") from exc
