@@ -287,6 +287,11 @@ def _load(ruleset: Json, netns: str | None, check_only: bool) -> None:
         raise NftError(f"nft {what}: {done.stderr.strip() or f'exit status {done.returncode}'}")
 
 
+def check(ruleset: Json, netns: str | None = None) -> None:
+    """Have ``nft -c`` check ``ruleset`` without applying it (NftError with nft's reason)."""
+    _load(ruleset, netns, check_only=True)
+
+
 def up(p: Plan, netns: str | None = None) -> None:
     """Check the rendered table with ``nft -c``, then replace the live one in one transaction."""
     ruleset = up_ruleset(p)

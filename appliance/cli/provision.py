@@ -1,0 +1,98 @@
+"""``witness check`` and ``witness keygen``: what provisioning (the Ansible role) asks of Witness.
+
+``check`` loads a configuration the way the recorder would and says whether it is good (exit
+0) or what is wrong with it (exit 2, naming the key), so a new file is checked before it
+replaces the one in use. With ``--save-table`` it also writes the ``inet witness`` table the
+file renders, in nft's JSON, for loading at boot (``nft -j -f FILE``) before anything else
+runs: a host that reboots is closed until the recorder is up. The file is rewritten only when
+its content changes, and the output says which.
+
+``keygen`` creates the trail's Ed25519 signing key where the configuration puts it, if there
+is none yet, and the public half beside it. It never replaces a key: a trail is verified
+against the key that signed it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.cli.common import fail, settings
+from appliance.config import ConfigError
+from appliance.enforce import nft
+from appliance.trail import files, keys
+from appliance.trail.db import TrailError
+
+
+@click.command()
+@click.option(
+    "--save-table",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the nftables table this configuration renders to FILE, as nft JSON "
+    "(checked with nft -c first), for loading at boot; rewritten only when it changes.",
+)
+@click.pass_context
+def check(ctx: click.Context, save_table: Path | None) -> None:
+    """Check the configuration; exit 2 with the reason when it is not good."""
+    resolved = settings(ctx)
+    path = ctx.find_root().obj
+    names = ", ".join(resolved.backends)
+    click.echo(f"witness: configuration {path or 'at the default path'} is good")
+    click.echo(f"  backends:  {len(resolved.backends)} ({names})")
+    click.echo(f"  trail:     {resolved.trail.path} (key {resolved.trail.signing_key})")
+    issuers = ", ".join(i.name for i in resolved.identity.issuers) or "none"
+    click.echo(f"  identity:  issuers {issuers}; unbound connections: {resolved.identity.unbound}")
+    if not (resolved.transparent or save_table):
+        return
+    try:
+        plan = nft.plan(resolved)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    click.echo(
+        f"  enforce:   service user {resolved.enforce.service_user} (uid {plan.service_uid}), "
+        f"redirect port {plan.redirect_port}"
+    )
+    if save_table is None:
+        return
+    ruleset = nft.up_ruleset(plan)
+    try:
+        nft.check(ruleset)
+    except nft.NftError as exc:
+        fail(str(exc), 2)
+    text = (json.dumps(ruleset, indent=1, sort_keys=True) + "\n").encode()
+    try:
+        if save_table.exists() and save_table.read_bytes() == text:
+            click.echo(f"witness: table in {save_table} is current")
+            return
+        files.write_atomic(save_table, text, 0o644, sync=True)
+    except OSError as exc:
+        fail(f"{save_table}: cannot write the table: {exc.strerror}")
+    click.echo(f"witness: table saved to {save_table}")
+
+
+@click.command()
+@click.pass_context
+def keygen(ctx: click.Context) -> None:
+    """Create the trail's signing key if there is none; print where it is and its fingerprint."""
+    trail = settings(ctx).trail
+    try:
+        if trail.signing_key.exists():
+            key = keys.load_private(trail.signing_key)
+            made = "exists"
+        else:
+            key = keys.create(trail.signing_key)
+            made = "created"
+        keys.ensure_public(trail.public_key, key)
+    except TrailError as exc:
+        fail(str(exc))
+    fingerprint = keys.fingerprint(key.public_key())
+    click.echo(f"witness: signing key {trail.signing_key} {made} (fingerprint {fingerprint})")
+    click.echo(f"witness: public key {trail.public_key}, for verifiers")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(check)
+    group.add_command(keygen)
