@@ -1,10 +1,9 @@
-"""``witness demo`` (see Witness record a PostgreSQL session, end to end) and
+"""``witness demo`` (Witness enforcing in the lab, an agent under an OIDC identity) and
 ``witness lab up|down`` (the network-namespace lab)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -16,26 +15,24 @@ from appliance.lab.postgres import LabError
 
 
 @click.command()
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Where the demo keeps its trail [default: ./witness-demo].",
-)
-@click.option(
-    "--keep/--no-keep",
-    default=None,
-    help="Stay up for trying it by hand until Ctrl-C [default: when run in a terminal].",
-)
-def demo(directory: Path | None, keep: bool | None) -> None:
-    """Record a few psql commands through Witness and show the trail they left."""
+@click.option("--shell", is_flag=True, help="Open a shell as the demo's agent, in the bastion.")
+@click.option("--down", is_flag=True, help="Remove everything the demo made.")
+def demo(shell: bool, down: bool) -> None:
+    """Witness enforcing in a lab: an agent's session under an OIDC identity, and its trail.
+
+    Needs root. Without options it builds the lab and leaves it running.
+    """
+    if shell and down:
+        fail("--shell or --down, not both", 2)
+    _require_root()
     try:
-        lab_demo.run(
-            directory or lab_demo.default_directory(),
-            sys.stdin.isatty() if keep is None else keep,
-            click.echo,
-        )
+        if down:
+            removed = lab_demo.down(click.echo)
+            click.echo("the demo is down" if removed else "the demo was not up: nothing to remove")
+        elif shell:
+            lab_demo.shell()
+        else:
+            lab_demo.up(click.echo)
     except LabError as exc:
         fail(str(exc))
 
@@ -96,7 +93,7 @@ def down(suffix: str, state_dir: Path) -> None:
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        fail("the lab creates network namespaces and needs root: run it with sudo")
+        fail("the lab creates network namespaces, users and cgroups: run it as root (sudo)")
 
 
 def register(group: click.Group) -> None:

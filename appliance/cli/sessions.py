@@ -256,10 +256,12 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
 def _end_reason(s: SessionInfo) -> str:
     """How the session ended; a session refused at connect time says so first."""
     reason = (s.end_payload or {}).get("reason")
-    refusal = _refusal(s.refused)
-    if refusal is not None:
-        # The recorder's own reason, unless it only repeats that the connection was refused.
-        return refusal + (f" ({reason})" if reason and reason != "refused" else "")
+    if s.refused is not None:
+        # The message up to its advice, and the recorder's own reason unless it only repeats
+        # the message or that the connection was refused; `sessions show` has it all.
+        message = str(s.refused.get("message", ""))
+        brief = f"refused {s.refused.get('code')}: {message.partition(';')[0]}"
+        return brief + (f" ({reason})" if reason and reason not in ("refused", message) else "")
     return str(reason) if reason else ("open" if s.end is None else "-")
 
 

@@ -98,10 +98,20 @@ WARDEN_WAIT = 15.0  # seconds the warden gets to listen
 
 
 def _config(
-    lab: Lab, trail: Path, ports: Sequence[int], user: str, redirect_port: int, *, identity: str
+    lab: Lab,
+    trail: Path,
+    ports: Sequence[int],
+    user: str,
+    redirect_port: int,
+    *,
+    identity: str,
+    checkpoint_seconds: float | None,
 ) -> str:
     topo = lab.topology
     protect = ", ".join(f'"{n}"' for n in topo.networks)
+    checkpoints = (
+        "" if checkpoint_seconds is None else f"checkpoint_seconds = {checkpoint_seconds}\n"
+    )
     return (
         "[[backend]]\n"
         'name = "lab"\n'
@@ -109,7 +119,7 @@ def _config(
         f"port = {topo.service('postgres').port}\n"
         f"protect = [{protect}]\n"
         f"protect_ports = [{', '.join(str(p) for p in ports)}]\n\n"
-        f'[trail]\npath = "{trail}"\n\n'
+        f'[trail]\npath = "{trail}"\n{checkpoints}\n'
         f'[enforce]\nservice_user = "{user}"\nredirect_port = {redirect_port}\n\n'
         f"{identity}"
     )
@@ -140,8 +150,13 @@ class EnforcedLab:
         ebpf: bool = False,
         identity: str | Callable[[EnforcedLab], str] = ALLOW_UNBOUND,
         warden: bool = False,
+        directory: Path | None = None,
+        witness: str = WITNESS,
+        detach: bool = False,
+        checkpoint_seconds: float | None = None,
     ) -> None:
         self.lab = Lab(suffix, state_dir)
+        self.checkpoint_seconds = checkpoint_seconds
         self.topology = self.lab.topology
         self.users = users.names(self.topology.name, agents)
         self.own_service_user = service_user is None
@@ -154,6 +169,9 @@ class EnforcedLab:
         self.warden = warden
         self.agent_root: Path | None = None
         self.directory: Path | None = None
+        self._wanted_directory = directory
+        self.witness = witness
+        self.detach = detach
         self.recorder: subprocess.Popen[bytes] | None = None
         self.warden_proc: subprocess.Popen[bytes] | None = None
         self.up_output = ""
@@ -226,7 +244,11 @@ class EnforcedLab:
                 self._claim_agent_root()
             service = pwd.getpwnam(self.service_user)
             # Configurations and the log: root's, readable. The trail: the service user's only.
-            self.directory = Path(tempfile.mkdtemp(prefix="witness-enforced-"))
+            if self._wanted_directory is None:
+                self.directory = Path(tempfile.mkdtemp(prefix="witness-enforced-"))
+            else:
+                self._wanted_directory.mkdir(parents=True, exist_ok=True)
+                self.directory = self._wanted_directory
             self.lab.record("directory", str(self.directory))
             self.directory.chmod(0o755)
             self.trail_dir.mkdir(mode=0o700)
@@ -246,6 +268,7 @@ class EnforcedLab:
                         self.service_user,
                         self.redirect_port,
                         identity=identity,
+                        checkpoint_seconds=self.checkpoint_seconds,
                     )
                 )
                 path.chmod(0o644)
@@ -276,7 +299,7 @@ class EnforcedLab:
         self.agent_root = root
 
     def _witness_up(self) -> None:
-        argv = [WITNESS, "--config", str(self.up_config), "up", "--netns", self.bastion]
+        argv = [self.witness, "--config", str(self.up_config), "up", "--netns", self.bastion]
         done = subprocess.run(
             [*argv, "--ebpf" if self.ebpf else "--no-ebpf"],
             capture_output=True,
@@ -301,11 +324,17 @@ class EnforcedLab:
         """``witness serve`` in the bastion as the service user; return once it listens."""
         argv = self.as_user(
             self.service_user,
-            [WITNESS, "--config", str(self.serve_config), "serve"],
+            [self.witness, "--config", str(self.serve_config), "serve"],
             capabilities=self.capabilities,
         )
         with self.log.open("ab") as log:
-            self.recorder = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.recorder = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.detach,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.recorder.poll() is not None:
@@ -328,11 +357,15 @@ class EnforcedLab:
             )
         argv = [
             "nsenter", f"--net={NETNS_DIR / self.bastion}",
-            WITNESS, "warden", "--config", str(self.serve_config),
+            self.witness, "warden", "--config", str(self.serve_config),
         ]  # fmt: skip
         with self.warden_log.open("ab") as log:
             self.warden_proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.detach,
             )
         deadline = time.monotonic() + WARDEN_WAIT
         while not self.warden_socket.is_socket():
@@ -390,6 +423,18 @@ class EnforcedLab:
 
     def agent_uid(self, i: int) -> int:
         return pwd.getpwnam(self.agent_user(i)).pw_uid
+
+    def give(self, i: int, name: str, text: str) -> Path:
+        """``text`` in a new file of agent ``i``'s (mode 0400) in the lab's directory: a token."""
+        path = self._dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        try:
+            who = pwd.getpwnam(self.agent_user(i))
+            os.fchown(fd, who.pw_uid, who.pw_gid)
+            os.write(fd, text.encode() + b"\n")
+        finally:
+            os.close(fd)
+        return path
 
     def agent_cgroup(self, i: int) -> Path:
         """Agent ``i``'s cgroup directory."""
@@ -492,7 +537,7 @@ class EnforcedLab:
         self._agents.clear()
         if self.bastion in namespaces():
             subprocess.run(
-                [WITNESS, "down", "--netns", self.bastion],
+                [self.witness, "down", "--netns", self.bastion],
                 capture_output=True,
                 check=False,
                 timeout=30,

@@ -126,11 +126,27 @@ class SigningKey:
 class IdP:
     """oidc-provider as a child process, with the people and agents a test plays."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        netns: str | None = None,
+        directory: Path | None = None,
+        detach: bool = False,
+        token_ttl: int = 600,
+    ) -> None:
         self.host = host
+        self.token_ttl = token_ttl
         self.port = port
         self.netns = netns
-        self.dir = Path(tempfile.mkdtemp(prefix="witness-idp-"))
+        self.detach = detach
+        """Start the provider in a session of its own: it outlives its starter (the demo)."""
+        if directory is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="witness-idp-"))
+        else:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.dir = directory
         self.log = self.dir / "provider.log"
         self.keys = {alg: SigningKey(alg) for alg in ("RS256", "ES256")}
         self.retired: list[SigningKey] = []
@@ -184,7 +200,7 @@ class IdP:
                 short,
             ],
             "accounts": ACCOUNTS,
-            "token_ttl": 600,
+            "token_ttl": self.token_ttl,
             "device_code_ttl": 600,
         }
 
@@ -200,7 +216,12 @@ class IdP:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=IDP_DIR
+                argv,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=IDP_DIR,
+                start_new_session=self.detach,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -303,14 +324,7 @@ class IdP:
     # --- the other parties -------------------------------------------------------------------
 
     def _call(self, name: str, **kwargs: Any) -> Any:
-        """Run one of this module's HTTP plays, inside the provider's namespace if it has one."""
-        if self.netns is None:
-            return _PLAYS[name](**kwargs)
-        argv = [*self._prefix(), sys.executable, "-m", __name__, "call", name, json.dumps(kwargs)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{name} failed in netns {self.netns}:\n{done.stderr[-4000:]}")
-        return json.loads(done.stdout)
+        return play(self.netns, name, **kwargs)
 
     def token_endpoint(self) -> str:
         return self.issuer + "/token"
@@ -345,6 +359,34 @@ class IdP:
             account="",
             deny=True,
         )
+
+
+def play(netns: str | None, name: str, **kwargs: Any) -> Any:
+    """Run one of this module's HTTP plays, inside network namespace ``netns`` if given."""
+    if netns is None:
+        return _PLAYS[name](**kwargs)
+    argv = [
+        "nsenter", f"--net=/run/netns/{netns}",
+        sys.executable, "-m", __name__, "call", name, json.dumps(kwargs),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed in netns {netns}:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)
+
+
+def client_token(issuer: str, client: str, netns: str | None = None) -> str:
+    """An access token for Witness from ``issuer``'s token endpoint, for the lab's ``client``."""
+    return str(
+        play(
+            netns,
+            "client_credentials",
+            url=issuer + "/token",
+            client=client,
+            secret=CLIENT_SECRETS[client],
+            resource=AUDIENCE,
+        )
+    )
 
 
 def _user_code(grant_or_user_code: Any) -> str:
@@ -424,6 +466,40 @@ def _device(issuer: str, user_code: str, account: str, deny: bool) -> None:
 
 
 _PLAYS: dict[str, Any] = {"client_credentials": _client_credentials, "device": _device}
+
+
+# --- the [identity] table of a configuration that trusts this provider ------------------------
+
+
+def _toml(value: object) -> str:
+    return json.dumps(value)  # strings and lists of strings are written alike in TOML
+
+
+def identity_table(
+    issuer: IssuerSettings,
+    control_socket: Path,
+    *,
+    warden_socket: Path | None = None,
+    unbound: str = "refuse",
+) -> str:
+    params = ", ".join(f"{k} = {_toml(v)}" for k, v in issuer.login_params)
+    lines = [
+        "[identity]",
+        f"unbound = {_toml(unbound)}",
+        f"control_socket = {_toml(str(control_socket))}",
+        *([f"warden_socket = {_toml(str(warden_socket))}"] if warden_socket else []),
+        "",
+        "[[identity.issuer]]",
+        f"name = {_toml(issuer.name)}",
+        f"issuer = {_toml(issuer.issuer)}",
+        f"audience = {_toml(list(issuer.audience))}",
+        f"algorithms = {_toml(list(issuer.algorithms))}",
+        f"client_id = {_toml(issuer.client_id)}",
+        f"login_params = {{ {params} }}",
+        f"leeway_seconds = {issuer.leeway}",
+        f"timeout_seconds = {issuer.timeout}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @contextmanager

@@ -18,10 +18,9 @@ from typing import Any
 
 import jwt
 import pytest
-from identityconf import identity_table
 from witnessproc import WITNESS
 
-from appliance.lab.idp import IdP, missing, running_idp
+from appliance.lab.idp import IdP, identity_table, missing, running_idp
 from appliance.lab.net import free_port, wait_port
 from appliance.lab.postgres import PostgresServer
 

@@ -1,25 +1,23 @@
 """Identities in the enforced lab: two agents with different OIDC identities at the same time.
 
 The lab runs the recorder as its service user in the bastion with an ``[identity]`` table
-(unbound connections refused), a real OpenID Provider (``appliance/lab/provider``, oidc-provider) on the
-bastion's loopback, and ``witness warden`` as root. Agents 1 and 2 each hold a machine token
-of their own (clients ``agent-ci`` and ``agent-two``: other subjects, emails and groups), in
-a file only they can read, and start the real psql through ``witness run`` at the same
-moment, as themselves and outside any agent cgroup: the recorder checks each token, the
-warden moves each caller into a ``witness-agents/run-...`` cgroup of its own, the recorder
-binds that cgroup to the token's identity, and psql's sessions, diverted by nftables, carry
-that identity on every record. Agent 3 has no binding: its psql is refused (28000), and a
-bad token binds nothing. Once the agents exit, the warden's sweep removes their cgroups and
-the recorder drops their bindings. The module runs twice: with the eBPF programs attached to
-the agent root (owners from the pinned map; skipped with the probe's reason where eBPF cannot
-be loaded) and without them (sock_diag).
-"""
+(unbound connections refused), a real OpenID Provider (oidc-provider, in
+``appliance/lab/provider``) on the bastion's loopback, and ``witness warden`` as root. Agents 1
+and 2 each hold a machine token of their own (clients ``agent-ci`` and ``agent-two``: other
+subjects, emails and groups), in a file only they can read, and start the real psql through
+``witness run`` at the same moment, as themselves and outside any agent cgroup: the recorder
+checks each token, the warden moves each caller into a ``witness-agents/run-...`` cgroup of its
+own, the recorder binds that cgroup to the token's identity, and psql's sessions, diverted by
+nftables, carry that identity on every record. Agent 3 has no binding: its psql is refused
+(28000), and a bad token binds nothing. Once the agents exit, the warden's sweep removes their
+cgroups and the recorder drops their bindings. The module runs twice: with the eBPF programs
+attached to the agent root (owners from the pinned map; skipped with the probe's reason where
+eBPF cannot be loaded) and without them (sock_diag)."""
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shlex
 import subprocess
@@ -32,14 +30,13 @@ from typing import Any
 
 import jwt
 import pytest
-from identityconf import identity_table
 from labagents import PG_CLIENT, PSQL, PYTHON, all_sessions, ended_session_with, psql_argv, tag
 from labmarks import lab_marks
 from witnessproc import events
 
 from appliance.enforce import cgroups, warden
 from appliance.lab.enforced import WITNESS, EbpfUnavailable, EnforcedLab
-from appliance.lab.idp import IdP, missing
+from appliance.lab.idp import IdP, identity_table, missing
 from appliance.lab.netns import Topology
 
 MOUNT = cgroups.cgroup2_mount()
@@ -77,19 +74,6 @@ class World:
         return {p.name for p in self.runs_root.iterdir() if p.name.startswith("run-")}
 
 
-def give_token(lab: EnforcedLab, i: int, name: str, token: str) -> Path:
-    """``token`` in a file of agent ``i``'s, mode 0400, in the lab's directory."""
-    assert lab.directory is not None
-    path = lab.directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    try:
-        os.fchown(fd, lab.agent_uid(i), pwd.getpwnam(lab.agent_user(i)).pw_gid)
-        os.write(fd, token.encode() + b"\n")
-    finally:
-        os.close(fd)
-    return path
-
-
 @pytest.fixture(scope="module", params=["ebpf", "sock_diag"])
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -122,7 +106,7 @@ def world(
         for i, client in CLIENTS.items():
             token = idp.client_credentials(client)
             claims[i] = jwt.decode(token, options={"verify_signature": False})
-            tokens[i] = give_token(lab, i, f"agent{i}.token", token)
+            tokens[i] = lab.give(i, f"agent{i}.token", token)
         yield World(lab, idp, tokens, claims)
     finally:
         lab.close()  # also removes the token files, in the lab's directory
@@ -388,8 +372,8 @@ def test_what_the_agent_spawns_keeps_its_identity(world: World) -> None:
 
 def test_a_bad_token_binds_nothing_and_makes_no_cgroup(world: World) -> None:
     lab = world.lab
-    bad = give_token(
-        lab, 3, "agent3-other.token", world.idp.client_credentials("agent-ci", resource="urn:other")
+    bad = lab.give(
+        3, "agent3-other.token", world.idp.client_credentials("agent-ci", resource="urn:other")
     )
     runs_before = world.runs()
     binds_before = len(binding_events(lab.trail))
@@ -409,7 +393,7 @@ def test_a_bad_token_binds_nothing_and_makes_no_cgroup(world: World) -> None:
 def test_run_without_a_token_takes_the_login_and_logout_ends_it(world: World) -> None:
     lab = world.lab
     socket = ["--socket", str(lab.control_socket)]
-    token = give_token(lab, 3, "agent3-login.token", world.idp.client_credentials("agent-two"))
+    token = lab.give(3, "agent3-login.token", world.idp.client_credentials("agent-two"))
     code, out, err, _ = lab.run_agent(
         3, [WITNESS, "login", *socket, "--token-file", str(token)], in_cgroup=False
     )

@@ -5,7 +5,10 @@
 // The configuration is written by appliance/lab/idp.py:
 //   host, port           where to listen (port 0: any free port)
 //   issuer               optional; default http://HOST:PORT (known only once bound)
-//   jwks                 {"keys": [...]} private JWKs with kids; tokens are signed with them
+//   jwks                 {"keys": [...]} private JWKs with kids; tokens are signed with them.
+//                        Optional: without it the provider makes one RS256 key (with a kid)
+//                        when it starts and says so on stderr. That key lives only as long
+//                        as the process, so tokens signed before a restart no longer validate.
 //   resources            {"urn:witness": {"alg": "RS256", "audience": "urn:witness"}, ...}
 //   clients              client metadata; witness_email/_name/_groups are the identity of a
 //                        client-credentials client, witness_token_ttl its token lifetime
@@ -21,7 +24,7 @@
 
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -60,10 +63,23 @@ function clientClaims(client) {
   return claims;
 }
 
+// The signing keys: the configuration's, or else one RS256 key made now and kept in memory only.
+function signingKeys() {
+  if (config.jwks) return config.jwks;
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const kid = `rs256-${randomBytes(4).toString('hex')}`;
+  const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+  console.error(
+    `no jwks in the configuration: signing with an ephemeral RS256 key, kid ${kid} `
+      + '(tokens signed before a restart will not validate after it)',
+  );
+  return { keys: [jwk] };
+}
+
 function configuration() {
   return {
     clients: config.clients || [],
-    jwks: config.jwks,
+    jwks: signingKeys(),
     cookies: { keys: [randomBytes(32).toString('hex')] },
     claims: {
       openid: ['sub'],
