@@ -135,6 +135,12 @@ class EnforcedLab:
     attaches the eBPF programs (:class:`EbpfUnavailable` from :meth:`start` if it cannot).
     Agents are numbered from 1. ``identity`` is the ``[identity]`` table, or a function of
     the lab returning it; ``warden`` runs ``witness warden`` (see the module's docstring).
+
+    For the demo: ``directory`` is the lab's directory (default: a new temporary one; either
+    way it is recorded and removed with the lab), ``witness`` the command the recorder, the
+    warden and ``witness up`` run (one the service user can reach), ``detach`` starts the
+    recorder and the warden in sessions of their own so they outlive their starter, and
+    ``checkpoint_seconds`` how often the recorder signs the trail.
     """
 
     def __init__(
