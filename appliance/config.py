@@ -192,7 +192,7 @@ class IdentitySettings:
     bindings: tuple[StaticBinding, ...] = ()
     unbound: str = "refuse"
     control_socket: Path = Path("/run/witness/control.sock")
-    warden_socket: Path = Path("/run/witness/warden.sock")
+    warden_socket: Path = Path("/run/witness-warden/warden.sock")
     state: Path | None = None
     """Where live bindings are kept across restarts; default: bindings.json beside the trail."""
 

@@ -110,6 +110,14 @@ def _label(identity: dict[str, Any]) -> str:
     return str(identity.get("email") or identity["subject"])
 
 
+def _place(binding: dict[str, Any]) -> str:
+    """What a binding is bound to: ``cgroup /witness-agents/run-...``, ``uid 1001``, or
+    ``uid 1001 (static)``."""
+    if binding["kind"] == "cgroup":
+        return f"cgroup {binding['target']}"
+    return f"uid {binding['target']}" + (" (static)" if binding["kind"] == "static" else "")
+
+
 def describe(binding: dict[str, Any]) -> str:
     """Two or three lines for people: who, how bound, until when."""
     ident = binding["identity"]
@@ -119,9 +127,8 @@ def describe(binding: dict[str, Any]) -> str:
     lines = [f"identity: {who}", f"  issuer {ident['issuer']}, subject {ident['subject']}"]
     if ident.get("groups"):
         lines.append(f"  groups {', '.join(ident['groups'])}")
-    where = binding["target"] if binding["kind"] == "cgroup" else f"uid {binding['target']}"
     state = "EXPIRED" if binding.get("expired") else "until"
-    lines.append(f"bound to {binding['kind']} {where}, {state} {_when(binding.get('expires'))}")
+    lines.append(f"bound to {_place(binding)}, {state} {_when(binding.get('expires'))}")
     return "\n".join(lines)
 
 
@@ -197,8 +204,7 @@ def logout(ctx: click.Context, socket_path: Path | None) -> None:
     """Remove the binding `witness whoami` shows; new connections are then refused."""
     answer = _ask(_socket_path(ctx, socket_path), {"op": "logout"})
     removed = answer["removed"]
-    where = removed["target"] if removed["kind"] == "cgroup" else f"uid {removed['target']}"
-    click.echo(f"removed: {_label(removed['identity'])} from {removed['kind']} {where}")
+    click.echo(f"removed: {_label(removed['identity'])} from {_place(removed)}")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -39,18 +39,20 @@ def check(ctx: click.Context, save_table: Path | None) -> None:
     """Check the configuration; exit 2 with the reason when it is not good."""
     resolved = settings(ctx)
     path = ctx.find_root().obj
+    plan = None
+    if resolved.transparent or save_table:
+        try:
+            plan = nft.plan(resolved)
+        except ConfigError as exc:
+            fail(str(exc), 2)
     names = ", ".join(resolved.backends)
     click.echo(f"witness: configuration {path or 'at the default path'} is good")
     click.echo(f"  backends:  {len(resolved.backends)} ({names})")
     click.echo(f"  trail:     {resolved.trail.path} (key {resolved.trail.signing_key})")
     issuers = ", ".join(i.name for i in resolved.identity.issuers) or "none"
     click.echo(f"  identity:  issuers {issuers}; unbound connections: {resolved.identity.unbound}")
-    if not (resolved.transparent or save_table):
+    if plan is None:
         return
-    try:
-        plan = nft.plan(resolved)
-    except ConfigError as exc:
-        fail(str(exc), 2)
     click.echo(
         f"  enforce:   service user {resolved.enforce.service_user} (uid {plan.service_uid}), "
         f"redirect port {plan.redirect_port}"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -28,7 +28,14 @@ _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class When(click.ParamType[int]):
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+    _FloatParam = click.ParamType[float]
+else:  # older clicks (Debian 12's 8.1) take no type parameter at run time
+    _IntParam = _FloatParam = click.ParamType
+
+
+class When(_IntParam):
     """ISO 8601 (naive means UTC) or an age such as 10m, 2h, 1d: microseconds since the epoch."""
 
     name = "TIME"
@@ -50,7 +57,7 @@ class When(click.ParamType[int]):
         return int(moment.timestamp() * 1_000_000)
 
 
-class Speed(click.ParamType[float]):
+class Speed(_FloatParam):
     """A replay speed: a factor, or 0 / max for no pauses at all."""
 
     name = "SPEED"

@@ -81,8 +81,8 @@ class Binding:
 
     def describe(self) -> str:
         """For messages: ``alice@example.test (cgroup /witness-agents/run-1f2e)``."""
-        where = f"uid {self.target}" if self.kind in (UID, STATIC) else self.target
-        return f"{self.identity.label} ({self.kind} {where})"
+        where = f"uid {self.target}" if self.kind in (UID, STATIC) else f"cgroup {self.target}"
+        return f"{self.identity.label} ({where}{' static' if self.kind == STATIC else ''})"
 
     def event(self, action: str, by: Caller | None, **extra: Any) -> dict[str, Any]:
         """The payload of the trail's ``binding`` event for a change to this binding."""

@@ -206,9 +206,7 @@ CAROL = identity(
     {"kind": "cgroup", "target": RUN, "expires": T0 + 3600},
     name="Carol Jones",
 )
-DAVE = identity(
-    "sub-dave", None, ["analysts"], {"kind": "uid", "target": "uid 1003", "expires": None}
-)
+DAVE = identity("sub-dave", None, ["analysts"], {"kind": "uid", "target": "1003", "expires": None})
 
 
 def bound(who: dict[str, object] | None, uid: int, backend: dict[str, object]) -> dict[str, object]:
@@ -270,7 +268,7 @@ def identity_path(tmp_path: Path) -> Path:
         {
             "action": "expire",
             "kind": "uid",
-            "target": "uid 1003",
+            "target": "1003",
             "identity": DAVE,
             "expires": None,
             "by": by,

@@ -374,7 +374,7 @@ def test_show_identity_for_people(cli: click.Group, identity_path: Path) -> None
     lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
     assert "identity sub-dave" in lines
     assert "email -" in lines
-    assert "binding uid uid 1003, no expiry" in lines
+    assert "binding uid 1003, no expiry" in lines
 
 
 @pytest.mark.parametrize("sid", ["e1-refused", "f1-old"])
