@@ -178,7 +178,7 @@ def _reachable_witness(directory: Path, say: Say) -> str:
     env = {**os.environ, "WITNESS_COMPILE": "0"}
     for argv in (
         ["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source)],
+        [str(venv / "bin" / "pip"), "install", "-q", "--ignore-installed", str(source)],
     ):
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
