@@ -35,6 +35,8 @@ HOT_PATH = [
     "appliance/trail/store.py",
 ]
 MANIFEST = "appliance/native.json"
+# The eBPF programs are compiled by BCC where they are loaded: an install carries the source.
+DATA_FILES = [("share/witness/bpf", ["bpf/witness.c"])]
 
 
 def _why_not() -> str | None:
@@ -72,6 +74,7 @@ if reason is None:
     setup(
         ext_modules=mypycify(HOT_PATH, opt_level="3", group_name="appliance.hotpath"),
         cmdclass={"build_ext": BuildWithManifest},
+        data_files=DATA_FILES,
     )
 else:
     print(f"witness: the hot path stays pure Python: {reason}", file=sys.stderr)
@@ -81,4 +84,4 @@ else:
             binary.unlink()
     for binary in Path("appliance").glob("hotpath__mypyc.*.so"):
         binary.unlink()
-    setup()
+    setup(data_files=DATA_FILES)

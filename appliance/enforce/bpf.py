@@ -42,6 +42,7 @@ import os
 import platform
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -52,7 +53,16 @@ from appliance.config import Network
 from appliance.enforce import cgroups
 from appliance.model import Owner
 
-SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "witness.c"
+
+def _source() -> Path:
+    """``bpf/witness.c``: beside the package in a checkout, else where an install put it
+    (setup.py installs it as ``<prefix>/share/witness/bpf/witness.c``)."""
+    checkout = Path(__file__).resolve().parents[2] / "bpf" / "witness.c"
+    installed = Path(sys.prefix) / "share" / "witness" / "bpf" / "witness.c"
+    return installed if not checkout.is_file() and installed.is_file() else checkout
+
+
+SOURCE = _source()
 BPFFS = Path("/sys/fs/bpf")
 PIN_DIR = BPFFS / "witness"
 OWNER_CAPACITY = 65536
