@@ -93,7 +93,7 @@ def down(suffix: str, state_dir: Path) -> None:
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        fail("the lab creates network namespaces, users and cgroups: run it as root (sudo)")
+        fail("needs root: the lab makes network namespaces, users and cgroups (use sudo)")
 
 
 def register(group: click.Group) -> None:

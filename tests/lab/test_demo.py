@@ -172,4 +172,4 @@ def test_the_cli_wants_root_and_one_action() -> None:
         done = subprocess.run(
             [*as_nobody, WITNESS, "demo"], capture_output=True, text=True, check=False
         )
-        assert done.returncode == 1 and "run it as root" in done.stderr, done.stderr
+        assert done.returncode == 1 and "needs root" in done.stderr, done.stderr

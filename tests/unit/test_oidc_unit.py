@@ -291,7 +291,7 @@ def test_required_claims(claim: str) -> None:
 
 def test_non_string_subject_is_refused() -> None:
     issuer = FakeIssuer()
-    with pytest.raises(TokenError, match="'sub' claim must be a string"):
+    with pytest.raises(TokenError, match="must be a string"):  # pyjwt 2.10+ checks it first
         Validator([settings()], fetch=issuer).validate(issuer.token(sub=42))
 
 
