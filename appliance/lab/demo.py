@@ -35,7 +35,7 @@ from typing import NoReturn
 
 from appliance.enforce import bpf
 from appliance.lab import idp, netns
-from appliance.lab.enforced import WITNESS, EnforcedLab
+from appliance.lab.enforced import WITNESS, EnforcedLab, give
 from appliance.lab.postgres import LabError, postgres_bindir
 
 SUFFIX = "demo"
@@ -194,13 +194,7 @@ def _give_token(demo: Demo) -> Path:
     os.chown(demo.home, who.pw_uid, who.pw_gid)
     path = demo.home / "token"
     path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchown(fd, who.pw_uid, who.pw_gid)
-        os.write(fd, token.encode() + b"\n")
-    finally:
-        os.close(fd)
-    return path
+    return give(path, demo.agent, token, 0o600)
 
 
 def _psql(demo: Demo, *args: str, port: int = 5432) -> list[str]:
@@ -225,25 +219,17 @@ def _agent_session(lab: EnforcedLab, demo: Demo, say: Say) -> None:
 
 def _as_agent(lab: EnforcedLab, say: Say, argv: list[str], stdin: str | None = None) -> None:
     """``argv`` as the agent user in the bastion (no agent cgroup of its own: ``witness run``
-    gives it one), its output and errors interleaved as a terminal would show them."""
-    proc = lab.agent(
-        1,
-        argv,
-        in_cgroup=False,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    gives it one), its output and errors as a terminal would show them."""
     try:
-        out, _ = proc.communicate(stdin, timeout=60)
+        code, out, _, _ = lab.run_agent(
+            1, argv, in_cgroup=False, stdin=stdin, timeout=60, interleave=True
+        )
     except subprocess.TimeoutExpired:
-        proc.kill()
         raise LabError(f"the agent's {Path(argv[0]).name} did not finish within 60 s") from None
-    for line in out.rstrip().splitlines():
+    for line in out.splitlines():
         say(f"    {line}")
-    if proc.returncode != 0:
-        say(f"    (exit status {proc.returncode})")
+    if code != 0:
+        say(f"    (exit status {code})")
 
 
 def _witness(demo: Demo, say: Say, argv: list[str]) -> str:

@@ -125,6 +125,19 @@ def _config(
     )
 
 
+def give(path: Path, user: str, text: str, mode: int) -> Path:
+    """``text`` in a new file at ``path`` that belongs to ``user``, made with ``mode`` (never
+    readable by anyone else, not even for a moment): a token for an agent."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        who = pwd.getpwnam(user)
+        os.fchown(fd, who.pw_uid, who.pw_gid)
+        os.write(fd, text.encode() + b"\n")
+    finally:
+        os.close(fd)
+    return path
+
+
 class EnforcedLab:
     """A lab named ``witness-lab-SUFFIX`` with enforcement up and the recorder running.
 
@@ -333,14 +346,7 @@ class EnforcedLab:
             [self.witness, "--config", str(self.serve_config), "serve"],
             capabilities=self.capabilities,
         )
-        with self.log.open("ab") as log:
-            self.recorder = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=self.detach,
-            )
+        self.recorder = self._spawn(argv, self.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.recorder.poll() is not None:
@@ -365,14 +371,7 @@ class EnforcedLab:
             "nsenter", f"--net={NETNS_DIR / self.bastion}",
             self.witness, "warden", "--config", str(self.serve_config),
         ]  # fmt: skip
-        with self.warden_log.open("ab") as log:
-            self.warden_proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=self.detach,
-            )
+        self.warden_proc = self._spawn(argv, self.warden_log)
         deadline = time.monotonic() + WARDEN_WAIT
         while not self.warden_socket.is_socket():
             if self.warden_proc.poll() is not None:
@@ -380,6 +379,18 @@ class EnforcedLab:
             if time.monotonic() > deadline:
                 raise LabError(f"the warden did not listen within {WARDEN_WAIT:.0f}s")
             time.sleep(0.05)
+
+    def _spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        """A daemon of the lab's, its output appended to ``log_path``; with ``detach``, in a
+        session of its own."""
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.detach,
+            )
 
     def stop_warden(self) -> None:
         """SIGTERM the warden (SIGKILL if it does not stop); placed agents are left alone."""
@@ -432,15 +443,7 @@ class EnforcedLab:
 
     def give(self, i: int, name: str, text: str) -> Path:
         """``text`` in a new file of agent ``i``'s (mode 0400) in the lab's directory: a token."""
-        path = self._dir / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        try:
-            who = pwd.getpwnam(self.agent_user(i))
-            os.fchown(fd, who.pw_uid, who.pw_gid)
-            os.write(fd, text.encode() + b"\n")
-        finally:
-            os.close(fd)
-        return path
+        return give(self._dir / name, self.agent_user(i), text, 0o400)
 
     def agent_cgroup(self, i: int) -> Path:
         """Agent ``i``'s cgroup directory."""
@@ -503,8 +506,10 @@ class EnforcedLab:
         in_cgroup: bool = True,
         capabilities: str | None = None,
         stdin: str | None = None,
+        interleave: bool = False,
     ) -> tuple[int, str, str, int]:
-        """Run ``argv`` as agent ``i`` to its end: (exit status, stdout, stderr, pid)."""
+        """Run ``argv`` as agent ``i`` to its end: (exit status, stdout, stderr, pid); with
+        ``interleave``, stderr goes into stdout as a terminal would show them."""
         proc = self.agent(
             i,
             argv,
@@ -512,7 +517,7 @@ class EnforcedLab:
             capabilities=capabilities,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if interleave else subprocess.PIPE,
             text=True,
         )
         try:
@@ -521,7 +526,7 @@ class EnforcedLab:
             proc.kill()
             proc.communicate()
             raise
-        return proc.returncode, out.strip(), err.strip(), proc.pid
+        return proc.returncode, out.strip(), (err or "").strip(), proc.pid
 
     @property
     def _dir(self) -> Path:

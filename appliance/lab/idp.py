@@ -326,19 +326,9 @@ class IdP:
     def _call(self, name: str, **kwargs: Any) -> Any:
         return play(self.netns, name, **kwargs)
 
-    def token_endpoint(self) -> str:
-        return self.issuer + "/token"
-
     def client_credentials(self, client: str = "agent-ci", resource: str = AUDIENCE) -> str:
         """A real access token for ``client`` from the provider's token endpoint."""
-        result = self._call(
-            "client_credentials",
-            url=self.token_endpoint(),
-            client=client,
-            secret=CLIENT_SECRETS[client],
-            resource=resource,
-        )
-        return str(result)
+        return client_token(self.issuer, client, self.netns, resource)
 
     def approve(self, grant_or_user_code: Any, account: str = "alice") -> None:
         """Play the person: open the verification page, sign in as ``account``, consent."""
@@ -375,8 +365,11 @@ def play(netns: str | None, name: str, **kwargs: Any) -> Any:
     return json.loads(done.stdout)
 
 
-def client_token(issuer: str, client: str, netns: str | None = None) -> str:
-    """An access token for Witness from ``issuer``'s token endpoint, for the lab's ``client``."""
+def client_token(
+    issuer: str, client: str, netns: str | None = None, resource: str = AUDIENCE
+) -> str:
+    """An access token for ``resource`` from ``issuer``'s token endpoint, for the lab's
+    ``client`` (from inside ``netns``, where the provider listens)."""
     return str(
         play(
             netns,
@@ -384,7 +377,7 @@ def client_token(issuer: str, client: str, netns: str | None = None) -> str:
             url=issuer + "/token",
             client=client,
             secret=CLIENT_SECRETS[client],
-            resource=AUDIENCE,
+            resource=resource,
         )
     )
 
