@@ -52,6 +52,8 @@ class Backend:
     identity may; with either, only those they name."""
     end_at_expiry: bool = False
     """End live sessions when their identity's binding expires (new ones are always refused)."""
+    connect_timeout: float = 10.0
+    """Seconds the recorder waits for the backend to accept a connection before refusing."""
 
     @property
     def restricted(self) -> bool:
@@ -339,6 +341,7 @@ def _backend(raw: Any, key: str) -> Backend:
             "allow_identities",
             "allow_groups",
             "end_sessions_at_expiry",
+            "connect_timeout_seconds",
         },
     )
     protect: tuple[Network, ...] = ()
@@ -368,6 +371,9 @@ def _backend(raw: Any, key: str) -> Backend:
         else (),
         end_at_expiry=_bool(
             table.get("end_sessions_at_expiry", False), f"{key}.end_sessions_at_expiry"
+        ),
+        connect_timeout=_number(
+            table.get("connect_timeout_seconds", 10.0), f"{key}.connect_timeout_seconds", 0.1
         ),
     )
 
