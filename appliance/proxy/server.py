@@ -250,6 +250,11 @@ class Session:
                 self._record_attempt(f"connection refused: {self.not_relayable}", "divert")
             return
         self.owner = owner
+        if owner.doubt is not None:
+            self._refuse_connection(
+                REFUSED_DIVERSION, f"connection refused: {owner.doubt}", "attribution"
+            )
+            return
         if self.not_relayable is not None:
             self._refuse_connection(
                 REFUSED_DIVERSION, f"connection refused: {self.not_relayable}", "divert"
@@ -550,6 +555,8 @@ class Session:
             return self.not_relayable
         owner, backend = self.owner, self.backend
         assert owner is not None and backend is not None
+        if owner.doubt is not None:
+            return owner.doubt
         access = self.relay.access
         if access is not None:
             binding, refused = access.admit(backend, owner)

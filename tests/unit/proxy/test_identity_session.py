@@ -149,3 +149,44 @@ def test_an_identity_the_backend_does_not_admit_gets_42501(tmp_path: Path) -> No
     start = events(tmp_path / "trail.db")[0][1]
     assert start["identity"]["subject"] == "alice-sub"
     assert start["refused"]["code"] == "42501"
+
+
+def test_an_owner_in_doubt_is_refused_even_where_unbound_connections_are_allowed(
+    tmp_path: Path,
+) -> None:
+    seen = "eBPF record: pid 42, uid 1001, cookie 7; live socket: ESTABLISHED, uid 1003, cookie 9"
+    doubtful = Owner(source="ebpf", doubt="its eBPF owner record was taken for another socket",
+                     detail=seen)  # fmt: skip
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fake = Backend_()
+        port = await fake.start()
+        trail = Trail.open(TrailSettings.beside(tmp_path / "trail.db"))
+        relay = Relay(
+            Recorder(trail, loop),
+            Backend("orders", "127.0.0.1", port),
+            Capture(),
+            1 << 20,
+            lambda a, b: doubtful,
+            access=Access(Bindings(), "allow"),
+        )
+        session = relay.session()
+        client = FakeTransport()
+        session.connection_made(client)
+        session.data_received(STARTUP + QUERY)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if client.closed:
+                break
+        sent = b"".join(client.written)
+        assert b"C08004\x00" in sent and b"taken for another socket" in sent
+        assert fake.accepted == 0
+        trail.close()
+
+    asyncio.run(scenario())
+    start = events(tmp_path / "trail.db")[0][1]
+    assert start["refused"]["code"] == "08004"
+    assert start["owner"]["doubt"] == doubtful.doubt
+    assert start["owner"]["detail"] == seen
+    assert start["owner"]["uid"] is None and start["identity"] is None
