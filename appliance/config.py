@@ -54,6 +54,12 @@ class Backend:
     """End live sessions when their identity's binding expires (new ones are always refused)."""
     connect_timeout: float = 10.0
     """Seconds the recorder waits for the backend to accept a connection before refusing."""
+    max_connections_per_identity: int = 20
+    """Sessions one identity may hold open to this backend at once."""
+    max_connections_per_uid: int = 40
+    """Sessions one Unix user (whatever its identities) may hold open to this backend."""
+    max_new_connections_per_second: float = 20.0
+    """New sessions one identity may open per second (a burst of one second's worth)."""
 
     @property
     def restricted(self) -> bool:
@@ -342,6 +348,9 @@ def _backend(raw: Any, key: str) -> Backend:
             "allow_groups",
             "end_sessions_at_expiry",
             "connect_timeout_seconds",
+            "max_connections_per_identity",
+            "max_connections_per_uid",
+            "max_new_connections_per_second",
         },
     )
     protect: tuple[Network, ...] = ()
@@ -374,6 +383,20 @@ def _backend(raw: Any, key: str) -> Backend:
         ),
         connect_timeout=_number(
             table.get("connect_timeout_seconds", 10.0), f"{key}.connect_timeout_seconds", 0.1
+        ),
+        max_connections_per_identity=_int(
+            table.get("max_connections_per_identity", 20),
+            f"{key}.max_connections_per_identity",
+            1,
+            1_000_000,
+        ),
+        max_connections_per_uid=_int(
+            table.get("max_connections_per_uid", 40), f"{key}.max_connections_per_uid", 1, 1_000_000
+        ),
+        max_new_connections_per_second=_number(
+            table.get("max_new_connections_per_second", 20.0),
+            f"{key}.max_new_connections_per_second",
+            1.0,
         ),
     )
 

@@ -20,6 +20,7 @@ from appliance.enforce.divert import NotDiverted, Routes, original_destination
 from appliance.identity.bindings import Binding
 from appliance.model import Owner
 from appliance.policy.access import Access
+from appliance.policy.limits import TOO_MANY, Lease, Limits
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
@@ -47,9 +48,11 @@ def _hostport(addr: Any) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1])) if addr else ("", 0)
 
 
-def _who(identity: dict[str, Any] | None) -> tuple[Any, Any] | None:
+def _who(identity: dict[str, Any] | None) -> tuple[str, str] | None:
     """What makes two recorded identities the same: the issuer and the subject."""
-    return None if identity is None else (identity.get("issuer"), identity.get("subject"))
+    if identity is None:
+        return None
+    return (str(identity.get("issuer")), str(identity.get("subject")))
 
 
 def _label(identity: dict[str, Any] | None) -> str:
@@ -67,7 +70,8 @@ class Relay:
     it lies in a configured backend's protected ranges and ports, or is refused.
 
     ``access`` decides, once the owner is known and before the backend is dialled, which
-    identity the connection has and whether it may reach the backend.
+    identity the connection has and whether it may reach the backend; then ``limits``
+    (shared by every relay) whether that identity and user may open one more connection.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Relay:
         routes: Routes | None = None,
         quick_lookup: QuickLookup | None = None,
         access: Access | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -92,6 +97,7 @@ class Relay:
         self.owner_lookup = owner_lookup
         self.quick_lookup = quick_lookup
         self.access = access
+        self.limits = limits
         self.sessions: set[Session] = set()
         # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
         self.keys: dict[tuple[int, int], Session] = {}
@@ -167,6 +173,7 @@ class Session:
         self.refusal_timer: asyncio.TimerHandle | None = None
         self.owner: Owner | None = None
         self.binding: Binding | None = None
+        self.lease: Lease | None = None  # this session's place in the connection limits
         # The identity as every record of this session carries it (one shared dict), or None.
         self.identity: dict[str, Any] | None = None
         self.refused_as: dict[str, str] | None = None  # a refusal at connect time, recorded
@@ -281,6 +288,15 @@ class Session:
             if refusal is not None:
                 self._refuse_connection(refusal.code, refusal.message, "identity")
                 return
+        limits = self.relay.limits
+        if limits is not None:
+            lease, why = limits.acquire(
+                backend, _who(self.identity), _label(self.identity), owner.uid
+            )
+            if lease is None:
+                self._refuse_connection(TOO_MANY, f"connection refused: {why}", "limits")
+                return
+            self.lease = lease
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(
@@ -686,6 +702,9 @@ class Session:
             self._cancel_refusal()
         self.ended = reason
         self.relay.sessions.discard(self)
+        if self.lease is not None and self.relay.limits is not None:
+            self.relay.limits.release(self.lease)
+            self.lease = None
         if self.key is not None:
             self.relay.keys.pop(self.key, None)
         for event in self.pg.close():

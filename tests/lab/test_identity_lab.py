@@ -446,11 +446,12 @@ def test_an_address_an_agent_just_closed_lends_no_identity(world: World, reuser:
 MANY = (
     PG_WIRE
     + r"""
-import threading
+import threading, time
 host, mark, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 errors = []
 def worker(k):
     for i in range(k, n, 4):
+        time.sleep(0.25)  # 16 new connections a second in all: under the default rate limit
         try:
             got = query(open_(host, 5432), f"select '{mark}-{i}'")
             assert got == f"{mark}-{i}", got
