@@ -536,7 +536,9 @@ class Validator:
         issued_at = _number(claims, "iat")
         not_before = _number(claims, "nbf")
         assert expires is not None and issued_at is not None  # required above
-        if now > expires + leeway:
+        # RFC 7519: the token is good only while the time is before exp; nbf and iat may
+        # equal the time.
+        if now >= expires + leeway:
             raise TokenError(f"token rejected: expired at {_iso(expires)}")
         if not_before is not None and now + leeway < not_before:
             raise TokenError(f"token rejected: not valid before {_iso(not_before)}")

@@ -185,9 +185,14 @@ class Control:
             raise Refused("the token must be a non-empty string")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.pool, self.validator.validate, token.strip())
+            checked = await loop.run_in_executor(self.pool, self.validator.validate, token.strip())
         except (TokenError, ProviderError) as exc:
             raise Refused(str(exc)) from None
+        # The validator tolerates the issuer's leeway on exp; a binding ends at exp itself, so
+        # a token that passes only by the leeway would bind something expired from the start.
+        if checked.expires <= self.clock():
+            raise Refused("the token has already expired")
+        return checked
 
     async def _commit(self, action: str, binding: Binding, caller: Caller, **extra: Any) -> None:
         """Record a binding change and wait for its commit: no unrecorded binding is used.
@@ -204,8 +209,6 @@ class Control:
             raise
 
     async def _bind_uid(self, caller: Caller, checked: Validated) -> dict[str, Any]:
-        if checked.expires <= self.clock():
-            raise Refused("the token has already expired")
         binding, old = self.bindings.bind_uid(caller.uid, checked.identity, checked.expires, caller)
         try:
             await self._commit("bind", binding, caller, issuer=checked.issuer_name)

@@ -164,6 +164,15 @@ def test_expired_token(idp: IdP) -> None:
         check.validate(token)
 
 
+def test_a_token_is_refused_from_the_second_it_expires(idp: IdP) -> None:
+    token = idp.client_credentials("agent-ci")
+    expires = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    settings = idp.settings()
+    assert Validator([settings], clock=lambda: expires - 1).validate(token).expires == expires
+    with pytest.raises(TokenError, match=f"^token rejected: expired at {_iso(expires)}$"):
+        Validator([settings], clock=lambda: expires).validate(token)
+
+
 def test_leeway_covers_a_just_expired_token(idp: IdP) -> None:
     claims = idp.claims(exp=int(time.time()) - 5)
     with pytest.raises(TokenError, match="expired at"):

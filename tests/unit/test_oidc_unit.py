@@ -310,6 +310,30 @@ def test_times_use_the_validators_clock() -> None:
         check.validate(token)
 
 
+def test_a_token_has_expired_from_the_moment_its_exp_names() -> None:
+    # RFC 7519, 4.1.4: the current time must be before exp. At exp exactly, it is over.
+    issuer = FakeIssuer()
+    token = issuer.token(iat=2000, exp=2060, nbf=2010)
+    clock = Clock()
+    check = Validator([settings()], fetch=issuer, clock=clock)
+    clock.now = 2059.999
+    assert check.validate(token).expires == 2060
+    clock.now = 2060
+    with pytest.raises(TokenError, match="expired at 1970-01-01T00:34:20Z"):
+        check.validate(token)
+    # nbf is the other way round: at nbf exactly, the token is good.
+    clock.now = 2010
+    assert check.validate(token).not_before == 2010
+
+    # Leeway moves the edge by exactly the leeway, and not a moment more.
+    lenient = Validator([settings(leeway=30.0)], fetch=issuer, clock=clock)
+    clock.now = 2089.999
+    assert lenient.validate(token).expires == 2060
+    clock.now = 2090
+    with pytest.raises(TokenError, match="expired at"):
+        lenient.validate(token)
+
+
 def test_key_type_must_fit_the_algorithm() -> None:
     issuer = FakeIssuer()
     ec_key = ec.generate_private_key(ec.SECP256R1())

@@ -27,9 +27,11 @@ class StubValidator:
     """Stands in for token validation, which these tests are not about."""
 
     def validate(self, token: str) -> Validated:
+        now = time.time()
+        if token == "stale":  # past its exp, but within the issuer's leeway
+            return Validated(ALICE, now - 5, now - 600, None, None, "k1", "RS256", "test")
         if token != "good":
             raise TokenError("token rejected: signature does not verify")
-        now = time.time()
         return Validated(ALICE, now + 600, now, None, None, "k1", "RS256", "test")
 
 
@@ -51,6 +53,7 @@ def scenario(tmp_path: Path, body: Any) -> None:
         settings = IdentitySettings(
             issuers=(IssuerSettings("test", "https://idp.test", ("urn:witness",)),),
             control_socket=tmp_path / "control.sock",
+            warden_socket=tmp_path / "warden.sock",  # never the host's warden
         )
         bindings = Bindings(clock=time.time)
         control = Control(settings, bindings, Recorder(trail, loop), StubValidator())  # type: ignore[arg-type]
@@ -112,5 +115,18 @@ def test_a_login_the_trail_cannot_record_binds_nothing(tmp_path: Path) -> None:
             for (p,) in real.execute("select payload from events where type='binding'")
         ]
         assert payload["action"] == "bind" and "database or disk is full" in payload["refused"]
+
+    scenario(tmp_path, body)
+
+
+def test_a_token_past_its_expiry_binds_nothing_even_within_the_leeway(tmp_path: Path) -> None:
+    # The validator tolerates leeway_seconds of clock difference, but a binding lives until
+    # exp: a token that passes only by the leeway would make a binding expired from birth.
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        for op in ("login", "run"):
+            (answer,) = await ask(path, json.dumps({"op": op, "token": "stale"}).encode() + b"\n")
+            assert answer["ok"] is False
+            assert answer["error"] == "the token has already expired", (op, answer)
+        assert bindings.live() == []
 
     scenario(tmp_path, body)
