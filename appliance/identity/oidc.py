@@ -36,6 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from appliance.config import IssuerSettings
+from appliance.identity.limits import MAX_TOKEN
 from appliance.model import Identity
 
 MAX_RESPONSE = 1024 * 1024
@@ -467,6 +468,11 @@ class Validator:
 
     def validate(self, token: str) -> Validated:
         """Check ``token`` completely; raise TokenError (or ProviderError) if it does not pass."""
+        if len(token) > MAX_TOKEN:
+            raise TokenError(
+                f"token rejected: it is {len(token)} characters long, more than the {MAX_TOKEN} "
+                "a token may have"
+            )
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

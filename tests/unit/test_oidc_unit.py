@@ -6,6 +6,7 @@ import base64
 import http.server
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.config import IssuerSettings
 from appliance.identity import login
+from appliance.identity.limits import MAX_TOKEN
 from appliance.identity.oidc import (
     REFRESH_INTERVAL,
     IssuerKeys,
@@ -345,6 +347,58 @@ def test_key_type_must_fit_the_algorithm() -> None:
     )
     with pytest.raises(TokenError, match="algorithm ES256 does not fit the issuer's key 'k1'"):
         Validator([settings()], fetch=issuer).validate(token)
+
+
+def _token_of_length(issuer: FakeIssuer, length: int) -> str:
+    """A well-signed token exactly ``length`` characters long. Base64url never makes a segment
+    of 4k+1 characters, so a filler claim and a filler header field share the padding."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "urn:witness", "sub": "s1", "iat": now, "exp": now + 60}
+    estimate = (length - len(issuer.token())) * 3 // 4
+    for pad in range(4):
+        for size in range(max(0, estimate - 32), estimate + 32):
+            token = jwt.encode(
+                {**claims, "filler": "x" * size},
+                issuer.keys["k1"],
+                algorithm="RS256",
+                headers={"kid": "k1", "pad": "p" * pad},
+            )
+            if len(token) == length:
+                return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_a_token_of_the_largest_size_validates_and_one_more_is_refused() -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings()], fetch=issuer)
+    assert check.validate(_token_of_length(issuer, MAX_TOKEN)).identity.subject == "s1"
+    with pytest.raises(TokenError) as caught:
+        check.validate(_token_of_length(issuer, MAX_TOKEN + 1))
+    assert str(caught.value) == (
+        f"token rejected: it is {MAX_TOKEN + 1} characters long, more than the {MAX_TOKEN} "
+        "a token may have"
+    )
+
+
+def test_a_huge_token_is_refused_before_anything_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings()], fetch=issuer)
+    huge = issuer.token(filler="x" * 10_000_000)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the token was decoded")
+
+    monkeypatch.setattr(jwt, "get_unverified_header", never)
+    monkeypatch.setattr(jwt, "decode", never)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TokenError, match=r"more than the 16384 a token may have$"):
+            check.validate(huge)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024  # nothing the size of the token was made
+    assert issuer.calls == []  # nor was the issuer asked for anything
 
 
 def test_not_a_jwt() -> None:
