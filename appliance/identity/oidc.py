@@ -36,7 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from appliance.config import IssuerSettings
-from appliance.identity.limits import MAX_TOKEN
+from appliance.identity.limits import MAX_TOKEN, shown
 from appliance.model import Identity
 
 MAX_RESPONSE = 1024 * 1024
@@ -292,7 +292,7 @@ class IssuerKeys:
         said = document.get("issuer")
         if said != self.settings.issuer:
             raise ProviderError(
-                f"identity provider {url} says its issuer is {said!r}, but the configuration "
+                f"identity provider {url} says its issuer is {shown(said)}, but the configuration "
                 f"trusts {self.settings.issuer!r}: they must be the same exactly"
             )
         if not isinstance(document.get("jwks_uri"), str):
@@ -333,15 +333,15 @@ class IssuerKeys:
             raise error
         if error is not None:
             raise ProviderError(
-                f"token key id {kid!r} is not in the cached keys of {self.settings.issuer}, and "
-                f"they could not be refreshed: {error}"
+                f"token key id {shown(kid)} is not in the cached keys of "
+                f"{self.settings.issuer}, and they could not be refreshed: {error}"
             )
         if kid is None:
             raise TokenError(
                 f"token rejected: it has no key id, and the issuer publishes {len(keys or {})} keys"
             )
         raise TokenError(
-            f"token rejected: unknown key id {kid!r} (not in the issuer's keys, even after "
+            f"token rejected: unknown key id {shown(kid)} (not in the issuer's keys, even after "
             "refreshing them)"
         )
 
@@ -432,7 +432,7 @@ def _groups(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
         return tuple(value)
     raise TokenError(
         f"token rejected: the {name!r} claim must be a list of strings, "
-        f"not {json.dumps(value)[:80]}"
+        f"not {shown(value, json.dumps)}"
     )
 
 
@@ -477,18 +477,20 @@ class Validator:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
-            raise TokenError(f"token rejected: it is not a well-formed JWT ({exc})") from exc
+            raise TokenError(
+                f"token rejected: it is not a well-formed JWT ({shown(str(exc), str, 200)})"
+            ) from exc
         iss = unverified.get("iss")
         settings = self._by_issuer.get(iss) if isinstance(iss, str) else None
         if settings is None:
             if iss is None:
                 raise TokenError("token rejected: it has no 'iss' claim")
-            raise TokenError(f"token rejected: issuer {iss!r} is not configured")
+            raise TokenError(f"token rejected: issuer {shown(iss)} is not configured")
 
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in settings.algorithms:
             raise TokenError(
-                f"token rejected: algorithm {alg!r} is not allowed "
+                f"token rejected: algorithm {shown(alg)} is not allowed "
                 f"(allowed: {', '.join(settings.algorithms)})"
             )
         kid = header.get("kid")
@@ -499,11 +501,13 @@ class Validator:
         if key.kty != kty or (crv is not None and key.crv != crv):
             kind = " ".join(part for part in (key.kty, key.crv) if part)
             raise TokenError(
-                f"token rejected: algorithm {alg} does not fit the issuer's key {key.kid!r} "
+                f"token rejected: algorithm {alg} does not fit the issuer's key {shown(key.kid)} "
                 f"(a {kind} key)"
             )
         if key.alg not in (None, alg):
-            raise TokenError(f"token rejected: key {key.kid!r} is for {key.alg}, not {alg}")
+            raise TokenError(
+                f"token rejected: key {shown(key.kid)} is for {shown(key.alg)}, not {alg}"
+            )
 
         subject_claim = settings.subject_claim
         try:
@@ -526,15 +530,15 @@ class Validator:
             raise TokenError("token rejected: signature does not verify") from exc
         except jwt.InvalidAudienceError as exc:
             raise TokenError(
-                f"token rejected: audience {json.dumps(unverified.get('aud'))} is not one of "
-                f"{json.dumps(list(settings.audience))}"
+                f"token rejected: audience {shown(unverified.get('aud'), json.dumps)} is not one "
+                f"of {json.dumps(list(settings.audience))}"
             ) from exc
         except jwt.MissingRequiredClaimError as exc:
             raise TokenError(f"token rejected: the {exc.claim!r} claim is missing") from exc
         except jwt.InvalidIssuerError as exc:
-            raise TokenError(f"token rejected: issuer {iss!r} is not configured") from exc
+            raise TokenError(f"token rejected: issuer {shown(iss)} is not configured") from exc
         except jwt.InvalidTokenError as exc:
-            raise TokenError(f"token rejected: {exc}") from exc
+            raise TokenError(f"token rejected: {shown(str(exc), str, 200)}") from exc
 
         now = self._clock()
         leeway = settings.leeway

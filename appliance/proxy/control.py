@@ -33,6 +33,7 @@ from appliance.config import IdentitySettings, IssuerSettings
 from appliance.enforce import warden
 from appliance.identity import login
 from appliance.identity.bindings import Binding, BindingError, Bindings, Caller
+from appliance.identity.limits import shown
 from appliance.identity.oidc import ProviderError, TokenError, Validated, Validator
 from appliance.proxy.recorder import Recorder
 
@@ -144,7 +145,7 @@ class Control:
             self._send(writer, {"ok": False, "error": str(exc)})
         except Exception as exc:  # one bad request never stops the recorder
             log.exception("control request failed")
-            self._send(writer, {"ok": False, "error": f"internal error: {exc!r}"})
+            self._send(writer, {"ok": False, "error": f"internal error: {shown(exc, repr, 200)}"})
         finally:
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -171,7 +172,7 @@ class Control:
             return await self._bind_uid(caller, checked)
         if op == "run":
             return await self._run(request.get("token"), caller)
-        raise Refused(f"unknown request {op!r} (expected whoami, login, run or logout)")
+        raise Refused(f"unknown request {shown(op)} (expected whoami, login, run or logout)")
 
     def _view(self, binding: Binding | None) -> dict[str, Any] | None:
         if binding is None:
@@ -318,7 +319,7 @@ class Control:
                 if issuer.name == name:
                     return issuer
             raise Refused(
-                f"no issuer named {name!r} offers sign-in "
+                f"no issuer named {shown(name)} offers sign-in "
                 f"(those that do: {', '.join(i.name for i in usable) or 'none'})"
             )
         if not usable:

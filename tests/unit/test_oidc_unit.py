@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import threading
 import time
 import tracemalloc
@@ -401,6 +402,71 @@ def test_a_huge_token_is_refused_before_anything_reads_it(monkeypatch: pytest.Mo
     assert issuer.calls == []  # nor was the issuer asked for anything
 
 
+LONG = "A" * 11_000
+"""A value that fits in a token of the largest size, and has no place in a message."""
+
+
+def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token with any header at all, and a signature that signs nothing."""
+    parts = [base64.urlsafe_b64encode(json.dumps(p).encode()).decode() for p in (header, claims)]
+    return ".".join([*(part.rstrip("=") for part in parts), "c2ln"])
+
+
+@pytest.mark.parametrize(
+    ("forge", "expected"),
+    [
+        (
+            lambda issuer: jwt.encode(
+                {"iss": ISSUER}, issuer.keys["k1"], algorithm="RS256", headers={"kid": LONG}
+            ),
+            "token rejected: unknown key id 'AAAA",
+        ),
+        (lambda issuer: issuer.token(iss=LONG), "token rejected: issuer 'AAAA"),
+        (
+            lambda issuer: _unsigned({"alg": LONG}, {"iss": ISSUER}),
+            "token rejected: algorithm 'AAAA",
+        ),
+        (lambda issuer: issuer.token(aud=[LONG, "urn:other"]), 'token rejected: audience ["AAAA'),
+        (
+            lambda issuer: issuer.token(groups=[LONG, 7]),
+            "token rejected: the 'groups' claim must be a list",
+        ),
+    ],
+    ids=["kid", "iss", "alg", "aud", "groups"],
+)
+def test_what_a_token_says_is_quoted_only_in_part(forge: Any, expected: str) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings()], fetch=issuer)
+    token = forge(issuer)
+    assert len(token) <= MAX_TOKEN
+    with pytest.raises(TokenError) as caught:
+        check.validate(token)
+    message = str(caught.value)
+    assert message.startswith(expected), message[:200]
+    assert len(message) < 300, message[:200]
+    assert "characters)" in message
+
+
+def test_an_unknown_kid_is_quoted_only_in_part_while_the_issuer_is_down() -> None:
+    issuer = FakeIssuer()
+    keys = IssuerKeys(settings(), issuer, refresh_interval=0.0)
+    keys.key("k1")
+    issuer.down = True
+    with pytest.raises(ProviderError) as caught:
+        keys.key(LONG)
+    message = str(caught.value)
+    assert message.startswith("token key id 'AAAA") and f"({len(LONG)} characters)" in message
+    assert len(message) < 300, message[:200]
+
+
+def test_a_discovery_document_naming_a_huge_issuer_is_quoted_only_in_part() -> None:
+    issuer = FakeIssuer()
+    issuer.discovery["issuer"] = LONG
+    with pytest.raises(ProviderError, match="says its issuer is 'AAAA") as caught:
+        IssuerKeys(settings(), issuer).discovery()
+    assert len(str(caught.value)) < 400
+
+
 def test_not_a_jwt() -> None:
     with pytest.raises(TokenError, match="not a well-formed JWT"):
         Validator([settings()], fetch=FakeIssuer()).validate("hello")
@@ -563,6 +629,20 @@ def test_poll_errors(answer: dict[str, Any], message: str) -> None:
     keys = IssuerKeys(settings(), FakeIssuer())
     with pytest.raises(login.LoginError, match=message):
         login.poll(keys, settings(), _grant(), post=FakeEndpoints([(400, answer)]))
+
+
+def test_an_issuers_long_refusal_is_quoted_only_in_part() -> None:
+    keys = IssuerKeys(settings(), FakeIssuer())
+    answer = {"error": "E" * 100_000, "error_description": "D" * 100_000}
+    for attempt in (
+        lambda: login.poll(keys, settings(), _grant(), post=FakeEndpoints([(400, answer)])),
+        lambda: login.start(keys, settings(), post=FakeEndpoints([(400, answer)])),
+    ):
+        with pytest.raises(login.LoginError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert "EEEE" in message and "DDDD" in message and "(100000 characters)" in message
+        assert len(message) < 400, message[:200]
 
 
 def test_poll_unreachable() -> None:

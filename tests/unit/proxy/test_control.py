@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fulldisk import fail_inserts
 
 from appliance.config import IdentitySettings, IssuerSettings, TrailSettings
@@ -128,5 +129,39 @@ def test_a_token_past_its_expiry_binds_nothing_even_within_the_leeway(tmp_path: 
             assert answer["ok"] is False
             assert answer["error"] == "the token has already expired", (op, answer)
         assert bindings.live() == []
+
+    scenario(tmp_path, body)
+
+
+def test_what_a_request_says_is_quoted_only_in_part(tmp_path: Path) -> None:
+    long = "x" * 60_000  # within the request limit, far beyond a sentence
+
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        for request, expected in [
+            ({"op": long}, "unknown request 'xxxx"),
+            ({"op": "login", "issuer": long}, "no issuer named 'xxxx"),
+        ]:
+            (answer,) = await ask(path, json.dumps(request).encode() + b"\n")
+            assert answer["ok"] is False
+            assert answer["error"].startswith(expected), answer["error"][:200]
+            assert "(60000 characters)" in answer["error"]
+            assert len(answer["error"]) < 300, answer["error"][:200]
+
+    scenario(tmp_path, body)
+
+
+def test_an_internal_error_is_quoted_only_in_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fail(*args: Any) -> dict[str, Any]:
+        raise ValueError("y" * 100_000)
+
+    monkeypatch.setattr(Control, "_handle", fail)
+
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        (answer,) = await ask(path, b'{"op": "whoami"}\n')
+        assert answer["ok"] is False
+        assert answer["error"].startswith("internal error: ValueError('yyyy")
+        assert len(answer["error"]) < 300, answer["error"][:200]
 
     scenario(tmp_path, body)
