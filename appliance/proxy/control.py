@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,14 +34,18 @@ from appliance.config import IdentitySettings, IssuerSettings
 from appliance.enforce import warden
 from appliance.identity import login
 from appliance.identity.bindings import Binding, BindingError, Bindings, Caller
-from appliance.identity.limits import shown
+from appliance.identity.limits import MAX_TOKEN, shown
 from appliance.identity.oidc import ProviderError, TokenError, Validated, Validator
 from appliance.proxy.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 64 * 1024  # a JWT is a few KiB
-REQUEST_WAIT = 10.0  # seconds a client has to send its request line
+MAX_REQUEST = 64 * 1024
+"""Bytes a request line may have: a token of the largest size fits, with room to spare."""
+REQUEST_WAIT = 10.0
+"""Seconds a client has to send its whole request line, however it trickles it."""
+MAX_OPEN = 8
+"""Connections one uid may have open at once, so that no user can hold all of them."""
 
 
 class Refused(Exception):
@@ -106,6 +111,8 @@ class Control:
         # never hold up the relay's owner lookups in the default executor.
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="witness-identity")
         self.server: asyncio.AbstractServer | None = None
+        self.open: Counter[int] = Counter()
+        """Connections open now, by the caller's uid."""
 
     async def start(self) -> None:
         path = self.settings.control_socket
@@ -113,7 +120,10 @@ class Control:
             raise OSError(f"{path.parent} does not exist (create it, owned by the service user)")
         if path.is_socket():
             path.unlink()  # left by a recorder that was killed
-        self.server = await asyncio.start_unix_server(self._serve, path=str(path))
+        # The reader's limit is the request limit: a longer line stops being read at once.
+        self.server = await asyncio.start_unix_server(
+            self._serve, path=str(path), limit=MAX_REQUEST
+        )
         os.chmod(path, 0o666)  # noqa: S103  (anyone may ask; SO_PEERCRED says who they are)
 
     def close(self) -> None:
@@ -127,18 +137,17 @@ class Control:
     # --- one connection ----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid: int | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            caller = peer(sock)
-            try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_WAIT)
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                raise Refused("no request line (one JSON object, ending in a newline)") from None
-            except ValueError as exc:
-                raise Refused(f"the request is not a JSON object: {exc}") from None
+            caller = peer(writer.get_extra_info("socket"))
+            if self.open[caller.uid] >= MAX_OPEN:
+                raise Refused(
+                    f"uid {caller.uid} has {MAX_OPEN} control requests open already: "
+                    "let one finish first"
+                )
+            uid = caller.uid
+            self.open[uid] += 1
+            request = await self._read(reader)
             answer = await self._handle(str(request.get("op")), request, caller, writer)
             self._send(writer, {"ok": True, **answer})
         except Refused as exc:
@@ -147,9 +156,37 @@ class Control:
             log.exception("control request failed")
             self._send(writer, {"ok": False, "error": f"internal error: {shown(exc, repr, 200)}"})
         finally:
+            if uid is not None:
+                self.open[uid] -= 1
+                if not self.open[uid]:
+                    del self.open[uid]
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
+        """The request line, read within REQUEST_WAIT and MAX_REQUEST bytes, as an object."""
+        shape = "(one JSON object, ending in a newline)"
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_WAIT)
+        except asyncio.LimitOverrunError:
+            # Refused without reading the rest: closing the connection drops it unread.
+            raise Refused(
+                f"the request is longer than {MAX_REQUEST} bytes: one JSON object on one line, "
+                f"a token of at most {MAX_TOKEN} characters in it"
+            ) from None
+        except asyncio.IncompleteReadError:
+            raise Refused(f"the request ended before its newline {shape}") from None
+        except TimeoutError:
+            raise Refused(f"no request line within {REQUEST_WAIT:g} s {shape}") from None
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            raise Refused(f"the request is not a JSON object: {exc}") from None
+        if not isinstance(request, dict):
+            raise Refused("the request is not a JSON object")
+        return request
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

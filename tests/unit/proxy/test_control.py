@@ -4,8 +4,10 @@ binding the trail cannot record is not kept."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from appliance.config import IdentitySettings, IssuerSettings, TrailSettings
 from appliance.identity.bindings import Bindings
 from appliance.identity.oidc import TokenError, Validated
 from appliance.model import Identity, Owner
-from appliance.proxy.control import Control
+from appliance.proxy import control
+from appliance.proxy.control import MAX_OPEN, MAX_REQUEST, Control
 from appliance.proxy.recorder import Recorder
 from appliance.trail.store import Trail
 
@@ -41,8 +44,11 @@ async def ask(path: Path, raw: bytes) -> list[dict[str, Any]]:
     writer.write(raw)
     await writer.drain()
     lines = []
-    while line := await reader.readline():
-        lines.append(json.loads(line))
+    # A recorder that refuses before reading the whole request closes with some of it unread:
+    # the caller then sees a reset, after the answer.
+    with contextlib.suppress(ConnectionResetError):
+        while line := await reader.readline():
+            lines.append(json.loads(line))
     writer.close()
     return lines
 
@@ -163,5 +169,129 @@ def test_an_internal_error_is_quoted_only_in_part(
         assert answer["ok"] is False
         assert answer["error"].startswith("internal error: ValueError('yyyy")
         assert len(answer["error"]) < 300, answer["error"][:200]
+
+    scenario(tmp_path, body)
+
+
+def blocking_ask(path: Path, raw: bytes) -> list[dict[str, Any]]:
+    """Send ``raw`` as a plain client would and read every answer line. The recorder may close
+    the connection before it has read all of ``raw``: the answer it sent first still counts."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(raw)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return [json.loads(line) for line in received.splitlines()]
+
+
+def trickle(path: Path, start: bytes, every: float | None) -> tuple[dict[str, Any], float]:
+    """Send ``start``, then a space every ``every`` seconds (never, if None) and never a
+    newline, until the recorder answers; the answer and how long it took."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(start)
+        started = time.monotonic()
+        sock.settimeout(every or 30)
+        received = b""
+        while b"\n" not in received and time.monotonic() - started < 30:
+            try:
+                received += sock.recv(4096)
+            except TimeoutError:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(b" ")
+        return json.loads(received), time.monotonic() - started
+
+
+def test_a_request_line_over_the_limit_is_refused_and_the_socket_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        for size in (MAX_REQUEST + 1, 10 * 1024 * 1024):
+            padding = b"x" * (size - len(b'{"op": ""}'))
+            raw = b'{"op": "' + padding + b'"}\n'
+            answers = await asyncio.to_thread(blocking_ask, path, raw)
+            assert answers == [
+                {
+                    "ok": False,
+                    "error": f"the request is longer than {MAX_REQUEST} bytes: one JSON object "
+                    "on one line, a token of at most 16384 characters in it",
+                }
+            ], size
+        # The longest line allowed is read and answered.
+        padding = b"x" * (MAX_REQUEST - len(b'{"op": ""}'))
+        (answer,) = await ask(path, b'{"op": "' + padding + b'"}\n')
+        assert answer["error"].startswith("unknown request 'xxx")
+        (answer,) = await ask(path, b'{"op": "whoami"}\n')
+        assert answer["ok"] is True
+
+    scenario(tmp_path, body)
+
+
+def test_the_request_limit_is_max_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "MAX_REQUEST", 1024)
+
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        (answer,) = await asyncio.to_thread(
+            blocking_ask, path, b'{"op": "login", "token": "' + b"t" * 2000 + b'"}\n'
+        )
+        assert answer["error"].startswith("the request is longer than 1024 bytes")
+
+    scenario(tmp_path, body)
+
+
+def test_a_client_that_never_ends_its_line_is_refused_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "REQUEST_WAIT", 0.5)
+
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        # Silent, then trickling a byte at a time: each read is quick, the line never ends.
+        for every in (None, 0.05):
+            answer, waited = await asyncio.to_thread(trickle, path, b'{"op": ', every)
+            assert answer == {
+                "ok": False,
+                "error": "no request line within 0.5 s (one JSON object, ending in a newline)",
+            }
+            assert waited < 2, waited
+
+    scenario(tmp_path, body)
+
+
+def test_a_client_that_hangs_up_mid_line_is_told_so(tmp_path: Path) -> None:
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b'{"op": "who')
+        writer.write_eof()
+        line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        assert json.loads(line)["error"] == (
+            "the request ended before its newline (one JSON object, ending in a newline)"
+        )
+
+    scenario(tmp_path, body)
+
+
+def test_one_user_cannot_hold_every_connection(tmp_path: Path) -> None:
+    async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
+        # Connections that say nothing hold their place until REQUEST_WAIT.
+        held = [await asyncio.open_unix_connection(str(path)) for _ in range(MAX_OPEN)]
+        await asyncio.sleep(0.1)  # let the recorder accept them all
+        started = time.monotonic()
+        (answer,) = await ask(path, b'{"op": "whoami"}\n')
+        assert time.monotonic() - started < 2
+        assert answer == {
+            "ok": False,
+            "error": f"uid {os.getuid()} has {MAX_OPEN} control requests open already: "
+            "let one finish first",
+        }
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.1)  # the recorder sees them go
+        (answer,) = await ask(path, b'{"op": "whoami"}\n')
+        assert answer["ok"] is True
 
     scenario(tmp_path, body)
