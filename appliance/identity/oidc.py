@@ -436,6 +436,18 @@ def _groups(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
     )
 
 
+def _client(claims: Mapping[str, Any]) -> str | None:
+    """The client a token was issued to: ``azp`` (OpenID Connect), else ``client_id``
+    (RFC 9068). A token that names two different ones is refused rather than believed."""
+    azp, client_id = _text(claims, "azp"), _text(claims, "client_id")
+    if azp and client_id and azp != client_id:
+        raise TokenError(
+            f"token rejected: it names two clients, {shown(azp)} (azp) and {shown(client_id)} "
+            "(client_id)"
+        )
+    return azp or client_id or None
+
+
 class Validator:
     """Validates tokens from the configured issuers; safe to share between threads."""
 
@@ -554,6 +566,18 @@ class Validator:
             raise TokenError(f"token rejected: not valid before {_iso(not_before)}")
         if now + leeway < issued_at:
             raise TokenError(f"token rejected: issued in the future, at {_iso(issued_at)}")
+        if settings.allow_clients:
+            client = _client(claims)
+            if client not in settings.allow_clients:
+                said = (
+                    f"was issued to client {shown(client)}"
+                    if client
+                    else "names no client (no 'azp' or 'client_id' claim)"
+                )
+                raise TokenError(
+                    f"token rejected: it {said}, and issuer {settings.name} accepts tokens only "
+                    "from the clients in its allow_clients"
+                )
 
         subject = _text(claims, subject_claim)
         if not subject:

@@ -337,6 +337,61 @@ def test_a_token_has_expired_from_the_moment_its_exp_names() -> None:
         lenient.validate(token)
 
 
+@pytest.mark.parametrize(
+    ("claims", "client"),
+    [
+        ({"azp": "agent-ci"}, "agent-ci"),
+        ({"client_id": "agent-ci"}, "agent-ci"),
+        ({"azp": "agent-ci", "client_id": "agent-ci"}, "agent-ci"),
+    ],
+)
+def test_allow_clients_reads_azp_else_client_id(claims: dict[str, Any], client: str) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings(allow_clients=("agent-ci",))], fetch=issuer)
+    assert check.validate(issuer.token(**claims)).identity.subject == "s1"
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        (
+            {"azp": "agent-two"},
+            "token rejected: it was issued to client 'agent-two', and issuer fake accepts "
+            "tokens only from the clients in its allow_clients",
+        ),
+        (
+            {"client_id": "agent-two"},
+            "token rejected: it was issued to client 'agent-two', and issuer fake accepts "
+            "tokens only from the clients in its allow_clients",
+        ),
+        (
+            # azp wins over client_id, so a listed client_id cannot vouch for another azp.
+            {"azp": "agent-two", "client_id": "agent-ci"},
+            "token rejected: it names two clients, 'agent-two' (azp) and 'agent-ci' (client_id)",
+        ),
+        (
+            {},
+            "token rejected: it names no client (no 'azp' or 'client_id' claim), and issuer "
+            "fake accepts tokens only from the clients in its allow_clients",
+        ),
+        ({"azp": ["agent-ci"]}, "token rejected: the 'azp' claim must be a string, not list"),
+        ({"client_id": 7}, "token rejected: the 'client_id' claim must be a string, not int"),
+        ({"azp": ""}, "token rejected: it names no client"),
+        (
+            {"azp": "agent-ci" + "x" * 10_000},
+            "token rejected: it was issued to client 'agent-cixxxx",
+        ),
+    ],
+)
+def test_allow_clients_refuses_every_other_client(claims: dict[str, Any], message: str) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings(allow_clients=("agent-ci", "witness-cli"))], fetch=issuer)
+    with pytest.raises(TokenError) as caught:
+        check.validate(issuer.token(**claims))
+    assert str(caught.value).startswith(message), str(caught.value)[:300]
+    assert len(str(caught.value)) < 300
+
+
 def test_key_type_must_fit_the_algorithm() -> None:
     issuer = FakeIssuer()
     ec_key = ec.generate_private_key(ec.SECP256R1())
