@@ -6,7 +6,12 @@ lets an attacker choose how a token is verified: the header's ``alg`` must be on
 allowlist before any key is looked at (so ``none`` and ``HS256`` are refused by name, and a
 public key can never be used as an HMAC secret), the key is the issuer's published key for the
 token's ``kid``, and its type must fit the algorithm. Only then does pyjwt verify the
-signature, with exactly that one algorithm, and the claims.
+signature, with exactly that one algorithm, and the claims; an issuer with ``allow_clients``
+also needs the client the token was issued to on its list.
+
+Before all of that, a token over ``MAX_TOKEN`` characters is refused unread, and every
+refusal quotes only the start of what a token says (``limits.shown``): a token is the
+caller's to make up, sizes and all.
 
 Keys come from the issuer's discovery document and JWKS, fetched over HTTP with a bounded
 timeout and size, and cached. An unknown ``kid`` refreshes the JWKS (the issuer rotated its

@@ -10,6 +10,11 @@ The protocol is one JSON object per line. A request gets one answer, except a de
 login, which gets a ``pending`` line (the URL and code to show the person) and then the
 final answer. Every answer has ``ok``; a refusal has ``error``, a sentence for people.
 
+Anyone may connect, so nothing a caller does is unbounded: a request line has at most
+``MAX_REQUEST`` bytes and ``REQUEST_WAIT`` seconds to arrive, and one uid at most
+``MAX_OPEN`` connections open. A request that breaks a limit is refused and its connection
+closed; the others are served as before.
+
 Every binding made or removed is recorded in the trail (a ``binding`` event) and committed
 before the caller is told it worked.
 """
