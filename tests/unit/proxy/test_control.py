@@ -19,7 +19,6 @@ from appliance.config import IdentitySettings, IssuerSettings, TrailSettings
 from appliance.identity.bindings import Bindings
 from appliance.identity.oidc import TokenError, Validated
 from appliance.model import Identity, Owner
-from appliance.proxy import control
 from appliance.proxy.control import MAX_OPEN, MAX_REQUEST, Control
 from appliance.proxy.recorder import Recorder
 from appliance.trail.store import Trail
@@ -232,7 +231,7 @@ def test_a_request_line_over_the_limit_is_refused_and_the_socket_keeps_serving(
 
 
 def test_the_request_limit_is_max_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(control, "MAX_REQUEST", 1024)
+    monkeypatch.setattr("appliance.proxy.control.MAX_REQUEST", 1024)
 
     async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
         (answer,) = await asyncio.to_thread(
@@ -246,7 +245,7 @@ def test_the_request_limit_is_max_request(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_client_that_never_ends_its_line_is_refused_at_the_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(control, "REQUEST_WAIT", 0.5)
+    monkeypatch.setattr("appliance.proxy.control.REQUEST_WAIT", 0.5)
 
     async def body(path: Path, bindings: Bindings, trail: Trail) -> None:
         # Silent, then trickling a byte at a time: each read is quick, the line never ends.
