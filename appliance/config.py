@@ -168,6 +168,9 @@ class IssuerSettings:
     """Seconds allowed for each fetch from the issuer (discovery, keys, device flow)."""
     leeway: float = 30.0
     """Seconds of clock difference tolerated on exp, nbf and iat."""
+    allow_clients: tuple[str, ...] = ()
+    """The clients whose tokens are accepted, by ``azp`` or else ``client_id``; empty: any.
+    For an issuer whose other clients can get tokens for the same audience."""
 
     @property
     def discovery_url(self) -> str:
@@ -468,6 +471,7 @@ _ISSUER_KEYS = {
     "claims",
     "timeout_seconds",
     "leeway_seconds",
+    "allow_clients",
 }
 _CLAIMS = ("subject", "email", "name", "groups")
 
@@ -490,6 +494,16 @@ def _issuer(raw: Any, key: str) -> IssuerSettings:
         name: _str(claims.get(name, default), f"{key}.claims.{name}")
         for name, default in zip(_CLAIMS, ("sub", "email", "name", "groups"), strict=True)
     }
+    client_id = _str(table["client_id"], f"{key}.client_id") if "client_id" in table else None
+    allow_clients = (
+        _strings(table["allow_clients"], f"{key}.allow_clients") if "allow_clients" in table else ()
+    )
+    if allow_clients and client_id is not None and client_id not in allow_clients:
+        # A device-flow token is issued to client_id: leaving it out refuses every login.
+        raise ConfigError(
+            f"{key}.allow_clients: {list(allow_clients)} leaves out the client_id {client_id!r}, "
+            "so no `witness login` could bind: add it, or remove client_id"
+        )
     return IssuerSettings(
         name=_str(table.get("name"), f"{key}.name"),
         issuer=_url(table.get("issuer"), f"{key}.issuer"),
@@ -498,7 +512,7 @@ def _issuer(raw: Any, key: str) -> IssuerSettings:
         else _strings(audience, f"{key}.audience"),
         discovery=_url(table["discovery"], f"{key}.discovery") if "discovery" in table else "",
         algorithms=algorithms,
-        client_id=_str(table["client_id"], f"{key}.client_id") if "client_id" in table else None,
+        client_id=client_id,
         login_params=tuple(
             (name, _str(value, f"{key}.login_params.{name}")) for name, value in params.items()
         ),
@@ -514,6 +528,7 @@ def _issuer(raw: Any, key: str) -> IssuerSettings:
         groups_claim=claim["groups"],
         timeout=_number(table.get("timeout_seconds", 5.0), f"{key}.timeout_seconds", 0.1),
         leeway=_number(table.get("leeway_seconds", 30.0), f"{key}.leeway_seconds", 0),
+        allow_clients=allow_clients,
     )
 
 
@@ -548,6 +563,14 @@ def _identity(raw: Any, base: Path) -> IdentitySettings:
         issuer = _issuer(item, f"identity.issuer[{i}]")
         if issuer.name in issuers:
             raise ConfigError(f"identity.issuer[{i}].name: {issuer.name!r} is defined twice")
+        # Tokens are matched to a table by their iss: a second table for the same iss would
+        # never be used, and its restrictions (allow_clients, audience) silently with it.
+        for j, other in enumerate(issuers.values()):
+            if other.issuer == issuer.issuer:
+                raise ConfigError(
+                    f"identity.issuer[{i}].issuer: {issuer.issuer!r} is already trusted by "
+                    f"identity.issuer[{j}] (one table per issuer)"
+                )
         issuers[issuer.name] = issuer
     raw_bindings = table.get("binding", [])
     if not isinstance(raw_bindings, list):

@@ -491,6 +491,7 @@ def identity_table(
         f"login_params = {{ {params} }}",
         f"leeway_seconds = {issuer.leeway}",
         f"timeout_seconds = {issuer.timeout}",
+        *([f"allow_clients = {_toml(list(issuer.allow_clients))}"] if issuer.allow_clients else []),
     ]
     return "\n".join(lines) + "\n"
 
