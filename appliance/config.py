@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ ALGORITHMS = (
 LOGIN_TOKENS = ("access_token", "id_token")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DURABILITY = ("process", "power")
+_INTERFACE = re.compile(r"[^/:\s]{1,15}")
 
 
 class ConfigError(Exception):
@@ -138,6 +140,13 @@ class EnforceSettings:
 
     service_user: str = "witness"
     redirect_port: int = 15432
+    guard_link_local: bool = True
+    """Reject what users other than root and the service user send to link-local addresses
+    (fe80::/10, 169.254.0.0/16): a backend host's link-local address is not in any
+    protected range, yet reaches it."""
+    backend_interfaces: tuple[str, ...] = ()
+    """Interfaces that face only the backends: everything users other than root and the
+    service user send out of them is rejected, whatever its address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,10 +460,25 @@ def _capture(raw: Any) -> Capture:
 
 def _enforce(raw: Any) -> EnforceSettings:
     table = _table(raw, "enforce")
-    _no_unknown(table, "enforce", {"service_user", "redirect_port"})
+    _no_unknown(
+        table,
+        "enforce",
+        {"service_user", "redirect_port", "guard_link_local", "backend_interfaces"},
+    )
+    interfaces: tuple[str, ...] = ()
+    if "backend_interfaces" in table:
+        interfaces = _strings(table["backend_interfaces"], "enforce.backend_interfaces")
+        for i, name in enumerate(interfaces):
+            if not _INTERFACE.fullmatch(name):
+                raise ConfigError(
+                    f"enforce.backend_interfaces[{i}]: expected an interface name (1 to 15"
+                    f" characters, no '/', ':' or whitespace), got {name!r}"
+                )
     return EnforceSettings(
         service_user=_str(table.get("service_user", "witness"), "enforce.service_user"),
         redirect_port=_int(table.get("redirect_port", 15432), "enforce.redirect_port", 1, 65535),
+        guard_link_local=_bool(table.get("guard_link_local", True), "enforce.guard_link_local"),
+        backend_interfaces=interfaces,
     )
 
 
