@@ -257,11 +257,6 @@ class Session:
                 self._record_attempt(f"connection refused: {self.not_relayable}", "divert")
             return
         self.owner = owner
-        if owner.doubt is not None:
-            self._refuse_connection(
-                REFUSED_DIVERSION, f"connection refused: {owner.doubt}", "attribution"
-            )
-            return
         if self.not_relayable is not None:
             self._refuse_connection(
                 REFUSED_DIVERSION, f"connection refused: {self.not_relayable}", "divert"
@@ -279,15 +274,11 @@ class Session:
             return
         backend, target = self.backend, self.target
         assert backend is not None and target is not None
-        access = self.relay.access
-        if access is not None:
-            # Before the backend is dialled: a connection refused here never reaches it.
-            binding, refusal = access.admit(backend, owner)
-            self.binding = binding
-            self.identity = None if binding is None else binding.record
-            if refusal is not None:
-                self._refuse_connection(refusal.code, refusal.message, "identity")
-                return
+        # Before the backend is dialled: a connection refused here never reaches it.
+        refusal = self._admission(owner, backend)
+        if refusal is not None:
+            self._refuse_connection(*refusal)
+            return
         limits = self.relay.limits
         if limits is not None:
             lease, why = limits.acquire(
@@ -321,6 +312,21 @@ class Session:
             return
         self.server = transport
         self._maybe_start()
+
+    def _admission(self, owner: Owner, backend: Backend) -> tuple[str, str, str] | None:
+        """Whether the owner may reach the backend: a (code, message, where) refusal, or None
+        with the identity now known. An owner in doubt is refused whatever the policy."""
+        if owner.doubt is not None:
+            return REFUSED_DIVERSION, f"connection refused: {owner.doubt}", "attribution"
+        access = self.relay.access
+        if access is None:
+            return None
+        binding, refusal = access.admit(backend, owner)
+        self.binding = binding
+        self.identity = None if binding is None else binding.record
+        if refusal is not None:
+            return refusal.code, refusal.message, "identity"
+        return None
 
     def _maybe_start(self) -> None:
         """Record the session once the owner, the backend and the startup are all known."""
@@ -571,15 +577,9 @@ class Session:
             return self.not_relayable
         owner, backend = self.owner, self.backend
         assert owner is not None and backend is not None
-        if owner.doubt is not None:
-            return owner.doubt
-        access = self.relay.access
-        if access is not None:
-            binding, refused = access.admit(backend, owner)
-            self.binding = binding
-            self.identity = None if binding is None else binding.record
-            if refused is not None:
-                return refused.message
+        refusal = self._admission(owner, backend)
+        if refusal is not None:
+            return refusal[1]
         request = self.cancel
         assert request is not None
         target = self.relay.keys.get((request.pid, request.secret))

@@ -58,7 +58,7 @@ def events(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def connect(
-    tmp_path: Path, backend: Backend | None, access: Access
+    tmp_path: Path, backend: Backend | None, access: Access, owner: Owner = AGENT
 ) -> tuple[Backend_, FakeTransport, Trail]:
     loop = asyncio.get_running_loop()
     fake = Backend_()
@@ -73,7 +73,7 @@ async def connect(
         allow_groups=target.allow_groups,
     )
     relay = Relay(
-        Recorder(trail, loop), target, Capture(), 1 << 20, lambda a, b: AGENT, access=access
+        Recorder(trail, loop), target, Capture(), 1 << 20, lambda a, b: owner, access=access
     )
     session = relay.session()
     client = FakeTransport()
@@ -160,26 +160,7 @@ def test_an_owner_in_doubt_is_refused_even_where_unbound_connections_are_allowed
                      detail=seen)  # fmt: skip
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        fake = Backend_()
-        port = await fake.start()
-        trail = Trail.open(TrailSettings.beside(tmp_path / "trail.db"))
-        relay = Relay(
-            Recorder(trail, loop),
-            Backend("orders", "127.0.0.1", port),
-            Capture(),
-            1 << 20,
-            lambda a, b: doubtful,
-            access=Access(Bindings(), "allow"),
-        )
-        session = relay.session()
-        client = FakeTransport()
-        session.connection_made(client)
-        session.data_received(STARTUP + QUERY)
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if client.closed:
-                break
+        fake, client, trail = await connect(tmp_path, None, Access(Bindings(), "allow"), doubtful)
         sent = b"".join(client.written)
         assert b"C08004\x00" in sent and b"taken for another socket" in sent
         assert fake.accepted == 0
