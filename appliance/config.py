@@ -94,8 +94,8 @@ class TrailSettings:
     path: Path
     signing_key: Path
     durability: str = "process"
-    checkpoint_events: int = 10_000
-    checkpoint_seconds: float = 10.0
+    checkpoint_events: int = 1_000
+    checkpoint_seconds: float = 1.0
 
     @property
     def public_key(self) -> Path:
@@ -400,10 +400,15 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
         else defaults.signing_key,
         durability=_choice(table.get("durability", "process"), "trail.durability", DURABILITY),
         checkpoint_events=_int(
-            table.get("checkpoint_events", 10_000), "trail.checkpoint_events", 1, 10_000_000
+            table.get("checkpoint_events", defaults.checkpoint_events),
+            "trail.checkpoint_events",
+            1,
+            10_000_000,
         ),
         checkpoint_seconds=_number(
-            table.get("checkpoint_seconds", 10.0), "trail.checkpoint_seconds", 0.1
+            table.get("checkpoint_seconds", defaults.checkpoint_seconds),
+            "trail.checkpoint_seconds",
+            0.1,
         ),
     )
 

@@ -47,6 +47,13 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
     assert settings.capture.rows == 10
 
 
+def test_at_most_a_second_or_a_thousand_events_go_unsigned_by_default(tmp_path: Path) -> None:
+    loaded = config.load(write(tmp_path, GOOD.replace("checkpoint_events = 50\n", ""))).trail
+    beside = config.TrailSettings.beside(tmp_path / "t.db")
+    for trail in (loaded, beside):
+        assert (trail.checkpoint_seconds, trail.checkpoint_events) == (1.0, 1000)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
