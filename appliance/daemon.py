@@ -254,11 +254,6 @@ async def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
 
-        async def checkpoints() -> None:
-            while True:
-                await asyncio.sleep(settings.trail.checkpoint_seconds)
-                recorder.checkpoint()
-
         expiry = Expiry(bindings, recorder, relays)
 
         async def expiries() -> None:
@@ -269,7 +264,7 @@ async def run(
                 except Exception:  # the next second tries again; never stop sweeping
                     log.exception("the expiry sweep failed")
 
-        ticker = asyncio.ensure_future(checkpoints())
+        ticker = asyncio.ensure_future(recorder.sign_every(settings.trail.checkpoint_seconds))
         sweeper = asyncio.ensure_future(expiries())
         await stop.wait()
         ticker.cancel()

@@ -68,19 +68,32 @@ class Recorder:
         try:
             self.trail.commit()
         except TrailWriteError as exc:
-            reason = str(exc)
-            if self.failing is None:
-                log.error("the trail cannot be written: %s; commands are refused", reason)
-            self.failing = reason
-            for waiter in waiting:
-                waiter.refused(reason)
-            self._schedule_retry()
+            self._failed(str(exc), waiting)
+            return
+        except Exception as exc:
+            # A bug, not a full disk: still nothing held may move without its record.
+            log.exception("the group commit failed")
+            self._failed(f"the commit failed: {exc!r}", waiting)
             return
         if self.failing is not None:
             log.warning("the trail is writable again after: %s", self.failing)
             self.failing = None
         for waiter in waiting:
-            waiter.released()
+            try:
+                waiter.released()
+            except Exception:  # one broken session must not keep the others gated
+                log.exception("releasing a session after its commit failed")
+
+    def _failed(self, reason: str, waiting: list[Gated]) -> None:
+        if self.failing is None:
+            log.error("the trail cannot be written: %s; commands are refused", reason)
+        self.failing = reason
+        for waiter in waiting:
+            try:
+                waiter.refused(reason)
+            except Exception:
+                log.exception("refusing a session after a failed commit failed")
+        self._schedule_retry()
 
     def _schedule_retry(self) -> None:
         if self._retry is None:
@@ -97,3 +110,12 @@ class Recorder:
         except TrailWriteError as exc:
             self.failing = str(exc)
             self._schedule_retry()
+
+    async def sign_every(self, seconds: float) -> None:
+        """Checkpoint every ``seconds`` until cancelled; a failure is logged, never the end."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                self.checkpoint()
+            except Exception:
+                log.exception("the checkpoint failed; the next one is in %.1f s", seconds)
