@@ -25,6 +25,7 @@ from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.messages import NO_ENCRYPTION, error_response
 from appliance.proxy.recorder import Recorder
+from appliance.trail.db import TrailFull
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,8 @@ class Session:
         )
         for payload in self.early:
             payload["identity"] = self.identity
-            self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+            if not self._record_command(payload):
+                break
         self.early.clear()
         log.debug(
             "session %s: %s:%d uid %s pid %s -> %s as %s",
@@ -331,7 +333,8 @@ class Session:
                 payload["n"] = event.n
                 if self.started:
                     payload["identity"] = self.identity
-                    self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+                    if not self._record_command(payload):
+                        return
                     self._gate()
                 else:  # recorded after session_start, so the session's events stay together
                     self.early.append(payload)
@@ -353,6 +356,16 @@ class Session:
             else:
                 assert self.server is not None
                 self.server.write(data)
+
+    def _record_command(self, payload: dict[str, Any]) -> bool:
+        """Record a command to be committed before its bytes move; if the trail cannot keep
+        it, refuse the session instead (False): nothing held is forwarded."""
+        try:
+            self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+        except TrailFull as exc:
+            self.refused(str(exc))
+            return False
+        return True
 
     def _gate(self) -> None:
         if not self.gated:
@@ -465,17 +478,22 @@ class Session:
             self.client.close()
             return
         target.commands += 1
-        self.recorder.record(
-            "command",
-            target.id,
-            {
-                "n": 0,
-                "kind": "cancel",
-                "text": f"cancel backend pid {request.pid}",
-                "client": f"{self.peer[0]}:{self.peer[1]}",
-                "identity": target.identity,
-            },
-        )
+        try:
+            self.recorder.record(
+                "command",
+                target.id,
+                {
+                    "n": 0,
+                    "kind": "cancel",
+                    "text": f"cancel backend pid {request.pid}",
+                    "client": f"{self.peer[0]}:{self.peer[1]}",
+                    "identity": target.identity,
+                },
+            )
+        except TrailFull:  # unrecorded, so undelivered
+            assert self.client is not None
+            self.client.close()
+            return
         self.recorder.gate(_CancelDelivery(self, target, raw[:16]))
 
     # --- endings -----------------------------------------------------------------------

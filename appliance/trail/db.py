@@ -49,6 +49,10 @@ class TrailWriteError(Exception):
     """The store could not commit; the message says why (disk full, permission, corrupt)."""
 
 
+class TrailFull(TrailWriteError):
+    """A command found the backlog full: it cannot be kept, so it must not be forwarded."""
+
+
 def _uri(path: Path, **params: str) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"file:{quote(str(path.absolute()))}?{query}"

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.config import TrailSettings
 from appliance.trail import chain, db, files, keys
 from appliance.trail.checkpoint import Checkpoint, read_file, write_file
-from appliance.trail.db import TrailError, TrailWriteError
+from appliance.trail.db import TrailError, TrailFull, TrailWriteError
 
-__all__ = ["Trail", "TrailError", "TrailWriteError"]
+__all__ = ["Trail", "TrailError", "TrailFull", "TrailWriteError"]
 
 MAX_BACKLOG = 1_000_000
 # Only a foreign writer can hold the lock (readers never block a WAL writer), and the relay
@@ -104,12 +104,21 @@ class Trail:
         return cls(settings, conn, key, head, clock)
 
     def append(self, type: str, session: str | None, payload: dict[str, Any]) -> dict[str, Any]:
-        """Buffer one event; ``payload`` is serialized at commit, so it may still be amended."""
+        """Buffer one event; ``payload`` is serialized at commit, so it may still be amended.
+
+        With the backlog full, a command raises TrailFull (the relay refuses it: forwarded,
+        it would be unrecorded); any other event is dropped, and the loss recorded.
+        """
         valid = self._valid
         if type not in valid or (session is not None and session not in valid):
             self._check(type, session)
         ts = int(self._clock() * 1_000_000)
         if len(self._pending) >= self.max_backlog:
+            if type == "command":
+                raise TrailFull(
+                    f"{self._settings.path}: the backlog of {self.max_backlog} events is full"
+                    " (the trail cannot commit); the command was not recorded"
+                )
             self._drop(ts, type)
         else:
             self._pending.append((ts, type, session, payload))
@@ -244,8 +253,8 @@ class Trail:
         return digest
 
     def _drop(self, ts: int, type: str) -> None:
-        # The backlog only grows while commits fail, and the relay forwards nothing then;
-        # keeping the oldest events keeps the story contiguous up to the failure.
+        # The backlog only grows while commits fail; keeping the oldest events keeps the
+        # story contiguous up to the failure.
         if not self._dropped:
             self._dropped_ts = (ts, ts)
         self._dropped[type] = self._dropped.get(type, 0) + 1

@@ -16,7 +16,7 @@ from trailkit import Clock, fill
 
 from appliance.config import TrailSettings
 from appliance.trail import chain, checkpoint, keys, store
-from appliance.trail.store import Trail, TrailError, TrailWriteError
+from appliance.trail.store import Trail, TrailError, TrailFull, TrailWriteError
 from appliance.trail.verify import verify
 
 
@@ -197,10 +197,13 @@ def test_backlog_is_bounded_and_the_loss_is_recorded(
     trail = Trail.open(settings, clock=clock)
     trail.max_backlog = 3
     locked.execute("BEGIN EXCLUSIVE")
-    for n in range(1, 6):
+    for n in range(1, 4):
         clock.tick(1)
         trail.append("command", "s", {"n": n})
-    trail.append("result", "s", {"n": 5})
+    for n in range(4, 6):
+        clock.tick(1)
+        trail.append("result", "s", {"n": n})
+        trail.append("session_end", "s", {"n": n})
     assert trail.pending == 3
     with pytest.raises(TrailWriteError):
         trail.commit()
@@ -211,12 +214,30 @@ def test_backlog_is_bounded_and_the_loss_is_recorded(
     notice = found[3]
     assert notice[1] == "error"
     assert notice[3]["where"] == "trail"
-    assert notice[3]["dropped"] == 3
-    assert notice[3]["types"] == {"command": 2, "result": 1}
+    assert notice[3]["dropped"] == 4
+    assert notice[3]["types"] == {"result": 2, "session_end": 2}
     assert notice[3]["first_ts"] == 1_700_000_004_000_000
-    assert "3 later events were not recorded" in str(notice[3]["message"])
+    assert "4 later events were not recorded" in str(notice[3]["message"])
     trail.close()
     check(settings)
+
+
+def test_a_command_is_never_dropped_from_a_full_backlog(
+    settings: TrailSettings, locked: sqlite3.Connection
+) -> None:
+    trail = Trail.open(settings)
+    trail.max_backlog = 2
+    locked.execute("BEGIN EXCLUSIVE")
+    trail.append("command", "s", {"n": 1})
+    trail.append("result", "s", {"n": 1})
+    payload = {"n": 2, "text": "DROP TABLE orders"}
+    with pytest.raises(TrailFull, match="backlog of 2 events is full") as info:
+        trail.append("command", "s", payload)
+    assert isinstance(info.value, TrailWriteError)  # the relay's refusal path handles it
+    assert trail.pending == 2
+    locked.execute("ROLLBACK")
+    trail.close()
+    assert "DROP TABLE" not in str(rows(settings.path))
 
 
 def test_commit_failure_from_the_store_is_a_trail_write_error(
