@@ -107,9 +107,9 @@ class TrailSettings:
         return self.signing_key.with_name(self.signing_key.name + ".checkpoint")
 
     @classmethod
-    def beside(cls, trail: Path) -> TrailSettings:
+    def beside(cls, trail: Path, **settings: Any) -> TrailSettings:
         """Settings for a trail given on the command line: the key lives next to it."""
-        return cls(path=trail, signing_key=trail.with_name(trail.name + ".key"))
+        return cls(path=trail, signing_key=trail.with_name(trail.name + ".key"), **settings)
 
 
 @dataclass(frozen=True, slots=True)
