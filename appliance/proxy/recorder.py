@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from appliance.trail.store import Trail, TrailWriteError
+from appliance.trail.store import Trail, TrailLost, TrailWriteError
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,12 @@ class Recorder:
         try:
             self.trail.commit()
         except TrailWriteError as exc:
-            self._failed(str(exc), waiting)
+            self._failed(exc, waiting)
             return
         except Exception as exc:
             # A bug, not a full disk: still nothing held may move without its record.
             log.exception("the group commit failed")
-            self._failed(f"the commit failed: {exc!r}", waiting)
+            self._failed(TrailWriteError(f"the commit failed: {exc!r}"), waiting)
             return
         if self.failing is not None:
             log.warning("the trail is writable again after: %s", self.failing)
@@ -84,8 +84,16 @@ class Recorder:
             except Exception:  # one broken session must not keep the others gated
                 log.exception("releasing a session after its commit failed")
 
-    def _failed(self, reason: str, waiting: list[Gated]) -> None:
-        if self.failing is None:
+    def _failed(self, exc: TrailWriteError, waiting: list[Gated]) -> None:
+        reason = str(exc)
+        if isinstance(exc, TrailLost):
+            if self.failing != reason:
+                log.critical(
+                    "THE TRAIL LOST EVENTS: %s. Every command is refused until the recorder"
+                    " is restarted on a trail that verifies (witness verify)",
+                    reason,
+                )
+        elif self.failing is None:
             log.error("the trail cannot be written: %s; commands are refused", reason)
         self.failing = reason
         for waiter in waiting:
@@ -108,8 +116,7 @@ class Recorder:
         try:
             self.trail.checkpoint()
         except TrailWriteError as exc:
-            self.failing = str(exc)
-            self._schedule_retry()
+            self._failed(exc, [])
 
     async def sign_every(self, seconds: float) -> None:
         """Checkpoint every ``seconds`` until cancelled; a failure is logged, never the end."""

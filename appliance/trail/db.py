@@ -50,6 +50,11 @@ class TrailWriteError(Exception):
     """The store could not commit; the message says why (disk full, permission, corrupt)."""
 
 
+class TrailLost(TrailWriteError):
+    """Events this writer committed are not where a new reader finds them: its database or
+    WAL file was deleted, replaced or truncated. It commits nothing more."""
+
+
 class TrailFull(TrailWriteError):
     """A command found the backlog full: it cannot be kept, so it must not be forwarded."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import secrets
@@ -16,12 +17,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.config import TrailSettings
-from appliance.trail import chain, db, files, keys
+from appliance.trail import chain, db, files, keys, walcheck
 from appliance.trail.checkpoint import Checkpoint, Head, read_file, write_file
-from appliance.trail.db import TrailError, TrailFull, TrailWriteError
+from appliance.trail.db import TrailError, TrailFull, TrailLost, TrailWriteError
 from appliance.trail.walk import Fault, Walk
 
-__all__ = ["Trail", "TrailError", "TrailFull", "TrailWriteError"]
+__all__ = ["Trail", "TrailError", "TrailFull", "TrailLost", "TrailWriteError"]
 
 MAX_BACKLOG = 1_000_000
 # Only a foreign writer can hold the lock (readers never block a WAL writer), and the relay
@@ -53,6 +54,7 @@ class Batch:
     dropped: int  # dropped events its notice accounts for
     head: Head | None = None  # the signed head, when it ends with a checkpoint
     problems: list[str] = field(default_factory=list)  # what write() could not do besides
+    lost: str | None = None  # set by write(): committed, but not where readers look
 
 
 class Trail:
@@ -89,6 +91,10 @@ class Trail:
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
         self._dropped: dict[str, int] = {}
         self._dropped_ts = (0, 0)
+        # (st_dev, st_ino) of the database and its WAL, taken after the first commit.
+        self._files: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._lost: str | None = None
+        self._damaged = False  # the WAL is damaged under us: never close (see _keep_open)
 
     @classmethod
     def open(cls, settings: TrailSettings, *, clock: Callable[[], float] = time.time) -> Trail:
@@ -193,6 +199,8 @@ class Trail:
         writing it; None when there is nothing to write."""
         if self._conn is None:
             raise TrailWriteError(f"{self._settings.path}: the trail is closed")
+        if self._lost is not None:
+            raise TrailLost(self._lost)
         pending = self._pending
         n = len(pending)
         now = self._clock()
@@ -267,9 +275,14 @@ class Trail:
             ) from exc
         if batch.head is not None:
             self._publish(batch)
+            batch.lost = self._examine(conn, batch)
 
     def settle(self, batch: Batch) -> None:
-        """Account for a written batch: the head moves on, its events leave the buffer."""
+        """Account for a written batch: the head moves on, its events leave the buffer.
+
+        Raises TrailLost when the batch was committed where no reader will find it: the
+        relay must not forward what it holds, and nothing more is committed.
+        """
         del self._pending[: batch.taken]
         self._seq, self._hash = batch.seq, batch.hash
         if batch.dropped:
@@ -282,6 +295,9 @@ class Trail:
             self._force = False
         for problem in batch.problems:
             self.append("error", None, {"where": "trail", "message": problem})
+        if batch.lost is not None:
+            self._lost = batch.lost
+            raise TrailLost(batch.lost)
 
     def checkpoint(self) -> None:
         """Sign everything committed or pending now (if anything is unsigned), and commit."""
@@ -296,10 +312,13 @@ class Trail:
         """Checkpoint, commit and close. Safe to call twice.
 
         If that last commit fails the connection is closed anyway, and the error says how
-        many events were lost.
+        many events were lost. A trail whose files were lost under it raises TrailLost.
         """
         conn = self._conn
         if conn is None:
+            return
+        if self._lost is not None:
+            self._close_lost(conn)
             return
         try:
             self.checkpoint()
@@ -361,6 +380,76 @@ class Trail:
             "durability": settings.durability,
         }
 
+    def _examine(self, conn: sqlite3.Connection, batch: Batch) -> str | None:
+        """After a checkpoint's commit: why the events this writer committed are not where a
+        new reader looks (None: they are, and the WAL is copied into the database).
+
+        SQLite keeps writing to the files it opened: a deleted or replaced WAL or database
+        takes every later commit out of sight, and a truncated WAL loses the earlier ones,
+        while the writer sees nothing wrong.
+        """
+        path = self._settings.path
+        wal = path.with_name(path.name + "-wal")
+        try:
+            found = (_file_id(path), _file_id(wal))
+        except FileNotFoundError as exc:
+            return f"{exc.filename} was deleted under the recorder"
+        if self._files is None:
+            self._files = found
+        elif found != self._files:
+            replaced = path if found[0] != self._files[0] else wal
+            return f"{replaced} was replaced under the recorder"
+        try:
+            erased = walcheck.gap(wal)
+        except OSError as exc:
+            erased = f"{wal} cannot be read: {exc.strerror}"
+        if erased is not None:
+            self._damaged = True
+            return f"{erased}: it was truncated or overwritten under the recorder"
+        try:
+            with db.reading(path) as reader:
+                last = reader.execute(
+                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+            seen = "nothing" if last is None else f"event {last[0]}"
+        except TrailError as exc:
+            last, seen = None, f"an error ({exc})"
+        if last is None or (last[0], last[1]) != (batch.seq, batch.hash):
+            self._damaged = True
+            return (
+                f"a new reader of {path} finds {seen} at its end, not event {batch.seq} just"
+                f" committed: {wal} was truncated or overwritten under the recorder"
+            )
+        # Only now, with the WAL known good, is it copied into the database (automatic
+        # checkpoints are off): a damaged WAL never overwrites good pages.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return None
+
+    def _close_lost(self, conn: sqlite3.Connection) -> None:
+        reason = self._lost
+        assert reason is not None
+        self._conn = None
+        if self._damaged:
+            _keep_open(conn)
+            raise TrailLost(
+                f"{reason}; the trail is left open until the recorder exits, so that SQLite"
+                " does not copy the damaged WAL over the database"
+            )
+        # The files this connection holds are whole, only out of sight: a last commit there
+        # says what happened, and closing copies it all into the database it opened.
+        self._conn, self._lost = conn, None
+        self.append(
+            "error",
+            None,
+            {"where": "trail", "message": f"{reason}; every command was refused from then on"},
+        )
+        with contextlib.suppress(TrailWriteError):
+            self.checkpoint()
+        self._conn = None
+        conn.close()
+        raise TrailLost(reason)
+
     def _abandon(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -416,6 +505,22 @@ class Trail:
             write_file(path, batch.head, sync=self._settings.durability == "power")
         except OSError as exc:
             batch.problems.append(f"cannot write {path}: {exc.strerror}")
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _keep_open(conn: sqlite3.Connection) -> None:
+    """Never close ``conn``, not even when the process exits.
+
+    The last connection to close copies the WAL into the database. With a truncated WAL that
+    copies zeroed pages over good ones and destroys the whole trail; left open, the database
+    keeps everything checkpointed before the damage, and the checkpoint file shows the rest
+    as cut.
+    """
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
 def _key(path: Path) -> Ed25519PrivateKey:
@@ -526,3 +631,6 @@ def _prepare(conn: sqlite3.Connection, settings: TrailSettings) -> None:
     sync = "FULL" if settings.durability == "power" else "OFF"
     conn.execute(f"PRAGMA synchronous = {sync}")
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+    # The WAL is copied into the database only after each signed checkpoint finds it whole
+    # (Trail._examine), never at a size SQLite picks.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
