@@ -9,6 +9,7 @@ salts comes after one that lost them (the format: sqlite.org/fileformat.html#wal
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -25,30 +26,30 @@ def gap(path: Path) -> str | None:
     from before the WAL was last restarted, and ignored by SQLite), so it reads little
     more than the live frames.
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        header = os.pread(fd, _HEADER, 0)
-        if len(header) < _HEADER:
-            return f"{path} is {len(header)} bytes long: its header is gone"
-        magic, _, page_size, _, salt1, salt2 = struct.unpack(">6I", header[:24])
-        if magic not in _MAGIC or page_size < 512 or page_size & (page_size - 1):
-            return f"{path} has lost its header"
-        salts = struct.pack(">II", salt1, salt2)
-        stride = _FRAME_HEADER + page_size
-        offset = _HEADER
-        blank: int | None = None  # the first frame found erased
-        while True:
-            frame = os.pread(fd, _FRAME_HEADER, offset)
-            if len(frame) < _FRAME_HEADER:
-                return None
-            if frame[8:16] == salts:
-                if blank is not None:
-                    number = (blank - _HEADER) // stride + 1
-                    return f"{path} has lost its frames from frame {number} on"
-            elif frame == bytes(_FRAME_HEADER):
-                blank = offset if blank is None else blank
-            else:
-                return None  # an earlier generation: the live frames end here
-            offset += stride
-    finally:
-        os.close(fd)
+    with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size < _HEADER:
+            return f"{path} is {size} bytes long: its header is gone"
+        with mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) as wal:
+            return _gap(path, wal, size)
+
+
+def _gap(path: Path, wal: mmap.mmap, size: int) -> str | None:
+    magic, _, page_size, _, salt1, salt2 = struct.unpack_from(">6I", wal, 0)
+    if magic not in _MAGIC or page_size < 512 or page_size & (page_size - 1):
+        return f"{path} has lost its header"
+    salts = struct.pack(">II", salt1, salt2)
+    erased = bytes(_FRAME_HEADER)
+    stride = _FRAME_HEADER + page_size
+    blank: int | None = None  # the first frame found erased
+    for offset in range(_HEADER, size - _FRAME_HEADER + 1, stride):
+        if wal[offset + 8 : offset + 16] == salts:
+            if blank is not None:
+                number = (blank - _HEADER) // stride + 1
+                return f"{path} has lost its frames from frame {number} on"
+        elif wal[offset : offset + _FRAME_HEADER] == erased:
+            if blank is None:
+                blank = offset
+        else:
+            return None  # an earlier generation: the live frames end here
+    return None
