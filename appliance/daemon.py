@@ -278,8 +278,7 @@ async def run(
         for relay in relays:
             for session in list(relay.sessions):
                 session.end("recorder shutting down")
-        await asyncio.sleep(0)  # let the last group commit run
-        trail.close()
+        await recorder.close()
 
 
 def serve(settings: Settings) -> None:

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,63 @@ def test_the_checkpoint_ticker_survives_an_unexpected_failure(
     with caplog.at_level(logging.INFO):
         asyncio.run(scenario())
     assert "an unexpected failure" in caplog.text
+
+
+class SlowDisk:
+    """The trail's connection, whose every COMMIT takes ``seconds``, as an fsync does on a
+    slow or busy disk; it notes which thread committed."""
+
+    def __init__(self, real: sqlite3.Connection, seconds: float) -> None:
+        self.real = real
+        self.seconds = seconds
+        self.threads: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def cursor(self) -> SlowDisk:
+        return self
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            self.threads.add(threading.current_thread().name)
+            time.sleep(self.seconds)
+        return self.real.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        return self.real.executemany(sql, *args)
+
+
+def test_power_commits_wait_for_the_disk_off_the_event_loop(tmp_path: Path) -> None:
+    """While one session's command waits for its fsync, the loop goes on: other sessions'
+    commands gather for the next commit, and each is released only once it is durable."""
+    settings = TrailSettings.beside(tmp_path / "trail.db", durability="power")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        trail = Trail.open(settings)
+        slow = SlowDisk(trail._conn, 0.3)  # type: ignore[arg-type]
+        trail._conn = slow  # type: ignore[assignment]
+        recorder = Recorder(trail, loop)
+        first, second = Waiter(), Waiter()
+        recorder.record("command", "a", {"n": 1, "text": "select 1"})
+        recorder.gate(first)
+        started = time.monotonic()
+        await asyncio.sleep(0.05)  # the first commit is under way
+        lag = time.monotonic() - started
+        recorder.record("command", "b", {"n": 1, "text": "select 2"})
+        recorder.gate(second)
+        assert (first.calls, second.calls) == ([], [])
+        while not second.calls:
+            await asyncio.sleep(0.01)
+        assert (first.calls, second.calls) == (["released"], ["released"])
+        assert lag < 0.2, f"the event loop stalled {lag:.2f} s behind a commit"
+        assert threading.current_thread().name not in slow.threads
+        await recorder.close()
+        with sqlite3.connect(settings.path) as conn:
+            texts = [
+                t for (t,) in conn.execute("SELECT payload FROM events WHERE type = 'command'")
+            ]
+        assert len(texts) == 2
+
+    asyncio.run(scenario())
