@@ -129,3 +129,11 @@ def check_format(conn: sqlite3.Connection, path: Path) -> None:
 
 def meta(conn: sqlite3.Connection) -> dict[str, str]:
     return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def trail_id(conn: sqlite3.Connection) -> str | None:
+    """The id the trail's genesis names (not checked here: verify checks it)."""
+    row = conn.execute(
+        "SELECT json_extract(payload, '$.trail') FROM events WHERE seq = 1"
+    ).fetchone()
+    return row[0] if row is not None and isinstance(row[0], str) else None

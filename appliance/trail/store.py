@@ -95,6 +95,8 @@ class Trail:
         self._files: tuple[tuple[int, int], tuple[int, int]] | None = None
         self._lost: str | None = None
         self._damaged = False  # the WAL is damaged under us: never close (see _keep_open)
+        # Called (on the event loop) after each checkpoint is committed.
+        self.on_checkpoint: Callable[[], None] | None = None
 
     @classmethod
     def open(cls, settings: TrailSettings, *, clock: Callable[[], float] = time.time) -> Trail:
@@ -293,6 +295,8 @@ class Trail:
             self._uncovered = 0
             self._checkpointed_at = batch.now
             self._force = False
+            if self.on_checkpoint is not None and batch.lost is None:
+                self.on_checkpoint()
         for problem in batch.problems:
             self.append("error", None, {"where": "trail", "message": problem})
         if batch.lost is not None:

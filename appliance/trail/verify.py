@@ -81,15 +81,6 @@ def verify(
             conn.execute("ROLLBACK")
 
 
-def trail_id(path: Path) -> str | None:
-    """The id the trail's genesis names (not checked here: verify checks it)."""
-    with db.reading(path) as conn:
-        row = conn.execute(
-            "SELECT json_extract(payload, '$.trail') FROM events WHERE seq = 1"
-        ).fetchone()
-    return row[0] if row is not None and isinstance(row[0], str) else None
-
-
 def _report(
     walk: Walk, conn: sqlite3.Connection, anchor: Sequence[Checkpoint] | None, fault: Fault | None
 ) -> Report:

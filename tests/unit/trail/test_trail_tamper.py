@@ -25,9 +25,8 @@ from trailkit import Clock, fill
 
 from appliance.cli import trail as trail_cli
 from appliance.config import TrailSettings
-from appliance.trail import chain
+from appliance.trail import chain, db
 from appliance.trail.store import Trail, TrailError
-from appliance.trail.verify import trail_id
 
 WITNESS = Path(sys.executable).parent / "witness"
 
@@ -47,6 +46,11 @@ def path(tmp_path: Path, clock: Clock) -> Path:
     fill(trail, clock)
     trail.close()
     return settings.path
+
+
+def trail_id(path: Path) -> str | None:
+    with db.reading(path) as conn:
+        return db.trail_id(conn)
 
 
 def verify(cli: click.Group, path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
