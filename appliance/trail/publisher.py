@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Checkpoints wake the publisher as they are made; this catches anything a wake missed.
 POLL_SECONDS = 5.0
+# At most this many checkpoints in one transaction (a long outage leaves one a second).
+BATCH = 2000
 
 
 @dataclass(slots=True)
@@ -56,12 +58,13 @@ class State:
         files.write_atomic(path, data, 0o600, sync=False)
 
 
-def unpublished(trail: Path, after: int) -> list[tuple[int, int, Checkpoint]]:
-    """The checkpoints of the trail after event ``after``: (event seq, made, checkpoint)."""
+def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int, Checkpoint]]:
+    """The checkpoints of the trail after event ``after`` (the first ``limit`` of them):
+    (event seq, made, checkpoint)."""
     with db.reading(trail) as conn:
         rows = conn.execute(
-            "SELECT seq, ts, payload FROM events WHERE seq > ? AND type = ? ORDER BY seq",
-            (after, chain.CHECKPOINT),
+            "SELECT seq, ts, payload FROM events WHERE seq > ? AND type = ? ORDER BY seq LIMIT ?",
+            (after, chain.CHECKPOINT, limit),
         ).fetchall()
     found = []
     for seq, ts, payload in rows:
@@ -102,14 +105,15 @@ class Publisher:
         self._wake.set()
 
     def publish(self) -> int:
-        """One round, in the calling thread: publish what the anchor lacks; how many.
+        """One round, in the calling thread: publish what the anchor lacks (up to BATCH
+        checkpoints); how many.
 
         Raises AnchorError (or TrailError) when it cannot, and notes why in the state file.
         """
         state = self.state
         state.attempted_at = now = self.clock()
         try:
-            pending = unpublished(self.trail.path, state.published)
+            pending = unpublished(self.trail.path, state.published, BATCH)
             if pending:
                 if self._conn is None or self._conn.closed:
                     self._conn = anchor.connect(self.settings)
@@ -151,6 +155,8 @@ class Publisher:
                 log.warning("the anchor has the checkpoints again (%d published)", count)
                 failing = None
             delay = 0.0
+            if count == BATCH:
+                self._wake.set()  # more are waiting
 
     async def finish(self) -> None:
         """One last round, for the checkpoint made at shutdown, then let go of the anchor."""

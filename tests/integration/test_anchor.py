@@ -21,7 +21,7 @@ from witnessproc import WITNESS, run, wait_port
 from appliance.config import AnchorSettings, TrailSettings
 from appliance.lab.net import free_port
 from appliance.lab.postgres import PostgresServer
-from appliance.trail import chain, db, keys
+from appliance.trail import chain, db, keys, publisher
 from appliance.trail.checkpoint import Checkpoint, Head, write_file
 from appliance.trail.publisher import Publisher
 from appliance.trail.store import Trail
@@ -397,3 +397,25 @@ def test_verify_says_when_the_anchor_cannot_be_reached_or_lets_another_bastion_i
     assert code == 1
     assert "published by" in error and intruder in error
     assert "another bastion published for this trail" in error
+
+
+def test_a_long_backlog_is_published_in_rounds_and_resumed_from_the_state_file(
+    anchor: Anchor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = anchor.settings(anchor.role(f"b-{tmp_path.name[-20:].lower()}"), tmp_path)
+    settings = TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=2, anchor=where)
+    trail = Trail.open(settings)
+    for n in range(10):
+        trail.append("command", "s", {"n": n, "text": f"SELECT {n}"})
+        trail.commit()
+    trail.close()
+    monkeypatch.setattr(publisher, "BATCH", 4)
+    total = len(checkpoints(settings.path))
+    assert Publisher(settings, where, trail.id).publish() == 4
+    # Another process (a restarted recorder) takes up where the state file says.
+    rounds = []
+    again = Publisher(settings, where, trail.id)
+    while len(rounds) < 10 and (count := again.publish()):
+        rounds.append(count)
+    assert rounds == [4] * ((total - 4) // 4) + ([(total - 4) % 4] if (total - 4) % 4 else [])
+    assert anchor.held(trail.id) == checkpoints(settings.path)
