@@ -38,6 +38,14 @@ class Checkpoint:
         return {"seq": self.seq, "hash": self.hash, "key": self.key, "signature": self.signature}
 
     @classmethod
+    def from_json(cls, text: str | bytes) -> Self | None:
+        """The checkpoint in a JSON text, or None if it is not one."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except ValueError:
+            return None
+
+    @classmethod
     def from_dict(cls, data: Any) -> Self | None:
         """The checkpoint in ``data``, or None if any field is missing or of the wrong type."""
         if not isinstance(data, dict):
@@ -75,10 +83,7 @@ def read_file(path: Path) -> Head:
         raise TrailError(f"{path}: no such checkpoint file") from None
     except OSError as exc:
         raise TrailError(f"{path}: cannot read the checkpoint file: {exc.strerror}") from None
-    try:
-        found = Head.from_dict(json.loads(raw))
-    except ValueError:
-        found = None
+    found = Head.from_json(raw)
     if found is None:
         raise TrailError(f"{path}: not a Witness checkpoint file")
     return found

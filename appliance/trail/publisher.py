@@ -68,10 +68,7 @@ def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int
         ).fetchall()
     found = []
     for seq, ts, payload in rows:
-        try:
-            signed = Checkpoint.from_dict(json.loads(payload))
-        except ValueError:
-            signed = None
+        signed = Checkpoint.from_json(payload)
         if signed is None:
             raise TrailError(f"{trail}: checkpoint {seq} is malformed: run witness verify")
         found.append((int(seq), int(ts), signed))

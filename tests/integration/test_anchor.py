@@ -290,18 +290,26 @@ def rewrite_with_the_key(settings: TrailSettings, keep: int | None = None, edit:
     write_file(settings.checkpoint_file, head, sync=False)
 
 
-@pytest.fixture
-def published(anchor: Anchor, tmp_path: Path) -> tuple[TrailSettings, AnchorSettings]:
-    """A closed trail of 40 commands, signed every 5 events, every checkpoint published."""
-    role = anchor.role(f"b-{tmp_path.name[-20:].lower()}")
-    where = anchor.settings(role, tmp_path)
-    settings = TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=5, anchor=where)
+def closed_trail(
+    anchor: Anchor, tmp_path: Path, commands: int, every: int
+) -> tuple[TrailSettings, AnchorSettings, str]:
+    """A closed trail of ``commands`` commands, signed every ``every`` events, that a bastion
+    role of its own publishes; and its id."""
+    where = anchor.settings(anchor.role(f"b-{tmp_path.name[-20:].lower()}"), tmp_path)
+    settings = TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=every, anchor=where)
     trail = Trail.open(settings)
-    for n in range(40):
+    for n in range(commands):
         trail.append("command", "s", {"n": n, "text": f"SELECT {n}"})
         trail.commit()
     trail.close()
-    assert Publisher(settings, where, trail.id).publish() == len(checkpoints(settings.path))
+    return settings, where, trail.id
+
+
+@pytest.fixture
+def published(anchor: Anchor, tmp_path: Path) -> tuple[TrailSettings, AnchorSettings]:
+    """A closed trail of 40 commands, signed every 5 events, every checkpoint published."""
+    settings, where, trail = closed_trail(anchor, tmp_path, 40, 5)
+    assert Publisher(settings, where, trail).publish() == len(checkpoints(settings.path))
     return settings, where
 
 
@@ -402,20 +410,14 @@ def test_verify_says_when_the_anchor_cannot_be_reached_or_lets_another_bastion_i
 def test_a_long_backlog_is_published_in_rounds_and_resumed_from_the_state_file(
     anchor: Anchor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    where = anchor.settings(anchor.role(f"b-{tmp_path.name[-20:].lower()}"), tmp_path)
-    settings = TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=2, anchor=where)
-    trail = Trail.open(settings)
-    for n in range(10):
-        trail.append("command", "s", {"n": n, "text": f"SELECT {n}"})
-        trail.commit()
-    trail.close()
+    settings, where, trail = closed_trail(anchor, tmp_path, 10, 2)
     monkeypatch.setattr(publisher, "BATCH", 4)
     total = len(checkpoints(settings.path))
-    assert Publisher(settings, where, trail.id).publish() == 4
+    assert Publisher(settings, where, trail).publish() == 4
     # Another process (a restarted recorder) takes up where the state file says.
     rounds = []
-    again = Publisher(settings, where, trail.id)
+    again = Publisher(settings, where, trail)
     while len(rounds) < 10 and (count := again.publish()):
         rounds.append(count)
     assert rounds == [4] * ((total - 4) // 4) + ([(total - 4) % 4] if (total - 4) % 4 else [])
-    assert anchor.held(trail.id) == checkpoints(settings.path)
+    assert anchor.held(trail) == checkpoints(settings.path)
