@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ ALGORITHMS = (
 LOGIN_TOKENS = ("access_token", "id_token")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DURABILITY = ("process", "power")
+_INTERFACE = re.compile(r"[^/:\s]{1,15}")
 
 
 class ConfigError(Exception):
@@ -52,6 +54,14 @@ class Backend:
     identity may; with either, only those they name."""
     end_at_expiry: bool = False
     """End live sessions when their identity's binding expires (new ones are always refused)."""
+    connect_timeout: float = 10.0
+    """Seconds the recorder waits for the backend to accept a connection before refusing."""
+    max_connections_per_identity: int = 20
+    """Sessions one identity may hold open to this backend at once."""
+    max_connections_per_uid: int = 40
+    """Sessions one Unix user (whatever its identities) may hold open to this backend."""
+    max_new_connections_per_second: float = 20.0
+    """New sessions one identity may open per second (a burst of one second's worth)."""
 
     @property
     def restricted(self) -> bool:
@@ -155,6 +165,13 @@ class EnforceSettings:
 
     service_user: str = "witness"
     redirect_port: int = 15432
+    guard_link_local: bool = True
+    """Reject what users other than root and the service user send to link-local addresses
+    (fe80::/10, 169.254.0.0/16): a backend host's link-local address is not in any
+    protected range, yet reaches it."""
+    backend_interfaces: tuple[str, ...] = ()
+    """Interfaces that face only the backends: everything users other than root and the
+    service user send out of them is rejected, whatever its address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +202,9 @@ class IssuerSettings:
     """Seconds allowed for each fetch from the issuer (discovery, keys, device flow)."""
     leeway: float = 30.0
     """Seconds of clock difference tolerated on exp, nbf and iat."""
+    allow_clients: tuple[str, ...] = ()
+    """The clients whose tokens are accepted, by ``azp`` or else ``client_id``; empty: any.
+    For an issuer whose other clients can get tokens for the same audience."""
 
     @property
     def discovery_url(self) -> str:
@@ -364,6 +384,10 @@ def _backend(raw: Any, key: str) -> Backend:
             "allow_identities",
             "allow_groups",
             "end_sessions_at_expiry",
+            "connect_timeout_seconds",
+            "max_connections_per_identity",
+            "max_connections_per_uid",
+            "max_new_connections_per_second",
         },
     )
     protect: tuple[Network, ...] = ()
@@ -393,6 +417,23 @@ def _backend(raw: Any, key: str) -> Backend:
         else (),
         end_at_expiry=_bool(
             table.get("end_sessions_at_expiry", False), f"{key}.end_sessions_at_expiry"
+        ),
+        connect_timeout=_number(
+            table.get("connect_timeout_seconds", 10.0), f"{key}.connect_timeout_seconds", 0.1
+        ),
+        max_connections_per_identity=_int(
+            table.get("max_connections_per_identity", 20),
+            f"{key}.max_connections_per_identity",
+            1,
+            1_000_000,
+        ),
+        max_connections_per_uid=_int(
+            table.get("max_connections_per_uid", 40), f"{key}.max_connections_per_uid", 1, 1_000_000
+        ),
+        max_new_connections_per_second=_number(
+            table.get("max_new_connections_per_second", 20.0),
+            f"{key}.max_new_connections_per_second",
+            1.0,
         ),
     )
 
@@ -486,10 +527,25 @@ def _capture(raw: Any) -> Capture:
 
 def _enforce(raw: Any) -> EnforceSettings:
     table = _table(raw, "enforce")
-    _no_unknown(table, "enforce", {"service_user", "redirect_port"})
+    _no_unknown(
+        table,
+        "enforce",
+        {"service_user", "redirect_port", "guard_link_local", "backend_interfaces"},
+    )
+    interfaces: tuple[str, ...] = ()
+    if "backend_interfaces" in table:
+        interfaces = _strings(table["backend_interfaces"], "enforce.backend_interfaces")
+        for i, name in enumerate(interfaces):
+            if not _INTERFACE.fullmatch(name):
+                raise ConfigError(
+                    f"enforce.backend_interfaces[{i}]: expected an interface name (1 to 15"
+                    f" characters, no '/', ':' or whitespace), got {name!r}"
+                )
     return EnforceSettings(
         service_user=_str(table.get("service_user", "witness"), "enforce.service_user"),
         redirect_port=_int(table.get("redirect_port", 15432), "enforce.redirect_port", 1, 65535),
+        guard_link_local=_bool(table.get("guard_link_local", True), "enforce.guard_link_local"),
+        backend_interfaces=interfaces,
     )
 
 
@@ -506,6 +562,7 @@ _ISSUER_KEYS = {
     "claims",
     "timeout_seconds",
     "leeway_seconds",
+    "allow_clients",
 }
 _CLAIMS = ("subject", "email", "name", "groups")
 
@@ -528,6 +585,16 @@ def _issuer(raw: Any, key: str) -> IssuerSettings:
         name: _str(claims.get(name, default), f"{key}.claims.{name}")
         for name, default in zip(_CLAIMS, ("sub", "email", "name", "groups"), strict=True)
     }
+    client_id = _str(table["client_id"], f"{key}.client_id") if "client_id" in table else None
+    allow_clients = (
+        _strings(table["allow_clients"], f"{key}.allow_clients") if "allow_clients" in table else ()
+    )
+    if allow_clients and client_id is not None and client_id not in allow_clients:
+        # A device-flow token is issued to client_id: leaving it out refuses every login.
+        raise ConfigError(
+            f"{key}.allow_clients: {list(allow_clients)} leaves out the client_id {client_id!r}, "
+            "so no `witness login` could bind: add it, or remove client_id"
+        )
     return IssuerSettings(
         name=_str(table.get("name"), f"{key}.name"),
         issuer=_url(table.get("issuer"), f"{key}.issuer"),
@@ -536,7 +603,7 @@ def _issuer(raw: Any, key: str) -> IssuerSettings:
         else _strings(audience, f"{key}.audience"),
         discovery=_url(table["discovery"], f"{key}.discovery") if "discovery" in table else "",
         algorithms=algorithms,
-        client_id=_str(table["client_id"], f"{key}.client_id") if "client_id" in table else None,
+        client_id=client_id,
         login_params=tuple(
             (name, _str(value, f"{key}.login_params.{name}")) for name, value in params.items()
         ),
@@ -552,6 +619,7 @@ def _issuer(raw: Any, key: str) -> IssuerSettings:
         groups_claim=claim["groups"],
         timeout=_number(table.get("timeout_seconds", 5.0), f"{key}.timeout_seconds", 0.1),
         leeway=_number(table.get("leeway_seconds", 30.0), f"{key}.leeway_seconds", 0),
+        allow_clients=allow_clients,
     )
 
 
@@ -586,6 +654,14 @@ def _identity(raw: Any, base: Path) -> IdentitySettings:
         issuer = _issuer(item, f"identity.issuer[{i}]")
         if issuer.name in issuers:
             raise ConfigError(f"identity.issuer[{i}].name: {issuer.name!r} is defined twice")
+        # Tokens are matched to a table by their iss: a second table for the same iss would
+        # never be used, and its restrictions (allow_clients, audience) silently with it.
+        for j, other in enumerate(issuers.values()):
+            if other.issuer == issuer.issuer:
+                raise ConfigError(
+                    f"identity.issuer[{i}].issuer: {issuer.issuer!r} is already trusted by "
+                    f"identity.issuer[{j}] (one table per issuer)"
+                )
         issuers[issuer.name] = issuer
     raw_bindings = table.get("binding", [])
     if not isinstance(raw_bindings, list):

@@ -22,6 +22,7 @@ from appliance.enforce.divert import Routes
 from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
 from appliance.identity.oidc import Validator
 from appliance.policy.access import Access
+from appliance.policy.limits import Limits
 from appliance.proxy.control import Control
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
@@ -148,6 +149,7 @@ async def run(
         check_service_user(settings)
     bindings = open_bindings(settings)
     access = Access(bindings, settings.identity.unbound)
+    limits = Limits()
     trail = Trail.open(settings.trail)
     recorder = Recorder(trail, loop)
     publisher = publishing = None
@@ -169,6 +171,7 @@ async def run(
                 owner_lookup,
                 quick_lookup=quick_lookup,
                 access=access,
+                limits=limits,
             )
             try:
                 server = await loop.create_server(
@@ -201,6 +204,7 @@ async def run(
                 routes=Routes(list(settings.backends.values())),
                 quick_lookup=quick_lookup,
                 access=access,
+                limits=limits,
             )
             relays.append(relay)
             port = settings.enforce.redirect_port

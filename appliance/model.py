@@ -10,9 +10,11 @@ from typing import Any
 class Owner:
     """The kernel's view of the process that owns a client socket.
 
-    ``source`` says how it was learned: ``sock_diag`` (netlink plus /proc), ``bpf``, or
+    ``source`` says how it was learned: ``sock_diag`` (netlink plus /proc), ``ebpf``, or
     ``unknown`` when the socket could not be attributed (a remote client, or a process that
     exited before it was looked at). ``detail`` explains an incomplete attribution.
+    ``doubt`` says why what was seen cannot be trusted (an eBPF record that the live socket
+    contradicts): such an owner names no one, and its connection is refused.
     """
 
     uid: int | None = None
@@ -24,9 +26,10 @@ class Owner:
     detail: str | None = None
     cgroup_id: int | None = None
     """The kernel's id of ``cgroup`` (its directory's inode): kept when the process is gone."""
+    doubt: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "uid": self.uid,
             "pid": self.pid,
             "exe": self.exe,
@@ -36,6 +39,9 @@ class Owner:
             "source": self.source,
             "detail": self.detail,
         }
+        if self.doubt is not None:
+            out["doubt"] = self.doubt
+        return out
 
 
 @dataclass(frozen=True, slots=True)

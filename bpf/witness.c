@@ -14,14 +14,16 @@
 //       ports on those ranges anyway, so nothing legitimate is lost.
 //   witness_sock_ops                      sock_ops
 //       On TCP_CONNECT_CB (the local address and port are chosen, the SYN is not sent yet)
-//       and ACTIVE_ESTABLISHED_CB, copy the record to owner_by_local, keyed by the client's
-//       local (address, port). That is what the recorder sees as the peer of the connection
-//       it accepted: nftables' redirect rewrites only the destination, so the source the
-//       agent's socket is bound to is the source the recorder sees. The destination is kept
-//       in the record (it is the original destination, what SO_ORIGINAL_DST gives back), so
-//       the reader can check it. When the socket closes, the record is kept (a client may
-//       send and close before the recorder looks) but stamped with the time it closed, so a
-//       reader can refuse a record whose socket is long gone and whose port may be reused.
+//       and ACTIVE_ESTABLISHED_CB, copy the record to owner_by_conn, keyed by the
+//       connection's 4-tuple as the client socket sees it: its local (address, port) and the
+//       destination it connected to. That is what the recorder knows of the connection it
+//       accepted: the peer address (nftables' redirect rewrites only the destination, so the
+//       source the agent's socket is bound to is the source the recorder sees) and the
+//       original destination (SO_ORIGINAL_DST). When the socket reaches TCP_CLOSE (also on
+//       its way to TIME_WAIT), its record is deleted: a record never outlives its socket, so
+//       a later socket that reuses the address and port can never be handed it. The record
+//       keeps the socket's cookie, which the recorder checks against the kernel's view of
+//       the live socket (sock_diag) before it believes the record.
 //   witness_sock_create                   cgroup/sock_create
 //       Deny SOCK_RAW sockets (EPERM) in the agent cgroups. The kernel runs this hook for
 //       AF_INET and AF_INET6 only; the AF_PACKET test below is a guard for kernels that
@@ -57,7 +59,6 @@ struct owner {
     u64 cookie;      // the client socket's cookie
     u64 cgroup_id;   // cgroup v2 id of the connecting task (inode of its cgroup directory)
     u64 connect_ns;  // bpf_ktime_get_ns() at connect(2): CLOCK_MONOTONIC
-    u64 closed_ns;   // when the socket reached TCP_CLOSE, 0 while it is open
     u32 tgid;        // process id
     u32 tid;         // thread that called connect(2)
     u32 uid;
@@ -70,11 +71,12 @@ struct owner {
     char comm[16];
 };
 
-struct local_key {
-    u8 addr[16];
-    u16 port;  // host byte order
-    u16 pad0;
-    u32 pad1;
+struct conn_key {
+    u8 local_addr[16];
+    u8 remote_addr[16];
+    u16 local_port;   // host byte order
+    u16 remote_port;  // host byte order
+    u32 pad;
 };
 
 struct net_key {
@@ -83,7 +85,7 @@ struct net_key {
 };
 
 BPF_TABLE("lru_hash", u64, struct owner, owner_by_cookie, PENDING_CAPACITY);
-BPF_TABLE("lru_hash", struct local_key, struct owner, owner_by_local, OWNER_CAPACITY);
+BPF_TABLE("lru_hash", struct conn_key, struct owner, owner_by_conn, OWNER_CAPACITY);
 BPF_LPM_TRIE(protected_nets, struct net_key, u8, PROTECTED_CAPACITY);
 
 static __always_inline void v4_mapped(u8 *out, u32 addr) {
@@ -139,13 +141,16 @@ int witness_connect6(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
-static __always_inline void local_of(struct bpf_sock_ops *skops, struct local_key *key) {
+static __always_inline void conn_of(struct bpf_sock_ops *skops, struct conn_key *key) {
     if (skops->family == AF_INET) {
-        v4_mapped(key->addr, skops->local_ip4);
+        v4_mapped(key->local_addr, skops->local_ip4);
+        v4_mapped(key->remote_addr, skops->remote_ip4);
     } else {
-        v6_copy(key->addr, skops->local_ip6);
+        v6_copy(key->local_addr, skops->local_ip6);
+        v6_copy(key->remote_addr, skops->remote_ip6);
     }
-    key->port = (u16)skops->local_port;
+    key->local_port = (u16)skops->local_port;
+    key->remote_port = bpf_ntohl(skops->remote_port) & 0xffff;
 }
 
 int witness_sock_ops(struct bpf_sock_ops *skops) {
@@ -155,43 +160,38 @@ int witness_sock_ops(struct bpf_sock_ops *skops) {
         return 1;
     if (skops->family != AF_INET && skops->family != AF_INET6)
         return 1;
-    struct local_key key = {};
-    local_of(skops, &key);
+    struct conn_key key = {};
+    conn_of(skops, &key);
+    u64 cookie = bpf_get_socket_cookie(skops);
 
     if (op == BPF_SOCK_OPS_STATE_CB) {
-        // args[1] is the new state; keep the record, stamp when the socket went away.
+        // args[1] is the new state. The socket is gone as far as its owner is concerned:
+        // so is its record (unless another socket's record took the key meanwhile).
         if (skops->args[1] == TCP_CLOSE) {
-            struct owner *known = owner_by_local.lookup(&key);
-            u64 cookie = bpf_get_socket_cookie(skops);
+            struct owner *known = owner_by_conn.lookup(&key);
             if (known && known->cookie == cookie)
-                known->closed_ns = bpf_ktime_get_ns();
+                owner_by_conn.delete(&key);
             owner_by_cookie.delete(&cookie);
         }
         return 1;
     }
 
-    u64 cookie = bpf_get_socket_cookie(skops);
     struct owner *pending = owner_by_cookie.lookup(&cookie);
     if (!pending)
         return 1;  // not connected through connect(2) in an agent cgroup, or evicted
     struct owner o = *pending;
-    __builtin_memcpy(o.local_addr, key.addr, 16);
-    o.local_port = key.port;
-    if (skops->family == AF_INET) {
-        v4_mapped(o.remote_addr, skops->remote_ip4);
-    } else {
-        v6_copy(o.remote_addr, skops->remote_ip6);
-    }
-    o.remote_port = bpf_ntohl(skops->remote_port) & 0xffff;
-    o.closed_ns = 0;
+    __builtin_memcpy(o.local_addr, key.local_addr, 16);
+    __builtin_memcpy(o.remote_addr, key.remote_addr, 16);
+    o.local_port = key.local_port;
+    o.remote_port = key.remote_port;
     if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
         o.established = 1;
         owner_by_cookie.delete(&cookie);
     } else {
-        // Ask for state changes on this socket, to stamp the record when it closes.
+        // Ask for state changes on this socket, to delete the record when it closes.
         bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
     }
-    owner_by_local.update(&key, &o);
+    owner_by_conn.update(&key, &o);
     return 1;
 }
 

@@ -8,6 +8,7 @@ kernel. The socket is ``--socket``, else ``$WITNESS_SOCKET``, else the configure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from appliance import config
 from appliance.cli.common import fail, json_option
 from appliance.config import ConfigError, IdentitySettings
 from appliance.enforce import confine
+from appliance.identity.limits import MAX_TOKEN
 
 socket_option = click.option(
     "--socket",
@@ -51,11 +53,22 @@ def _socket_path(ctx: click.Context, given: Path | None) -> Path:
 
 
 def _read_token(path: Path) -> str:
+    # Read no more than a token and some whitespace could need: a file that never ends
+    # (/dev/zero, a pipe left open) must not be read forever.
+    most = 2 * MAX_TOKEN
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        if str(path) == "-":
+            text = sys.stdin.read(most + 1)
+        else:
+            with path.open(encoding="utf-8") as file:
+                text = file.read(most + 1)
     except OSError as exc:
         fail(f"{path}: cannot read the token: {exc.strerror}", 2)
+    except UnicodeDecodeError:
+        fail(f"{path}: not a token (not UTF-8 text)", 2)
     token = text.strip()
+    if len(text) > most or len(token) > MAX_TOKEN:
+        fail(f"{path}: more than the {MAX_TOKEN} characters a token may have", 2)
     if not token:
         fail(f"{path}: no token in it", 2)
     return token
@@ -75,11 +88,17 @@ class _Channel:
             fail(f"{path}: permission denied")
         except OSError as exc:
             fail(f"cannot reach the recorder at {path}: {exc.strerror or exc}")
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        # The recorder refuses some requests before it has read them (too long, too many open
+        # from this uid) and hangs up: its answer is waiting all the same.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
         self.file = self.sock.makefile("rb")
 
     def answer(self) -> dict[str, Any]:
-        line = self.file.readline()
+        try:
+            line = self.file.readline()
+        except ConnectionResetError:  # the hang-up above, with nothing said first
+            line = b""
         if not line:
             fail("the recorder closed the control connection without an answer")
         message: dict[str, Any] = json.loads(line)

@@ -65,7 +65,7 @@ def serve(  # noqa: PLR0917 - one parameter per click option
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if verbose:  # our own sessions, not every netlink message pyroute2 could log
+    if verbose:  # our own sessions, not every library's debug messages
         for name in ("appliance", "witness"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     quick = (listen, backend, trail)

@@ -12,24 +12,23 @@ Lifecycle:
 - :func:`attach` compiles and loads the four programs, fills the protected ranges, attaches
   the programs to the agent cgroup root with ``BPF_F_ALLOW_MULTI`` (so they also apply to
   every cgroup below it) and pins everything. Attached programs outlive the process that
-  attached them. Run again, it attaches the new programs first and detaches the old ones
-  after, so the cgroups are never unguarded in between.
+  attached them. Run again, it attaches and pins the new programs first, and only then
+  detaches the old ones and moves the new pins into place: a failure before that leaves
+  the old programs in force, a failure after it the new ones, never none.
 - :func:`detach` detaches every program attached to the agent root (the pinned ones, and
   any other found there by ``BPF_PROG_QUERY``: the root is Witness's own) and removes the
   pins. It is not an error when nothing is there.
 
 What the recorder reads (see the comment at the top of ``bpf/witness.c``): the owner map is
-keyed by the client socket's local (address, port), IPv4 written as ``::ffff:a.b.c.d``. With
-the nftables redirect, that is exactly the peer address of the connection the recorder
-accepts: the redirect rewrites the destination only. A local (address, port) identifies one
-live TCP connection of this host as the recorder sees it; the record also keeps the
-original destination (what ``SO_ORIGINAL_DST`` returns) so a reader that passes it is never
-handed the record of another connection that happened to use the same local port towards a
-different destination, and a record whose socket closed more than ``stale_after`` seconds
-ago is not trusted (its port may have been reused by a process outside the agent cgroups,
-whose connections are not recorded). Reading needs ``CAP_BPF`` (the kernel refuses
-``bpf(2)`` to unprivileged users while ``kernel.unprivileged_bpf_disabled`` is set, as it is
-on Debian) and read access to the pin, which ``attach`` grants to ``reader_gid``.
+keyed by the client socket's 4-tuple as that socket sees it, its local (address, port) and
+the destination it connected to, IPv4 written as ``::ffff:a.b.c.d``. With the nftables
+redirect, that is the peer address of the connection the recorder accepts (the redirect
+rewrites the destination only) and its original destination (``SO_ORIGINAL_DST``). A record
+is deleted when its socket closes, and carries the socket's cookie: :mod:`owners` checks
+that cookie against the live socket before it believes a record. Reading needs ``CAP_BPF``
+(the kernel refuses ``bpf(2)`` to unprivileged users while
+``kernel.unprivileged_bpf_disabled`` is set, as it is on Debian) and read access to the pin,
+which ``attach`` grants to ``reader_gid``.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ import platform
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +66,6 @@ PIN_DIR = BPFFS / "witness"
 OWNER_CAPACITY = 65536
 PENDING_CAPACITY = 16384
 PROTECTED_CAPACITY = 1024
-STALE_AFTER = 10.0
 
 # bpf(2) commands, map types, attach types and flags, from include/uapi/linux/bpf.h
 _MAP_LOOKUP_ELEM = 1
@@ -94,12 +91,12 @@ PROGRAMS: tuple[tuple[str, str, int, int], ...] = (
     ("sock_ops", "witness_sock_ops", 13, 3),  # SOCK_OPS, CGROUP_SOCK_OPS
     ("sock_create", "witness_sock_create", 9, 2),  # CGROUP_SOCK, CGROUP_INET_SOCK_CREATE
 )
-MAPS = ("owner_by_local", "owner_by_cookie", "protected_nets")
-OWNER_MAP = "owner_by_local"
+MAPS = ("owner_by_conn", "owner_by_cookie", "protected_nets")
+OWNER_MAP = "owner_by_conn"
 
-# struct owner and struct local_key in bpf/witness.c
-_OWNER = struct.Struct("<QQQQIIII16s16sHHI16s")
-_LOCAL_KEY = struct.Struct("<16sHHI")
+# struct owner and struct conn_key in bpf/witness.c
+_OWNER = struct.Struct("<QQQIIII16s16sHHI16s")
+_CONN_KEY = struct.Struct("<16s16sHHI")
 _NET_KEY = struct.Struct("<I16s")
 
 
@@ -443,28 +440,44 @@ def attach(
         ) from None
 
     cgroup_fd = _open_dir(root)
+    staging = pins.with_name(pins.name + "_new")  # bpffs refuses names with a dot
     done: list[tuple[Any, int]] = []
+    retiring = False
     try:
+        _unpin(staging)  # left by an attach that crashed
         for name, _, _, attach_type in PROGRAMS:
             BPF.attach_func(functions[name], cgroup_fd, attach_type, _F_ALLOW_MULTI)
             done.append((functions[name], attach_type))
-        # New programs are in force; now retire the old ones and take over their pins.
+        staging.mkdir(mode=0o750)
+        for name, _, _, _ in PROGRAMS:
+            obj_pin(functions[name].fd, staging / f"prog_{name}")
+        for name, fd in map_fds.items():
+            obj_pin(fd, staging / name)
+        if reader_gid is not None:
+            os.chown(staging, 0, reader_gid)
+            os.chown(staging / OWNER_MAP, 0, reader_gid)
+            (staging / OWNER_MAP).chmod(0o440)
+        # The new programs are in force and pinned: from here on they stay attached,
+        # whatever fails. Retire the old ones and put the new pins in their place.
+        retiring = True
         _detach_pinned(cgroup_fd, pins)
         _unpin(pins)
-        pins.mkdir(mode=0o750)
-        for name, _, _, _ in PROGRAMS:
-            obj_pin(functions[name].fd, pins / f"prog_{name}")
-        for name, fd in map_fds.items():
-            obj_pin(fd, pins / name)
-        if reader_gid is not None:
-            os.chown(pins, 0, reader_gid)
-            os.chown(pins / OWNER_MAP, 0, reader_gid)
-            (pins / OWNER_MAP).chmod(0o440)
+        staging.rename(pins)
     except Exception as exc:
+        if retiring:
+            raise BpfError(
+                f"the new eBPF programs are attached to {root}, but retiring the old ones or"
+                f" moving the pins from {staging} to {pins} failed: {exc}; run witness up again"
+            ) from None
         for fn, attach_type in done:
             with contextlib.suppress(OSError):
                 _prog_detach(cgroup_fd, fn.fd, attach_type)
-        raise BpfError(f"cannot attach the eBPF programs to {root} or pin them: {exc}") from None
+        with contextlib.suppress(OSError):
+            _unpin(staging)
+        raise BpfError(
+            f"cannot attach the eBPF programs to {root} or pin them: {exc}"
+            " (the programs attached before, if any, are still in force)"
+        ) from None
     finally:
         os.close(cgroup_fd)
         module.cleanup()  # closes our fds; what is attached and pinned stays
@@ -486,6 +499,7 @@ def detach(root: Path, pins: Path = PIN_DIR) -> list[str]:
             os.close(cgroup_fd)
     try:
         done += [f"unpinned {name}" for name in _unpin(pins)]
+        done += [f"unpinned {name}" for name in _unpin(pins.with_name(pins.name + "_new"))]
     except OSError as exc:
         raise BpfError(f"cannot remove the pins in {pins}: {exc}") from None
     return done
@@ -513,7 +527,6 @@ class Record:
     cookie: int
     cgroup_id: int
     connect_ns: int
-    closed_ns: int
     tgid: int
     tid: int
     uid: int
@@ -525,13 +538,12 @@ class Record:
 
     @classmethod
     def unpack(cls, raw: bytes) -> Record:
-        (cookie, cg, connect_ns, closed_ns, tgid, tid, uid, gid, laddr, raddr, lport, rport,
-         est, comm) = _OWNER.unpack(raw[: _OWNER.size])  # fmt: skip
+        (cookie, cg, connect_ns, tgid, tid, uid, gid, laddr, raddr, lport, rport, est,
+         comm) = _OWNER.unpack(raw[: _OWNER.size])  # fmt: skip
         return cls(
             cookie,
             cg,
             connect_ns,
-            closed_ns,
             tgid,
             tid,
             uid,
@@ -542,16 +554,22 @@ class Record:
             comm.split(b"\0")[0].decode("utf-8", "replace"),
         )
 
+    def describe(self) -> str:
+        return (
+            f"pid {self.tgid}, uid {self.uid}, cgroup id {self.cgroup_id}, comm {self.comm!r},"
+            f" cookie {self.cookie}"
+        )
 
-def local_key(address: str, port: int) -> bytes:
-    return _LOCAL_KEY.pack(mapped(address), port, 0, 0)
+
+def conn_key(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
+    return _CONN_KEY.pack(mapped(local[0]), mapped(remote[0]), local[1], remote[1], 0)
 
 
-def read(address: str, port: int, pins: Path = PIN_DIR) -> Record | None:
-    """The record of the connection whose client end is ``address:port``, if there is one."""
+def read(local: tuple[str, int], remote: tuple[str, int], pins: Path = PIN_DIR) -> Record | None:
+    """The record of the connection from ``local`` to ``remote``, if there is one."""
     fd = obj_get(pins / OWNER_MAP, read_only=True)
     try:
-        raw = map_lookup(fd, local_key(address, port), _OWNER.size)
+        raw = map_lookup(fd, conn_key(local, remote), _OWNER.size)
     finally:
         os.close(fd)
     return None if raw is None else Record.unpack(raw)
@@ -575,35 +593,9 @@ def _cgroup_path(tgid: int, cgroup_id: int) -> str | None:
     return None
 
 
-def lookup(
-    client_addr: str,
-    client_port: int,
-    *,
-    destination: tuple[str, int] | None = None,
-    pins: Path = PIN_DIR,
-    stale_after: float = STALE_AFTER,
-) -> Owner | None:
-    """The owner of the client end ``client_addr:client_port`` as eBPF recorded it, or None.
-
-    None when eBPF is not loaded, the record was evicted (the map is LRU) or never made (the
-    client is outside the agent cgroups), the record's destination is not ``destination``
-    (the original destination, when the caller knows it), or its socket closed more than
-    ``stale_after`` seconds ago: fall back to sock_diag then. Never raises for those.
-    ``gid``, the cgroup id and the thread are in ``detail``; ``exe`` and the cgroup path are
-    read from /proc while the process lives.
-    """
-    try:
-        record = read(client_addr, client_port, pins)
-    except (OSError, ValueError):
-        return None
-    if record is None:
-        return None
-    if destination is not None and (
-        mapped(destination[0]) != mapped(record.remote[0]) or destination[1] != record.remote[1]
-    ):
-        return None
-    if record.closed_ns and time.monotonic_ns() - record.closed_ns > stale_after * 1e9:
-        return None
+def owner(record: Record) -> Owner:
+    """The owner a record names. ``gid``, the thread and the destination are in ``detail``;
+    ``exe`` and the cgroup path are read from /proc while the process lives."""
     try:
         exe: str | None = os.readlink(f"/proc/{record.tgid}/exe")
     except OSError:
@@ -621,3 +613,16 @@ def lookup(
         source="ebpf",
         detail=detail,
     )
+
+
+def lookup(local: tuple[str, int], remote: tuple[str, int], pins: Path = PIN_DIR) -> Record | None:
+    """The eBPF record of the connection ``local`` -> ``remote``, or None.
+
+    None when eBPF is not loaded, or the record was evicted (the map is LRU) or never made
+    (the client is outside the agent cgroups). Never raises for those. The record is what
+    eBPF saw; :func:`appliance.enforce.owners.quick` checks it against the live socket.
+    """
+    try:
+        return read(local, remote, pins)
+    except (OSError, ValueError):
+        return None

@@ -6,7 +6,8 @@ there is no quoting to get wrong, and no name that nft would try to resolve thro
 The kernel lists a table back in the same schema, so ``witness status`` compares the live
 table with what the configuration renders now, structure against structure.
 
-The table has two chains on the output hook, so it governs what processes on this host send:
+The table has two chains on the output hook, which govern what processes on this host send,
+and one on the forward hook:
 
 - ``divert`` (nat, priority -100): TCP to a protected range and port, from any uid but the
   service user's, is redirected to the recorder's port on loopback (127.0.0.1 or ::1). The
@@ -19,6 +20,16 @@ The table has two chains on the output hook, so it governs what processes on thi
   are not rejected: they reach no backend, and among them are the resets and ICMP errors
   the reject sends back to the agent's socket (when a protected range holds the host's own
   address, rejecting those would turn a refusal into a timeout).
+
+  Then, for users other than root (whose uid-0 sockets include the kernel's own, such as
+  neighbour discovery): what they send to link-local addresses (``fe80::/10``,
+  ``169.254.0.0/16``; ``enforce.guard_link_local``, on by default) is rejected, since a
+  backend host's link-local address lies in no protected range and yet reaches it; and,
+  with ``enforce.backend_interfaces``, everything they send out of those interfaces, so
+  that a backend host's addresses nobody listed are covered too.
+- ``forward`` (filter, priority 0): what the host would route to a protected range for
+  someone else (a container on a bridge, a host using the bastion as its gateway) is
+  rejected, whoever sent it.
 
 The kernel runs nat chains from the nat core's own hook at the dstnat priority (-100), so
 ``guard`` always sees a redirected packet with its loopback destination; ``divert`` states
@@ -79,6 +90,8 @@ class Plan:
     service_uid: int
     redirect_port: int
     protected: tuple[Protected, ...]
+    link_local: bool = True
+    interfaces: tuple[str, ...] = ()
 
     def networks(self, version: int) -> tuple[Network, ...]:
         """Every protected range of one IP version, overlaps merged."""
@@ -105,6 +118,8 @@ def plan(settings: Settings) -> Plan:
             )
             for b in settings.backends.values()
         ),
+        link_local=settings.enforce.guard_link_local,
+        interfaces=tuple(sorted(set(settings.enforce.backend_interfaces))),
     )
 
 
@@ -148,14 +163,14 @@ def _rule(chain: str, *expr: Json) -> Json:
     return {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": list(expr)}}
 
 
-def _chain(name: str, kind: str, priority: int) -> Json:
+def _chain(name: str, kind: str, priority: int, hook: str = "output") -> Json:
     return {
         "chain": {
             "family": FAMILY,
             "table": TABLE,
             "name": name,
             "type": kind,
-            "hook": "output",
+            "hook": hook,
             "prio": priority,
             "policy": "accept",
         }
@@ -191,31 +206,52 @@ def table(p: Plan) -> list[Json]:
                 accept,
             )
         )
+    # Only what would leave the host: a protected range may hold this host's own address (the
+    # bastion's subnet), and the resets and ICMP errors these rules send to a local socket
+    # pass through this chain too; rejecting them in turn would turn a refusal into a silent
+    # timeout.
+    leaving = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local", "!=")
     for version in (4, 6):
         nets = [_element(n) for n in p.networks(version)]
         if nets:
-            ranges = _match(_daddr(version), _values(nets))
-            # Only what would leave the host: a protected range may hold this host's own
-            # address (the bastion's subnet), and the resets and ICMP errors these rules
-            # send to a local socket pass through this chain too; rejecting them in turn
-            # would turn a refusal into a silent timeout.
-            leaving = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local", "!=")
-            tcp = _match({"meta": {"key": "l4proto"}}, "tcp")
-            guard.append(_rule("guard", ranges, leaving, tcp, {"reject": {"type": "tcp reset"}}))
-            guard.append(
-                _rule(
-                    "guard",
-                    ranges,
-                    leaving,
-                    {"reject": {"type": "icmpx", "expr": "admin-prohibited"}},
-                )
-            )
+            guard += _rejects(_match(_daddr(version), _values(nets)), leaving)
+    # Beyond the protected ranges, for users other than root: a socket of uid 0 (root's
+    # tools, and the kernel's own, such as neighbour discovery) must keep working, and a
+    # packet the kernel sends without a socket matches no skuid at all.
+    user = _match(_skuid(), 0, "!=")
+    if p.link_local:
+        for version, network in ((6, "fe80::/10"), (4, "169.254.0.0/16")):
+            link_local = _element(ipaddress.ip_network(network))
+            guard += _rejects(_match(_daddr(version), link_local), user, leaving)
+    if p.interfaces:
+        out = _match({"meta": {"key": "oifname"}}, _values(list(p.interfaces)))
+        guard += _rejects(out, user)
+    # What this host would route to a protected range for another (a container on a bridge,
+    # a host that uses the bastion as its gateway) is no agent's connection made here: it is
+    # rejected, whoever sent it. Diverting it is gateway mode's, not built.
+    forward: list[Json] = []
+    for version in (4, 6):
+        nets = [_element(n) for n in p.networks(version)]
+        if nets:
+            forward += _rejects(_match(_daddr(version), _values(nets)), chain="forward")
     return [
         {"table": {"family": FAMILY, "name": TABLE}},
         _chain("divert", "nat", DIVERT_PRIORITY),
         _chain("guard", "filter", GUARD_PRIORITY),
+        _chain("forward", "filter", GUARD_PRIORITY, hook="forward"),
         *divert,
         *guard,
+        *forward,
+    ]
+
+
+def _rejects(*conditions: Json, chain: str = "guard") -> list[Json]:
+    """Two rules for what matches ``conditions``: TCP is reset, the rest gets ICMP(v6)
+    administratively prohibited."""
+    tcp = _match({"meta": {"key": "l4proto"}}, "tcp")
+    return [
+        _rule(chain, *conditions, tcp, {"reject": {"type": "tcp reset"}}),
+        _rule(chain, *conditions, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
     ]
 
 

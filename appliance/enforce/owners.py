@@ -1,40 +1,26 @@
 """Socket to owner: which local process holds the client end of an accepted connection.
 
-The record the eBPF programs took at connect time answers first (``bpf.lookup``). Without
-one, sock_diag (netlink, through pyroute2) gives the owning uid, the socket inode and the
-cgroup id; /proc then gives the process holding that inode, its executable and its cgroup
-path. The lookup is blocking (it walks /proc), so the relay runs it off the event loop.
+The record the eBPF programs took at connect time answers first, and is believed only once
+the kernel's view of the live client socket (sock_diag, :mod:`sockdiag`) agrees with it:
+the same socket cookie, uid and cgroup. A record the live socket contradicts (a stale one,
+or one that names another socket) is never used and never replaced by a guess: the owner
+comes back with ``doubt`` set, and the connection is refused.
+
+Without a record, sock_diag gives the owning uid, the socket inode and the cgroup id, and
+/proc gives the process holding that inode, its executable and its cgroup path. That walk
+is blocking, so the relay runs :func:`lookup` off the event loop; :func:`quick` is the
+record alone, cheap enough for the loop.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
+from pathlib import Path
 
-from pyroute2 import DiagSocket
-
-from appliance.enforce import bpf
+from appliance.enforce import bpf, sockdiag
 from appliance.model import Owner
 
-_ESTABLISHED = 1 << 1
-
-
-def _diag(client: tuple[str, int], local: tuple[str, int]) -> tuple[int, int, int | None] | None:
-    """(uid, inode, cgroup id) of the socket bound to ``client`` and connected to ``local``."""
-    family = socket.AF_INET6 if ipaddress.ip_address(client[0]).version == 6 else socket.AF_INET
-    with DiagSocket() as diag:
-        diag.bind()
-        answers = diag.get_sock_stats(
-            family=family, states=_ESTABLISHED, sport=client[1], dport=local[1]
-        )
-    for msg in answers:
-        if msg.get("idiag_src") == client[0] and msg.get("idiag_dst") == local[0]:
-            cgroup_id = next(
-                (value for name, value in msg["attrs"] if name == "INET_DIAG_CGROUP_ID"), None
-            )
-            return int(msg["idiag_uid"]), int(msg["idiag_inode"]), cgroup_id
-    return None
+Address = tuple[str, int]
 
 
 def _holds(pid: str, target: str) -> bool:
@@ -84,33 +70,61 @@ def _cgroup_path(pid: int) -> str | None:
     return None
 
 
-def quick(client: tuple[str, int], destination: tuple[str, int]) -> Owner | None:
-    """The eBPF record alone, or None: a map read and a few /proc reads, cheap enough for the
-    relay to run on its event loop rather than hand to a thread."""
-    return bpf.lookup(client[0], client[1], destination=destination)
+def _doubt(why: str, record: bpf.Record, live: sockdiag.Socket | None) -> Owner:
+    seen = f"eBPF record: {record.describe()}; live socket: "
+    seen += "none" if live is None else live.describe()
+    return Owner(source="ebpf", doubt=why, detail=seen)
 
 
-def lookup(client: tuple[str, int], destination: tuple[str, int]) -> Owner:
+def confirmed(record: bpf.Record, live: sockdiag.Socket | None) -> Owner:
+    """The owner ``record`` names if the live socket ``live`` is the one it was taken for;
+    else an owner that names no one and says why."""
+    if live is None or not live.connected:
+        return _doubt("its eBPF owner record names a socket that is no longer open", record, live)
+    if live.cookie != record.cookie:
+        return _doubt("its eBPF owner record was taken for another socket", record, live)
+    if live.uid != record.uid or (live.cgroup_id not in (None, record.cgroup_id)):
+        return _doubt(
+            "the socket's own uid or cgroup is not the one that connected it", record, live
+        )
+    return bpf.owner(record)
+
+
+def quick(client: Address, destination: Address, pins: Path = bpf.PIN_DIR) -> Owner | None:
+    """The owner the eBPF record names, checked against the live socket; None when there is
+    no record. A map read and one netlink round trip: cheap enough for the event loop."""
+    record = bpf.lookup(client, destination, pins)
+    if record is None:
+        return None
+    try:
+        live = sockdiag.find(client, destination)
+    except (sockdiag.DiagError, ValueError) as exc:
+        return _doubt(f"its eBPF owner record cannot be checked: {exc}", record, None)
+    return confirmed(record, live)
+
+
+def lookup(client: Address, destination: Address) -> Owner:
     """The owner of the client socket ``client`` -> ``destination``; never raises.
 
     The eBPF record comes first: it was taken when the process connected, so it is exact
     and survives the process exiting. Without one (eBPF not attached, the record evicted,
     or the client outside the agent cgroups), sock_diag and /proc are asked instead.
     """
-    owner = bpf.lookup(client[0], client[1], destination=destination)
+    owner = quick(client, destination)
     return owner if owner is not None else by_sock_diag(client, destination)
 
 
-def by_sock_diag(client: tuple[str, int], local: tuple[str, int]) -> Owner:
-    """Attribute the local socket ``client`` -> ``local`` through sock_diag; never raises."""
+def by_sock_diag(client: Address, destination: Address) -> Owner:
+    """Attribute the local socket ``client`` -> ``destination`` through sock_diag; never
+    raises. Only a socket a process still holds counts: one in TIME_WAIT has no owner."""
     try:
-        diag = _diag(client, local)
-    except OSError as exc:
+        live = sockdiag.find(client, destination)
+    except (sockdiag.DiagError, ValueError) as exc:
         return Owner(source="unknown", detail=f"sock_diag failed: {exc}")
-    if diag is None:
+    if live is None or not live.connected:
         return Owner(source="unknown", detail="no local socket: the client is remote or gone")
-    uid, inode, cgroup_id = diag
-    pid = _holder(inode, uid) if inode else None
+    uid, inode, cgroup_id = live.uid, live.inode, live.cgroup_id
+    pid = _holder(inode, uid)
     if pid is None:
         detail = f"no process holds socket inode {inode}"
         return Owner(uid=uid, source="sock_diag", detail=detail, cgroup_id=cgroup_id)

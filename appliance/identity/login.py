@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config import IssuerSettings
+from appliance.identity.limits import shown
 from appliance.identity.oidc import IssuerKeys, ProviderError, http_json
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -86,7 +87,8 @@ def _oauth_error(body: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _described(error: str, description: str) -> str:
-    return f"{error} ({description})" if description else error
+    error = shown(error, str)
+    return f"{error} ({shown(description, str, 200)})" if description else error
 
 
 def start(

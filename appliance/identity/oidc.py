@@ -6,7 +6,12 @@ lets an attacker choose how a token is verified: the header's ``alg`` must be on
 allowlist before any key is looked at (so ``none`` and ``HS256`` are refused by name, and a
 public key can never be used as an HMAC secret), the key is the issuer's published key for the
 token's ``kid``, and its type must fit the algorithm. Only then does pyjwt verify the
-signature, with exactly that one algorithm, and the claims.
+signature, with exactly that one algorithm, and the claims; an issuer with ``allow_clients``
+also needs the client the token was issued to on its list.
+
+Before all of that, a token over ``MAX_TOKEN`` characters is refused unread, and every
+refusal quotes only the start of what a token says (``limits.shown``): a token is the
+caller's to make up, sizes and all.
 
 Keys come from the issuer's discovery document and JWKS, fetched over HTTP with a bounded
 timeout and size, and cached. An unknown ``kid`` refreshes the JWKS (the issuer rotated its
@@ -36,6 +41,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from appliance.config import IssuerSettings
+from appliance.identity.limits import MAX_TOKEN, shown
 from appliance.model import Identity
 
 MAX_RESPONSE = 1024 * 1024
@@ -291,7 +297,7 @@ class IssuerKeys:
         said = document.get("issuer")
         if said != self.settings.issuer:
             raise ProviderError(
-                f"identity provider {url} says its issuer is {said!r}, but the configuration "
+                f"identity provider {url} says its issuer is {shown(said)}, but the configuration "
                 f"trusts {self.settings.issuer!r}: they must be the same exactly"
             )
         if not isinstance(document.get("jwks_uri"), str):
@@ -332,15 +338,15 @@ class IssuerKeys:
             raise error
         if error is not None:
             raise ProviderError(
-                f"token key id {kid!r} is not in the cached keys of {self.settings.issuer}, and "
-                f"they could not be refreshed: {error}"
+                f"token key id {shown(kid)} is not in the cached keys of "
+                f"{self.settings.issuer}, and they could not be refreshed: {error}"
             )
         if kid is None:
             raise TokenError(
                 f"token rejected: it has no key id, and the issuer publishes {len(keys or {})} keys"
             )
         raise TokenError(
-            f"token rejected: unknown key id {kid!r} (not in the issuer's keys, even after "
+            f"token rejected: unknown key id {shown(kid)} (not in the issuer's keys, even after "
             "refreshing them)"
         )
 
@@ -431,8 +437,20 @@ def _groups(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
         return tuple(value)
     raise TokenError(
         f"token rejected: the {name!r} claim must be a list of strings, "
-        f"not {json.dumps(value)[:80]}"
+        f"not {shown(value, json.dumps)}"
     )
+
+
+def _client(claims: Mapping[str, Any]) -> str | None:
+    """The client a token was issued to: ``azp`` (OpenID Connect), else ``client_id``
+    (RFC 9068). A token that names two different ones is refused rather than believed."""
+    azp, client_id = _text(claims, "azp"), _text(claims, "client_id")
+    if azp and client_id and azp != client_id:
+        raise TokenError(
+            f"token rejected: it names two clients, {shown(azp)} (azp) and {shown(client_id)} "
+            "(client_id)"
+        )
+    return azp or client_id or None
 
 
 class Validator:
@@ -467,22 +485,29 @@ class Validator:
 
     def validate(self, token: str) -> Validated:
         """Check ``token`` completely; raise TokenError (or ProviderError) if it does not pass."""
+        if len(token) > MAX_TOKEN:
+            raise TokenError(
+                f"token rejected: it is {len(token)} characters long, more than the {MAX_TOKEN} "
+                "a token may have"
+            )
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
-            raise TokenError(f"token rejected: it is not a well-formed JWT ({exc})") from exc
+            raise TokenError(
+                f"token rejected: it is not a well-formed JWT ({shown(str(exc), str, 200)})"
+            ) from exc
         iss = unverified.get("iss")
         settings = self._by_issuer.get(iss) if isinstance(iss, str) else None
         if settings is None:
             if iss is None:
                 raise TokenError("token rejected: it has no 'iss' claim")
-            raise TokenError(f"token rejected: issuer {iss!r} is not configured")
+            raise TokenError(f"token rejected: issuer {shown(iss)} is not configured")
 
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in settings.algorithms:
             raise TokenError(
-                f"token rejected: algorithm {alg!r} is not allowed "
+                f"token rejected: algorithm {shown(alg)} is not allowed "
                 f"(allowed: {', '.join(settings.algorithms)})"
             )
         kid = header.get("kid")
@@ -493,11 +518,13 @@ class Validator:
         if key.kty != kty or (crv is not None and key.crv != crv):
             kind = " ".join(part for part in (key.kty, key.crv) if part)
             raise TokenError(
-                f"token rejected: algorithm {alg} does not fit the issuer's key {key.kid!r} "
+                f"token rejected: algorithm {alg} does not fit the issuer's key {shown(key.kid)} "
                 f"(a {kind} key)"
             )
         if key.alg not in (None, alg):
-            raise TokenError(f"token rejected: key {key.kid!r} is for {key.alg}, not {alg}")
+            raise TokenError(
+                f"token rejected: key {shown(key.kid)} is for {shown(key.alg)}, not {alg}"
+            )
 
         subject_claim = settings.subject_claim
         try:
@@ -520,15 +547,15 @@ class Validator:
             raise TokenError("token rejected: signature does not verify") from exc
         except jwt.InvalidAudienceError as exc:
             raise TokenError(
-                f"token rejected: audience {json.dumps(unverified.get('aud'))} is not one of "
-                f"{json.dumps(list(settings.audience))}"
+                f"token rejected: audience {shown(unverified.get('aud'), json.dumps)} is not one "
+                f"of {json.dumps(list(settings.audience))}"
             ) from exc
         except jwt.MissingRequiredClaimError as exc:
             raise TokenError(f"token rejected: the {exc.claim!r} claim is missing") from exc
         except jwt.InvalidIssuerError as exc:
-            raise TokenError(f"token rejected: issuer {iss!r} is not configured") from exc
+            raise TokenError(f"token rejected: issuer {shown(iss)} is not configured") from exc
         except jwt.InvalidTokenError as exc:
-            raise TokenError(f"token rejected: {exc}") from exc
+            raise TokenError(f"token rejected: {shown(str(exc), str, 200)}") from exc
 
         now = self._clock()
         leeway = settings.leeway
@@ -536,12 +563,26 @@ class Validator:
         issued_at = _number(claims, "iat")
         not_before = _number(claims, "nbf")
         assert expires is not None and issued_at is not None  # required above
-        if now > expires + leeway:
+        # RFC 7519: the token is good only while the time is before exp; nbf and iat may
+        # equal the time.
+        if now >= expires + leeway:
             raise TokenError(f"token rejected: expired at {_iso(expires)}")
         if not_before is not None and now + leeway < not_before:
             raise TokenError(f"token rejected: not valid before {_iso(not_before)}")
         if now + leeway < issued_at:
             raise TokenError(f"token rejected: issued in the future, at {_iso(issued_at)}")
+        if settings.allow_clients:
+            client = _client(claims)
+            if client not in settings.allow_clients:
+                said = (
+                    f"was issued to client {shown(client)}"
+                    if client
+                    else "names no client (no 'azp' or 'client_id' claim)"
+                )
+                raise TokenError(
+                    f"token rejected: it {said}, and issuer {settings.name} accepts tokens only "
+                    "from the clients in its allow_clients"
+                )
 
         subject = _text(claims, subject_claim)
         if not subject:

@@ -188,7 +188,8 @@ def _reachable_witness(directory: Path, say: Say) -> str:
 
 def _give_token(demo: Demo) -> Path:
     """A fresh token of the demo's agent client, in the agent's home (0600, the agent's)."""
-    token = idp.client_token(demo.issuer, AGENT_CLIENT, demo.bastion)
+    secret = idp.stored_secret(demo.directory / "idp", AGENT_CLIENT)
+    token = idp.client_token(demo.issuer, AGENT_CLIENT, secret, demo.bastion)
     who = pwd.getpwnam(demo.agent)
     demo.home.mkdir(mode=0o700, exist_ok=True)
     os.chown(demo.home, who.pw_uid, who.pw_gid)

@@ -60,6 +60,7 @@ that ``witness lab down`` kills it with the namespace's other processes after a 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -106,11 +107,17 @@ def _config(
     *,
     identity: str,
     checkpoint_seconds: float | None,
+    backend_interfaces: Sequence[str],
 ) -> str:
     topo = lab.topology
     protect = ", ".join(f'"{n}"' for n in topo.networks)
     checkpoints = (
         "" if checkpoint_seconds is None else f"checkpoint_seconds = {checkpoint_seconds}\n"
+    )
+    interfaces = (
+        f"backend_interfaces = [{', '.join(json.dumps(i) for i in backend_interfaces)}]\n"
+        if backend_interfaces
+        else ""
     )
     return (
         "[[backend]]\n"
@@ -120,7 +127,7 @@ def _config(
         f"protect = [{protect}]\n"
         f"protect_ports = [{', '.join(str(p) for p in ports)}]\n\n"
         f'[trail]\npath = "{trail}"\n{checkpoints}\n'
-        f'[enforce]\nservice_user = "{user}"\nredirect_port = {redirect_port}\n\n'
+        f'[enforce]\nservice_user = "{user}"\nredirect_port = {redirect_port}\n{interfaces}\n'
         f"{identity}"
     )
 
@@ -173,8 +180,10 @@ class EnforcedLab:
         witness: str = WITNESS,
         detach: bool = False,
         checkpoint_seconds: float | None = None,
+        backend_interfaces: Sequence[str] = (),
     ) -> None:
         self.lab = Lab(suffix, state_dir)
+        self.backend_interfaces = tuple(backend_interfaces)
         self.checkpoint_seconds = checkpoint_seconds
         self.topology = self.lab.topology
         self.users = users.names(self.topology.name, agents)
@@ -262,7 +271,8 @@ class EnforcedLab:
             if self.users.agents or self.ebpf:
                 self._claim_agent_root()
             service = pwd.getpwnam(self.service_user)
-            # Configurations and the log: root's, readable. The trail: the service user's only.
+            # Configurations: root's, for the recorder's group. Logs: root's. The trail: the
+            # service user's only. The directory itself is open: agents' tokens live in it.
             if self._wanted_directory is None:
                 self.directory = Path(tempfile.mkdtemp(prefix="witness-enforced-"))
             else:
@@ -288,9 +298,13 @@ class EnforcedLab:
                         self.redirect_port,
                         identity=identity,
                         checkpoint_seconds=self.checkpoint_seconds,
+                        backend_interfaces=self.backend_interfaces,
                     )
                 )
-                path.chmod(0o644)
+                # Root's, readable by the recorder's group only: the bastion's configuration
+                # is none of an agent's business (a real one may hold the anchor's DSN).
+                os.chown(path, 0, service.pw_gid)
+                path.chmod(0o640)
             self._witness_up()
             if self.users.agents:
                 assert self.agent_root is not None
@@ -384,6 +398,7 @@ class EnforcedLab:
         """A daemon of the lab's, its output appended to ``log_path``; with ``detach``, in a
         session of its own."""
         with log_path.open("ab") as log:
+            log_path.chmod(0o600)  # root's: what the recorder logs is not for agents
             return subprocess.Popen(
                 argv,
                 stdout=log,

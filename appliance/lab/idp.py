@@ -51,11 +51,10 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
     "alice": {"email": "alice@example.test", "name": "Alice Example", "groups": ["dba", "agents"]},
     "bob": {"email": "bob@example.test", "name": "Bob Example", "groups": ["agents"]},
 }
-CLIENT_SECRETS = {
-    "agent-ci": "agent-ci-secret",
-    "agent-two": "agent-two-secret",
-    "agent-short": "agent-short-secret",
-}
+AGENT_CLIENTS = ("agent-ci", "agent-two", "agent-short")
+"""The provider's machine clients. Their secrets are made anew for each provider and kept in
+its configuration (0600, in its own directory): an agent that could read them, or find them
+in this source, could take any of these identities."""
 SHORT_TTL = 2
 """Seconds the access tokens of the client ``agent-short`` live."""
 
@@ -149,6 +148,7 @@ class IdP:
             self.dir = directory
         self.log = self.dir / "provider.log"
         self.keys = {alg: SigningKey(alg) for alg in ("RS256", "ES256")}
+        self.secrets = {client: secrets.token_urlsafe(24) for client in AGENT_CLIENTS}
         self.retired: list[SigningKey] = []
         """Keys dropped by ``rotate()``, oldest first, so tests can sign with them."""
         self.issuer = ""
@@ -163,7 +163,7 @@ class IdP:
         def agent(client_id: str, email: str, name: str, groups: list[str]) -> dict[str, Any]:
             return {
                 "client_id": client_id,
-                "client_secret": CLIENT_SECRETS[client_id],
+                "client_secret": self.secrets[client_id],
                 "grant_types": ["client_credentials"],
                 "response_types": [],
                 "redirect_uris": [],
@@ -328,7 +328,7 @@ class IdP:
 
     def client_credentials(self, client: str = "agent-ci", resource: str = AUDIENCE) -> str:
         """A real access token for ``client`` from the provider's token endpoint."""
-        return client_token(self.issuer, client, self.netns, resource)
+        return client_token(self.issuer, client, self.secrets[client], self.netns, resource)
 
     def approve(self, grant_or_user_code: Any, account: str = "alice") -> None:
         """Play the person: open the verification page, sign in as ``account``, consent."""
@@ -366,20 +366,30 @@ def play(netns: str | None, name: str, **kwargs: Any) -> Any:
 
 
 def client_token(
-    issuer: str, client: str, netns: str | None = None, resource: str = AUDIENCE
+    issuer: str, client: str, secret: str, netns: str | None = None, resource: str = AUDIENCE
 ) -> str:
     """An access token for ``resource`` from ``issuer``'s token endpoint, for the lab's
-    ``client`` (from inside ``netns``, where the provider listens)."""
+    ``client`` with its ``secret`` (from inside ``netns``, where the provider listens)."""
     return str(
         play(
             netns,
             "client_credentials",
             url=issuer + "/token",
             client=client,
-            secret=CLIENT_SECRETS[client],
+            secret=secret,
             resource=resource,
         )
     )
+
+
+def stored_secret(directory: Path, client: str) -> str:
+    """``client``'s secret as the provider in ``directory`` was configured with it (root only:
+    for a later process than the one that started it, such as ``witness demo --shell``)."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        return next(str(c["client_secret"]) for c in config["clients"] if c["client_id"] == client)
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        raise RuntimeError(f"no secret for client {client} in {directory}: {exc!r}") from None
 
 
 def _user_code(grant_or_user_code: Any) -> str:
@@ -491,6 +501,7 @@ def identity_table(
         f"login_params = {{ {params} }}",
         f"leeway_seconds = {issuer.leeway}",
         f"timeout_seconds = {issuer.timeout}",
+        *([f"allow_clients = {_toml(list(issuer.allow_clients))}"] if issuer.allow_clients else []),
     ]
     return "\n".join(lines) + "\n"
 

@@ -97,7 +97,9 @@ class PostgresServer:
                 ) from None
             self._user = "postgres"
             shutil.chown(self.directory, "postgres", "postgres")
-        self.directory.chmod(0o755)
+        # The server's own: its log and socket are no one else's business (in the namespace
+        # lab, the backends are another host, and namespaces do not hide files).
+        self.directory.chmod(0o700)
 
     @property
     def pid(self) -> int | None:
@@ -152,7 +154,9 @@ class PostgresServer:
         options = {
             "listen_addresses": ",".join((self.host, *self.listen)),
             "port": str(self.port),
-            "unix_socket_directories": str(self.directory),
+            # In a namespace the server is another host's: a filesystem socket would be
+            # reachable from every namespace, so it has none, like a remote server.
+            "unix_socket_directories": "" if self.netns is not None else str(self.directory),
             "fsync": "off",
             "log_line_prefix": "%m [%p] ",
             "max_connections": "300",

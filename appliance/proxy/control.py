@@ -10,6 +10,11 @@ The protocol is one JSON object per line. A request gets one answer, except a de
 login, which gets a ``pending`` line (the URL and code to show the person) and then the
 final answer. Every answer has ``ok``; a refusal has ``error``, a sentence for people.
 
+Anyone may connect, so nothing a caller does is unbounded: a request line has at most
+``MAX_REQUEST`` bytes and ``REQUEST_WAIT`` seconds to arrive, and one uid at most
+``MAX_OPEN`` connections open. A request that breaks a limit is refused and its connection
+closed; the others are served as before.
+
 Every binding made or removed is recorded in the trail (a ``binding`` event) and committed
 before the caller is told it worked.
 """
@@ -24,6 +29,7 @@ import os
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,13 +39,18 @@ from appliance.config import IdentitySettings, IssuerSettings
 from appliance.enforce import warden
 from appliance.identity import login
 from appliance.identity.bindings import Binding, BindingError, Bindings, Caller
+from appliance.identity.limits import MAX_TOKEN, shown
 from appliance.identity.oidc import ProviderError, TokenError, Validated, Validator
 from appliance.proxy.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 64 * 1024  # a JWT is a few KiB
-REQUEST_WAIT = 10.0  # seconds a client has to send its request line
+MAX_REQUEST = 64 * 1024
+"""Bytes a request line may have: a token of the largest size fits, with room to spare."""
+REQUEST_WAIT = 10.0
+"""Seconds a client has to send its whole request line, however it trickles it."""
+MAX_OPEN = 8
+"""Connections one uid may have open at once, so that no user can hold all of them."""
 
 
 class Refused(Exception):
@@ -105,6 +116,8 @@ class Control:
         # never hold up the relay's owner lookups in the default executor.
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="witness-identity")
         self.server: asyncio.AbstractServer | None = None
+        self.open: Counter[int] = Counter()
+        """Connections open now, by the caller's uid."""
 
     async def start(self) -> None:
         path = self.settings.control_socket
@@ -112,7 +125,10 @@ class Control:
             raise OSError(f"{path.parent} does not exist (create it, owned by the service user)")
         if path.is_socket():
             path.unlink()  # left by a recorder that was killed
-        self.server = await asyncio.start_unix_server(self._serve, path=str(path))
+        # The reader's limit is the request limit: a longer line stops being read at once.
+        self.server = await asyncio.start_unix_server(
+            self._serve, path=str(path), limit=MAX_REQUEST
+        )
         os.chmod(path, 0o666)  # noqa: S103  (anyone may ask; SO_PEERCRED says who they are)
 
     def close(self) -> None:
@@ -126,29 +142,56 @@ class Control:
     # --- one connection ----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid: int | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            caller = peer(sock)
-            try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_WAIT)
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                raise Refused("no request line (one JSON object, ending in a newline)") from None
-            except ValueError as exc:
-                raise Refused(f"the request is not a JSON object: {exc}") from None
+            caller = peer(writer.get_extra_info("socket"))
+            if self.open[caller.uid] >= MAX_OPEN:
+                raise Refused(
+                    f"uid {caller.uid} has {MAX_OPEN} control requests open already: "
+                    "let one finish first"
+                )
+            uid = caller.uid
+            self.open[uid] += 1
+            request = await self._read(reader)
             answer = await self._handle(str(request.get("op")), request, caller, writer)
             self._send(writer, {"ok": True, **answer})
         except Refused as exc:
             self._send(writer, {"ok": False, "error": str(exc)})
         except Exception as exc:  # one bad request never stops the recorder
             log.exception("control request failed")
-            self._send(writer, {"ok": False, "error": f"internal error: {exc!r}"})
+            self._send(writer, {"ok": False, "error": f"internal error: {shown(exc, repr, 200)}"})
         finally:
+            if uid is not None:
+                self.open[uid] -= 1
+                if not self.open[uid]:
+                    del self.open[uid]
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
+        """The request line, read within REQUEST_WAIT and MAX_REQUEST bytes, as an object."""
+        shape = "(one JSON object, ending in a newline)"
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_WAIT)
+        except asyncio.LimitOverrunError:
+            # Refused without reading the rest: closing the connection drops it unread.
+            raise Refused(
+                f"the request is longer than {MAX_REQUEST} bytes: one JSON object on one line, "
+                f"a token of at most {MAX_TOKEN} characters in it"
+            ) from None
+        except asyncio.IncompleteReadError:
+            raise Refused(f"the request ended before its newline {shape}") from None
+        except TimeoutError:
+            raise Refused(f"no request line within {REQUEST_WAIT:g} s {shape}") from None
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            raise Refused(f"the request is not a JSON object: {exc}") from None
+        if not isinstance(request, dict):
+            raise Refused("the request is not a JSON object")
+        return request
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
@@ -171,7 +214,7 @@ class Control:
             return await self._bind_uid(caller, checked)
         if op == "run":
             return await self._run(request.get("token"), caller)
-        raise Refused(f"unknown request {op!r} (expected whoami, login, run or logout)")
+        raise Refused(f"unknown request {shown(op)} (expected whoami, login, run or logout)")
 
     def _view(self, binding: Binding | None) -> dict[str, Any] | None:
         if binding is None:
@@ -185,9 +228,14 @@ class Control:
             raise Refused("the token must be a non-empty string")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.pool, self.validator.validate, token.strip())
+            checked = await loop.run_in_executor(self.pool, self.validator.validate, token.strip())
         except (TokenError, ProviderError) as exc:
             raise Refused(str(exc)) from None
+        # The validator tolerates the issuer's leeway on exp; a binding ends at exp itself, so
+        # a token that passes only by the leeway would bind something expired from the start.
+        if checked.expires <= self.clock():
+            raise Refused("the token has already expired")
+        return checked
 
     async def _commit(self, action: str, binding: Binding, caller: Caller, **extra: Any) -> None:
         """Record a binding change and wait for its commit: no unrecorded binding is used.
@@ -204,8 +252,6 @@ class Control:
             raise
 
     async def _bind_uid(self, caller: Caller, checked: Validated) -> dict[str, Any]:
-        if checked.expires <= self.clock():
-            raise Refused("the token has already expired")
         binding, old = self.bindings.bind_uid(caller.uid, checked.identity, checked.expires, caller)
         try:
             await self._commit("bind", binding, caller, issuer=checked.issuer_name)
@@ -315,7 +361,7 @@ class Control:
                 if issuer.name == name:
                     return issuer
             raise Refused(
-                f"no issuer named {name!r} offers sign-in "
+                f"no issuer named {shown(name)} offers sign-in "
                 f"(those that do: {', '.join(i.name for i in usable) or 'none'})"
             )
         if not usable:

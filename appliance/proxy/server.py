@@ -20,10 +20,11 @@ from appliance.enforce.divert import NotDiverted, Routes, original_destination
 from appliance.identity.bindings import Binding
 from appliance.model import Owner
 from appliance.policy.access import Access
+from appliance.policy.limits import TOO_MANY, Lease, Limits
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
-from appliance.protocols.postgres.messages import NO_ENCRYPTION, error_response
+from appliance.protocols.postgres.messages import error_response
 from appliance.proxy.recorder import Recorder
 from appliance.trail.db import TrailFull
 
@@ -37,10 +38,28 @@ _CANCELLED = "cancel request handled"
 REFUSED_DIVERSION = "08004"  # sqlserver_rejected_establishment_of_sqlconnection
 # How long a refusal waits for the client's startup packet (see Session._refuse_connection).
 STARTUP_WAIT = 5.0
+# Client bytes held back (before the session starts, or while their records commit) beyond
+# which the client is no longer read until they have been forwarded.
+HOLD_LIMIT = 1 << 20
+_BACKEND_FULL = 1  # the backend's send buffer is full
+_HOLDING = 2  # HOLD_LIMIT bytes are held
 
 
 def _hostport(addr: Any) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1])) if addr else ("", 0)
+
+
+def _who(identity: dict[str, Any] | None) -> tuple[str, str] | None:
+    """What makes two recorded identities the same: the issuer and the subject."""
+    if identity is None:
+        return None
+    return (str(identity.get("issuer")), str(identity.get("subject")))
+
+
+def _label(identity: dict[str, Any] | None) -> str:
+    if identity is None:
+        return "no identity"
+    return str(identity.get("email") or identity.get("subject"))
 
 
 class Relay:
@@ -52,7 +71,8 @@ class Relay:
     it lies in a configured backend's protected ranges and ports, or is refused.
 
     ``access`` decides, once the owner is known and before the backend is dialled, which
-    identity the connection has and whether it may reach the backend.
+    identity the connection has and whether it may reach the backend; then ``limits``
+    (shared by every relay) whether that identity and user may open one more connection.
     """
 
     def __init__(
@@ -66,6 +86,7 @@ class Relay:
         routes: Routes | None = None,
         quick_lookup: QuickLookup | None = None,
         access: Access | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -77,6 +98,7 @@ class Relay:
         self.owner_lookup = owner_lookup
         self.quick_lookup = quick_lookup
         self.access = access
+        self.limits = limits
         self.sessions: set[Session] = set()
         # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
         self.keys: dict[tuple[int, int], Session] = {}
@@ -152,6 +174,7 @@ class Session:
         self.refusal_timer: asyncio.TimerHandle | None = None
         self.owner: Owner | None = None
         self.binding: Binding | None = None
+        self.lease: Lease | None = None  # this session's place in the connection limits
         # The identity as every record of this session carries it (one shared dict), or None.
         self.identity: dict[str, Any] | None = None
         self.refused_as: dict[str, str] | None = None  # a refusal at connect time, recorded
@@ -159,6 +182,10 @@ class Session:
         self.started = False  # session_start recorded and the backend connected
         self.ready = False  # the backend has said ReadyForQuery once: authentication is over
         self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.paused = 0  # why the client is not being read: _BACKEND_FULL | _HOLDING
+        self.cancel: ev.CancelRequest | None = None  # the connection is a CancelRequest
+        self.cancel_handled = False
         self.gated = False  # held bytes wait for a commit
         self.unconfirmed: list[dict[str, Any]] = []  # command payloads not yet committed
         self.early: list[dict[str, Any]] = []  # commands sent before the session was recorded
@@ -220,8 +247,12 @@ class Session:
         owner = None if quick is None else quick(self.peer, seen)
         if owner is None:  # the slow way (sock_diag walks /proc): off the event loop
             owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, seen)
+        if self.cancel is not None:  # even if the client sent it and left: PostgreSQL acts
+            self.owner = owner
+            self._maybe_cancel()
+            return
         if self.ended:
-            if self.not_relayable is not None and not self.started and self.ended != _CANCELLED:
+            if self.not_relayable is not None and not self.started:
                 # The client left before it could be told: the attempt is still recorded.
                 self.owner = owner
                 self._record_attempt(f"connection refused: {self.not_relayable}", "divert")
@@ -244,19 +275,34 @@ class Session:
             return
         backend, target = self.backend, self.target
         assert backend is not None and target is not None
-        access = self.relay.access
-        if access is not None:
-            # Before the backend is dialled: a connection refused here never reaches it.
-            binding, refusal = access.admit(backend, owner)
-            self.binding = binding
-            self.identity = None if binding is None else binding.record
-            if refusal is not None:
-                self._refuse_connection(refusal.code, refusal.message, "identity")
-                return
-        try:
-            transport, _ = await loop.create_connection(
-                lambda: cast(asyncio.Protocol, _Backend(self)), target[0], target[1]
+        # Before the backend is dialled: a connection refused here never reaches it.
+        refusal = self._admission(owner, backend)
+        if refusal is not None:
+            self._refuse_connection(*refusal)
+            return
+        limits = self.relay.limits
+        if limits is not None:
+            lease, why = limits.acquire(
+                backend, _who(self.identity), _label(self.identity), owner.uid
             )
+            if lease is None:
+                self._refuse_connection(TOO_MANY, f"connection refused: {why}", "limits")
+                return
+            self.lease = lease
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: cast(asyncio.Protocol, _Backend(self)), target[0], target[1]
+                ),
+                backend.connect_timeout,
+            )
+        except TimeoutError:
+            self._refuse_connection(
+                "08006",
+                f"backend {backend.name} unreachable: no answer within"
+                f" {backend.connect_timeout:g} s",
+            )
+            return
         except OSError as exc:
             self._refuse_connection(
                 "08006", f"backend {backend.name} unreachable: {exc.strerror or exc}"
@@ -267,6 +313,21 @@ class Session:
             return
         self.server = transport
         self._maybe_start()
+
+    def _admission(self, owner: Owner, backend: Backend) -> tuple[str, str, str] | None:
+        """Whether the owner may reach the backend: a (code, message, where) refusal, or None
+        with the identity now known. An owner in doubt is refused whatever the policy."""
+        if owner.doubt is not None:
+            return REFUSED_DIVERSION, f"connection refused: {owner.doubt}", "attribution"
+        access = self.relay.access
+        if access is None:
+            return None
+        binding, refusal = access.admit(backend, owner)
+        self.binding = binding
+        self.identity = None if binding is None else binding.record
+        if refusal is not None:
+            return refusal.code, refusal.message, "identity"
+        return None
 
     def _maybe_start(self) -> None:
         """Record the session once the owner, the backend and the startup are all known."""
@@ -321,8 +382,9 @@ class Session:
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        pg = self.pg
         try:
-            events = self.pg.receive_client(data)
+            events = pg.receive_client(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
@@ -339,20 +401,19 @@ class Session:
                 else:  # recorded after session_start, so the session's events stay together
                     self.early.append(payload)
             elif isinstance(event, ev.NegotiationRequest):
-                # Answered here, never forwarded: TLS to the client is not offered (yet), and
-                # the request is always the first 8 bytes of what the client sent.
                 assert self.client is not None
-                self.client.write(NO_ENCRYPTION)
-                data = data[8:]
+                self.client.write(event.reply)
             elif isinstance(event, ev.Startup):
                 self.startup = event
                 self._maybe_start()
             elif isinstance(event, ev.CancelRequest):
-                self._cancel(event, data)
+                self.cancel = event
+                self._maybe_cancel()
                 return
+        data = pg.client_payload(data)
         if data:
             if self.gated or self.held or not self.started:
-                self.held.append(data)
+                self._hold(data)
             else:
                 assert self.server is not None
                 self.server.write(data)
@@ -366,6 +427,15 @@ class Session:
             self.refused(str(exc))
             return False
         return True
+
+    def _hold(self, data: bytes) -> None:
+        """Keep client bytes until their records are committed; past HOLD_LIMIT, stop reading
+        from the client until they have gone, so that a client that sends without pause (a
+        flood before the session starts, CopyData during authentication) is bounded."""
+        self.held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > HOLD_LIMIT:
+            self._pause(_HOLDING)
 
     def _gate(self) -> None:
         if not self.gated:
@@ -383,6 +453,8 @@ class Session:
             else:
                 self.server.writelines(held)
             held.clear()
+            self.held_bytes = 0
+            self._resume(_HOLDING)
         if self.ended and self.server is not None:
             self.server.close()
 
@@ -392,7 +464,6 @@ class Session:
         for payload in self.unconfirmed:
             payload["refused"] = f"trail write failed: {reason}"
         self.unconfirmed.clear()
-        self.held.clear()
         self._fatal(
             "58030",
             f"witness: the audit trail cannot be written ({reason}); nothing was forwarded",
@@ -448,37 +519,48 @@ class Session:
                 self.ready = ready = True
 
     def pause_client(self) -> None:
-        if self.client is not None:
-            self.client.pause_reading()
+        self._pause(_BACKEND_FULL)
 
     def resume_client(self) -> None:
-        if self.client is not None:
+        self._resume(_BACKEND_FULL)
+
+    def _pause(self, why: int) -> None:
+        """Stop reading from the client, for one more reason (reasons are bits)."""
+        if not self.paused and self.client is not None:
+            self.client.pause_reading()
+        self.paused |= why
+
+    def _resume(self, why: int) -> None:
+        """Drop one reason to pause; read from the client again once none is left."""
+        if not self.paused & why:
+            return
+        self.paused &= ~why
+        if not self.paused and self.client is not None and not self.client.is_closing():
             self.client.resume_reading()
 
     # --- cancel ------------------------------------------------------------------------
 
-    def _cancel(self, request: ev.CancelRequest, raw: bytes) -> None:
-        """Record the cancel in the session it targets, then deliver it to that backend."""
-        target = self.relay.keys.get((request.pid, request.secret))
-        self.ended = _CANCELLED
+    def _maybe_cancel(self) -> None:
+        """Act on a CancelRequest once its sender is known (setup calls this again if not)."""
+        if self.cancel_handled or (self.owner is None and self.refusal is None):
+            return  # done, or attribution is under way (_attribute_and_dial comes back)
+        self.cancel_handled = True
+        self.ended = self.ended or _CANCELLED
         self.relay.sessions.discard(self)
-        if target is None or target.ended or self.not_relayable is not None:
-            self.recorder.record(
-                "error",
-                None,
-                {
-                    "where": "client",
-                    "message": f"cancel request for unknown backend pid {request.pid}"
-                    if self.not_relayable is None
-                    else f"cancel request refused: {self.not_relayable}",
-                    "client": f"{self.peer[0]}:{self.peer[1]}",
-                },
-            )
-            assert self.client is not None
-            self.client.close()
-            return
-        target.commands += 1
+        if self.server is not None:  # dialled before the request came: a cancel needs none
+            self.server.close()
+            self.server = None
         try:
+            refusal = self._cancel_refusal_reason()
+            if refusal is not None:
+                self._record_cancel_refused(refusal)
+                return
+            request = self.cancel
+            assert request is not None
+            target = self.relay.keys[(request.pid, request.secret)]
+            target.commands += 1
+            owner = self.owner
+            assert owner is not None
             self.recorder.record(
                 "command",
                 target.id,
@@ -487,14 +569,62 @@ class Session:
                     "kind": "cancel",
                     "text": f"cancel backend pid {request.pid}",
                     "client": f"{self.peer[0]}:{self.peer[1]}",
-                    "identity": target.identity,
+                    "owner": owner.as_dict(),
+                    "identity": self.identity,
                 },
             )
+            self.recorder.gate(_CancelDelivery(self, target, request.packet))
         except TrailFull:  # unrecorded, so undelivered
-            assert self.client is not None
+            if self.client is not None:
+                self.client.close()
+        except Exception:
+            log.exception("cancel request from %s:%d could not be handled", *self.peer)
+            if self.client is not None:
+                self.client.close()
+
+    def _cancel_refusal_reason(self) -> str | None:
+        """Why the cancel may not be delivered, or None: its sender is admitted like any
+        connection, and may cancel only a session of its own identity."""
+        if self.refusal is not None:  # decided before the request came
+            reason = self.refusal[1]
+            self._cancel_refusal()
+            return reason
+        if self.not_relayable is not None:
+            return self.not_relayable
+        owner, backend = self.owner, self.backend
+        assert owner is not None and backend is not None
+        refusal = self._admission(owner, backend)
+        if refusal is not None:
+            return refusal[1]
+        request = self.cancel
+        assert request is not None
+        target = self.relay.keys.get((request.pid, request.secret))
+        if target is None or target.ended:
+            return f"no live session has backend pid {request.pid} and that cancel key"
+        if _who(target.identity) != _who(self.identity):
+            return (
+                f"backend pid {request.pid} belongs to a session of another identity"
+                f" ({_label(target.identity)}, not {_label(self.identity)})"
+            )
+        return None
+
+    def _record_cancel_refused(self, reason: str) -> None:
+        request = self.cancel
+        assert request is not None
+        self.recorder.record(
+            "error",
+            None,
+            {
+                "where": "cancel",
+                "message": f"cancel request for backend pid {request.pid} refused: {reason}",
+                "client": f"{self.peer[0]}:{self.peer[1]}",
+                "backend": None if self.backend is None else self.backend.name,
+                "owner": None if self.owner is None else self.owner.as_dict(),
+                "identity": self.identity,
+            },
+        )
+        if self.client is not None:
             self.client.close()
-            return
-        self.recorder.gate(_CancelDelivery(self, target, raw[:16]))
 
     # --- endings -----------------------------------------------------------------------
 
@@ -576,6 +706,7 @@ class Session:
         if self.client is not None and not self.client.is_closing():
             self.client.write(error_response("FATAL", code, message))
         self.held.clear()
+        self.held_bytes = 0
         self.end(reason)
 
     def end(self, reason: str) -> None:
@@ -587,6 +718,9 @@ class Session:
             self._cancel_refusal()
         self.ended = reason
         self.relay.sessions.discard(self)
+        if self.lease is not None and self.relay.limits is not None:
+            self.relay.limits.release(self.lease)
+            self.lease = None
         if self.key is not None:
             self.relay.keys.pop(self.key, None)
         for event in self.pg.close():

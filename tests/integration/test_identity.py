@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 class Recorder:
     """``witness serve`` with an [identity] table, and the CLI pointed at its socket."""
 
-    def __init__(self, pg: PostgresServer, idp: IdP, directory: Path) -> None:
+    def __init__(self, pg: PostgresServer, idp: IdP, directory: Path, **issuer: Any) -> None:
         self.dir = directory
         self.port = free_port()
         self.denied_port = free_port()
@@ -47,7 +47,7 @@ class Recorder:
             f'[[listener]]\nlisten = "127.0.0.1:{self.denied_port}"\nbackend = "payroll"\n\n'
             f'[[listener]]\nlisten = "127.0.0.1:{self.ending_port}"\nbackend = "ledger"\n\n'
             '[trail]\npath = "trail.db"\n\n'
-            + identity_table(idp.settings(timeout=2.0), self.socket)
+            + identity_table(idp.settings(timeout=2.0, **issuer), self.socket)
         )
         self.log = directory / "witness.log"
         with self.log.open("ab") as log:
@@ -196,6 +196,43 @@ def test_a_bad_token_is_refused_and_binds_nothing(
     assert "token rejected" in done.stderr and message in done.stderr
     assert recorder.cli("whoami").returncode == 1
     assert recorder.psql().returncode != 0
+
+
+def test_an_issuer_with_a_client_list_binds_only_those_clients(
+    pg: PostgresServer, idp: IdP, tmp_path: Path
+) -> None:
+    recorder = Recorder(pg, idp, tmp_path, allow_clients=("witness-cli", "agent-ci"))
+    try:
+        for run in (False, True):
+            args = (
+                ("run", "--token-file", "-", "--", "true")
+                if run
+                else ("login", "--token-file", "-")
+            )
+            done = recorder.cli(*args, stdin=idp.client_credentials("agent-two"))
+            assert done.returncode == 1
+            assert done.stderr == (
+                "witness: token rejected: it was issued to client 'agent-two', and issuer "
+                "test-idp accepts tokens only from the clients in its allow_clients\n"
+            )
+        assert recorder.cli("whoami").returncode == 1
+        assert recorder.psql().returncode != 0
+
+        done = recorder.login_token(idp.client_credentials("agent-ci"))
+        assert done.returncode == 0, done.stderr
+        ok = recorder.psql(sql="select 'as agent-ci'")
+        assert ok.returncode == 0 and ok.stdout.strip() == "as agent-ci", ok.stderr
+        done = device_login(recorder, idp, "alice")  # witness-cli, the sign-in client
+        assert done.returncode == 0, done.stderr
+    finally:
+        recorder.stop()
+    binds = [
+        json.loads(p)
+        for (p,) in sqlite3.connect(tmp_path / "trail.db").execute(
+            "select payload from events where type='binding'"
+        )
+    ]
+    assert [b["identity"]["subject"] for b in binds] == ["agent-ci", "alice"]
 
 
 def test_a_binding_expires_with_its_token(recorder: Recorder, idp: IdP) -> None:

@@ -143,6 +143,54 @@ def test_each_client_is_its_own_identity(idp: IdP) -> None:
     )
 
 
+def test_allow_clients_admits_only_the_clients_it_lists(idp: IdP) -> None:
+    # agent-ci and agent-two both get tokens for urn:witness: the audience cannot tell them
+    # apart, the client claim can.
+    check = validator(idp, allow_clients=("witness-cli", "agent-ci"))
+    for resource in ("urn:witness", "urn:witness:es"):
+        token = idp.client_credentials("agent-ci", resource=resource)
+        assert check.validate(token).identity.subject == "agent-ci"
+    other = idp.client_credentials("agent-two")
+    assert validator(idp).validate(other).identity.subject == "agent-two"  # with no list
+    with pytest.raises(TokenError) as caught:
+        check.validate(other)
+    assert str(caught.value) == (
+        "token rejected: it was issued to client 'agent-two', and issuer test-idp accepts "
+        "tokens only from the clients in its allow_clients"
+    )
+
+
+def test_allow_clients_and_the_device_flow(idp: IdP) -> None:
+    # The provider's access tokens name their client in client_id: a person's login passes.
+    settings = idp.settings(allow_clients=("witness-cli",))
+    check = Validator([settings])
+    keys = check.keys_for(settings.name)
+    grant = login.start(keys, settings)
+    idp.approve(grant, account="bob")
+    token = login.wait(keys, settings, grant, sleep=lambda _s: None)
+    assert check.validate(token).identity.subject == "bob"
+
+    # Its ID tokens carry neither azp nor client_id (the audience is the client): with a
+    # client list, such a token is refused, saying so.
+    settings = idp.settings(
+        login_token="id_token", audience=("witness-cli",), allow_clients=("witness-cli",)
+    )
+    check = Validator([settings])
+    keys = check.keys_for(settings.name)
+    grant = login.start(keys, settings)
+    idp.approve(grant, account="bob")
+    token = login.wait(keys, settings, grant, sleep=lambda _s: None)
+    with pytest.raises(TokenError, match=r"it names no client \(no 'azp' or 'client_id' claim\)"):
+        check.validate(token)
+
+
+def test_a_token_naming_two_clients_is_refused(idp: IdP) -> None:
+    claims = idp.claims(azp="agent-two", client_id="agent-ci")
+    assert validator(idp).validate(idp.sign(claims)).identity.subject  # with no list
+    with pytest.raises(TokenError, match="names two clients, 'agent-two' \\(azp\\)"):
+        validator(idp, allow_clients=("agent-ci",)).validate(idp.sign(claims))
+
+
 def test_a_token_signed_with_the_current_key_validates(idp: IdP) -> None:
     # The positive control for the forged tokens below: the same claims, well signed, pass.
     for alg in ("RS256", "ES256"):
@@ -162,6 +210,15 @@ def test_expired_token(idp: IdP) -> None:
     time.sleep(max(0.0, expires - time.time()) + 1.1)
     with pytest.raises(TokenError, match=f"^token rejected: expired at {_iso(expires)}$"):
         check.validate(token)
+
+
+def test_a_token_is_refused_from_the_second_it_expires(idp: IdP) -> None:
+    token = idp.client_credentials("agent-ci")
+    expires = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    settings = idp.settings()
+    assert Validator([settings], clock=lambda: expires - 1).validate(token).expires == expires
+    with pytest.raises(TokenError, match=f"^token rejected: expired at {_iso(expires)}$"):
+        Validator([settings], clock=lambda: expires).validate(token)
 
 
 def test_leeway_covers_a_just_expired_token(idp: IdP) -> None:

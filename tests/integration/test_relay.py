@@ -157,7 +157,18 @@ def test_long_session(witness: Witness) -> None:
     assert all(entry["results"][c["n"]]["status"] == "ok" for c in executes)
 
 
-def test_two_hundred_concurrent_sessions(witness: Witness) -> None:
+def test_two_hundred_concurrent_sessions(pg: PostgresServer, tmp_path: Path) -> None:
+    # One user's 200 sessions: over the default limit of connections per user.
+    witness = Witness(
+        pg.port, tmp_path / "trail.db", backend_options="max_connections_per_uid = 250"
+    )
+    try:
+        two_hundred_at_once(witness)
+    finally:
+        witness.stop()
+
+
+def two_hundred_at_once(witness: Witness) -> None:
     barrier = threading.Barrier(200, timeout=60)
     errors: list[BaseException] = []
 

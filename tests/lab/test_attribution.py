@@ -189,10 +189,10 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def _wait_established(address: str, port: int) -> bpf.Record:
+def _wait_established(address: str, port: int, backend: tuple[str, int]) -> bpf.Record:
     deadline = time.monotonic() + 5
     while True:
-        record = bpf.read(address, port)
+        record = bpf.read((address, port), backend)
         if record is not None and record.established:
             return record
         assert time.monotonic() < deadline, f"no established record for {address}:{port}"
@@ -225,16 +225,17 @@ def test_an_owner_missing_from_the_ebpf_map_falls_back_to_sock_diag(lab: Enforce
         line = proc.stdout.readline()
         assert line, proc.stderr.read() if proc.stderr else ""
         port_a, port_b = (int(p) for p in line.split())
-        record = _wait_established(client, port_a)
+        backend = (str(lab.topology.backend_ipv4), 5432)
+        record = _wait_established(client, port_a, backend)
         assert (record.tgid, record.uid) == (proc.pid, lab.agent_uid(2))
-        _wait_established(client, port_b)
+        _wait_established(client, port_b, backend)
         # The record of the first connection disappears, as an LRU eviction would make it.
         fd = bpf.obj_get(bpf.PIN_DIR / bpf.OWNER_MAP)
         try:
-            bpf.map_delete(fd, bpf.local_key(client, port_a))
+            bpf.map_delete(fd, bpf.conn_key((client, port_a), backend))
         finally:
             os.close(fd)
-        assert bpf.read(client, port_a) is None
+        assert bpf.read((client, port_a), backend) is None
     finally:
         os.kill(recorder, signal.SIGCONT)
     out, err = proc.communicate("\n", timeout=20)

@@ -12,11 +12,13 @@ alone, outside the agent cgroups and unfiltered.
 
 from __future__ import annotations
 
+import errno
 import grp
 import ipaddress
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -29,7 +31,7 @@ import pytest
 from labagents import PACKET_PROBE
 from labmarks import lab_marks
 
-from appliance.enforce import bpf, cgroups
+from appliance.enforce import bpf, cgroups, owners, sockdiag
 
 pytestmark = lab_marks("cgroups, eBPF")
 
@@ -147,20 +149,23 @@ def test_a_connection_is_attributed_to_its_process_from_the_accepting_side(
         with conn:
             assert proc.stdout is not None
             assert int(proc.stdout.readline()) == peer[1]
-            owner = bpf.lookup(*peer, destination=("127.0.0.1", port), pins=agents.pins)
+            owner = owners.quick(peer, ("127.0.0.1", port), agents.pins)
             assert owner is not None
-            assert owner.source == "ebpf"
+            assert owner.source == "ebpf" and owner.doubt is None
             assert (owner.pid, owner.uid, owner.comm) == (proc.pid, 65534, "python3")
             assert owner.exe is not None and owner.exe.startswith("/usr/bin/python3")
             assert owner.cgroup == "/" + str(agents.child.relative_to(cgroups.cgroup2_mount()))
-            record = bpf.read(*peer, pins=agents.pins)
+            record = bpf.read(peer, ("127.0.0.1", port), pins=agents.pins)
             assert record is not None
             assert record.gid == grp.getgrnam("nogroup").gr_gid
             assert record.cgroup_id == cgroups.cgroup_id(agents.child)
             assert record.local == peer and record.remote == ("127.0.0.1", port)
-            assert record.established and record.closed_ns == 0
-            # The original destination is checked when the reader knows it.
-            assert bpf.lookup(*peer, destination=("127.0.0.1", 1), pins=agents.pins) is None
+            assert record.established
+            # The record is the socket's own: its cookie is the live socket's.
+            live = sockdiag.find(peer, ("127.0.0.1", port))
+            assert live is not None and live.cookie == record.cookie and live.uid == 65534
+            # The record is found by the whole 4-tuple, the original destination included.
+            assert bpf.read(peer, ("127.0.0.1", 1), pins=agents.pins) is None
 
 
 def test_a_connection_from_outside_the_agent_cgroups_is_not_recorded(agents: Agents) -> None:
@@ -169,11 +174,13 @@ def test_a_connection_from_outside_the_agent_cgroups_is_not_recorded(agents: Age
         proc = agents.start(CONNECT_AND_WAIT.format(port=port), inside=False)
         conn, peer = lst.accept()
         with conn:
-            assert bpf.lookup(*peer, pins=agents.pins) is None
+            assert owners.quick(peer, ("127.0.0.1", port), agents.pins) is None
+            owner = owners.lookup(peer, ("127.0.0.1", port))
+            assert (owner.source, owner.uid, owner.pid) == ("sock_diag", 65534, proc.pid)
     assert proc.stdout is not None
 
 
-def test_the_record_outlives_the_socket_but_is_stamped_closed(agents: Agents) -> None:
+def test_the_record_goes_when_its_socket_closes(agents: Agents) -> None:
     with _listener() as lst:
         port = lst.getsockname()[1]
         proc = agents.start(CONNECT_AND_WAIT.format(port=port))
@@ -181,20 +188,53 @@ def test_the_record_outlives_the_socket_but_is_stamped_closed(agents: Agents) ->
         with conn:
             assert proc.stdout is not None
             proc.stdout.readline()
+            assert bpf.read(peer, ("127.0.0.1", port), pins=agents.pins) is not None
             assert proc.stdin is not None
             proc.stdin.write("\n")
             proc.stdin.flush()
             proc.wait(timeout=10)
             assert conn.recv(1) == b""  # the client closed
-        # The client's socket reaches TCP_CLOSE (and is stamped) once both sides have closed.
+        # The client's socket reaches TCP_CLOSE once both sides have closed: the record goes.
         deadline = time.monotonic() + 5
-        record = bpf.read(*peer, pins=agents.pins)
-        while record is not None and not record.closed_ns and time.monotonic() < deadline:
+        while bpf.read(peer, ("127.0.0.1", port), pins=agents.pins) is not None:
+            assert time.monotonic() < deadline, "the record outlived its socket"
             time.sleep(0.02)
-            record = bpf.read(*peer, pins=agents.pins)
-        assert record is not None and record.closed_ns > record.connect_ns
-        assert bpf.lookup(*peer, pins=agents.pins) is not None
-        assert bpf.lookup(*peer, pins=agents.pins, stale_after=0) is None
+
+
+def test_a_record_the_live_socket_contradicts_names_no_one(agents: Agents) -> None:
+    """A record whose cookie is not the live socket's (stale, or planted in the map) is not
+    believed, and the owner says why rather than naming anyone."""
+    with _listener() as lst:
+        port = lst.getsockname()[1]
+        destination = ("127.0.0.1", port)
+        proc = agents.start(CONNECT_AND_WAIT.format(port=port), inside=False)
+        conn, peer = lst.accept()
+        with conn:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            live = sockdiag.find(peer, destination)
+            assert live is not None
+            forged = struct.pack(
+                "<QQQIIII16s16sHHI16s",
+                live.cookie + 1, 4242, 1, 1, 1, 1000, 1000,
+                bpf.mapped(peer[0]), bpf.mapped("127.0.0.1"), peer[1], port, 1, b"agent",
+            )  # fmt: skip
+            fd = bpf.obj_get(agents.pins / bpf.OWNER_MAP)
+            try:
+                bpf.map_update(fd, bpf.conn_key(peer, destination), forged)
+                owner = owners.quick(peer, destination, agents.pins)
+                assert owner is not None and owner.doubt is not None
+                assert "another socket" in owner.doubt
+                assert (owner.uid, owner.pid, owner.cgroup_id) == (None, None, None)
+                assert f"cookie {live.cookie}" in (owner.detail or "")
+                # The same record with the right cookie but another uid is not believed either.
+                right = forged[:0] + struct.pack("<Q", live.cookie) + forged[8:]
+                bpf.map_update(fd, bpf.conn_key(peer, destination), right)
+                owner = owners.quick(peer, destination, agents.pins)
+                assert owner is not None and owner.doubt is not None
+            finally:
+                bpf.map_delete(fd, bpf.conn_key(peer, destination))
+                os.close(fd)
 
 
 RAW = """
@@ -259,7 +299,7 @@ def test_ipv6_and_mapped_ipv4_connections_to_protected_ranges_are_denied(
 
 
 def test_the_maps_are_bounded_lru(agents: Agents) -> None:
-    for name in ("owner_by_local", "owner_by_cookie"):
+    for name in ("owner_by_conn", "owner_by_cookie"):
         fd = bpf.obj_get(agents.pins / name)
         try:
             info = bpf.map_info(fd)
@@ -274,10 +314,10 @@ def test_the_maps_are_bounded_lru(agents: Agents) -> None:
         over = info.max_entries + 2000
         first = ipaddress.IPv4Address("10.0.0.0")
         for i in range(over):  # a plain hash map would refuse past max_entries (E2BIG)
-            bpf.map_update(fd, bpf.local_key(str(first + i), 1), value)
+            bpf.map_update(fd, bpf.conn_key((str(first + i), 1), ("10.99.0.5", 5432)), value)
         count = sum(1 for _ in bpf.map_keys(fd, info.key_size))
         assert 0 < count <= info.max_entries  # older entries were evicted to make room
-        last = bpf.local_key(str(first + over - 1), 1)
+        last = bpf.conn_key((str(first + over - 1), 1), ("10.99.0.5", 5432))
         assert bpf.map_lookup(fd, last, len(value)) == value
     finally:
         os.close(fd)
@@ -304,6 +344,45 @@ def test_detach_leaves_nothing_attached_and_removes_the_pins_and_cgroups(
     cgroups.remove(agents.root)
     assert not agents.root.exists()
     assert bpf.detach(agents.root, agents.pins) == []  # again: nothing to do, no error
+
+
+def _reattach(agents: Agents) -> None:
+    bpf.attach([ipaddress.ip_network(n) for n in PROTECTED], agents.root, agents.pins)
+
+
+def test_a_reattach_that_fails_before_the_switch_leaves_the_old_programs(
+    agents: Agents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = bpf.programs_at(agents.root)
+
+    def full(fd: int, path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bpf, "obj_pin", full)
+    with pytest.raises(bpf.BpfError, match="still in force"):
+        _reattach(agents)
+    assert bpf.programs_at(agents.root) == before
+    assert not agents.pins.with_name(agents.pins.name + "_new").exists()
+    assert agents.run(RAW, userns=True) == "EPERM EPERM ok"
+
+
+def test_a_reattach_that_fails_after_the_switch_leaves_the_new_programs(
+    agents: Agents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = bpf.programs_at(agents.root)
+    unpin = bpf._unpin
+
+    def stuck(pins: Path) -> list[str]:
+        if pins == agents.pins:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return unpin(pins)
+
+    monkeypatch.setattr(bpf, "_unpin", stuck)
+    with pytest.raises(bpf.BpfError, match="new eBPF programs are attached"):
+        _reattach(agents)
+    after = bpf.programs_at(agents.root)
+    assert set(after) == set(before) and after != before  # the new ones, not none
+    assert agents.run(RAW, userns=True) == "EPERM EPERM ok"
 
 
 def test_the_agent_cannot_move_itself_out_of_its_cgroup(agents: Agents) -> None:

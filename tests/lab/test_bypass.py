@@ -12,10 +12,13 @@ outside the agent cgroup shows the difference.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +53,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnforcedLab]:
         agents=2,
         ebpf=True,
         needs="eBPF unavailable, the bypass suite needs it",
+        backend_interfaces=("veth-bastion",),
     )
 
 
@@ -92,11 +96,15 @@ out = []
 for spec in sys.argv[1:]:
     proto, host, port = spec.split(",")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = (host, int(port))
+    if "%" in host:  # link-local: ADDRESS%INTERFACE
+        host, interface = host.split("%")
+        address = (host, int(port), 0, socket.if_nametoindex(interface))
     s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.settimeout(3)
     step = "connect"
     try:
-        s.connect((host, int(port)))
+        s.connect(address)
         if proto == "udp":
             step = "send"
             s.send(b"hello")
@@ -148,6 +156,138 @@ def test_another_address_of_the_backend_is_diverted_and_recorded_with_it(
     assert out == f"{probe}|{other}"  # relayed to .3 itself
     start = assert_recorded(lab, probe, pid, str(PSQL))
     assert start["destination"] == f"{other}:5432"
+
+
+# A server in the backends namespace listening on every address, IPv4 and IPv6 (link-local
+# too), that a protected range may not cover: argv is the port. Prints "ready" once bound.
+LISTEN_EVERYWHERE = """
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1])))
+s.listen(64)
+print("ready", flush=True)
+while True:
+    s.accept()[0].close()
+"""
+SIDE_PORT = 5499
+
+
+@contextlib.contextmanager
+def backend_host_listening(lab: EnforcedLab) -> Iterator[None]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.topology.backends, PYTHON, "-c", LISTEN_EVERYWHERE,
+         str(SIDE_PORT)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def as_root_in_bastion(lab: EnforcedLab, *targets: str) -> str:
+    """The control: the same attempts as root in the bastion, whom the guard exempts."""
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{lab.bastion}", PYTHON, "-c", ATTEMPTS, *targets],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def link_local(lab: EnforcedLab) -> str:
+    """The backend host's link-local IPv6 address, once it is usable (DAD done)."""
+    deadline = time.monotonic() + 10
+    while True:
+        shown = subprocess.run(
+            ["ip", "-n", lab.topology.backends, "-6", "-o", "addr", "show", "dev",
+             lab.topology.backends_veth, "scope", "link"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        if shown and "tentative" not in shown:
+            return shown.split()[3].split("/")[0]
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+
+
+def test_the_backend_hosts_link_local_address_is_rejected(lab: EnforcedLab) -> None:
+    """fe80:: is in no protected range, and reached the backend host on any port."""
+    target = f"{link_local(lab)}%{lab.topology.bastion_veth}"
+    attempts = (f"tcp,{target},{SIDE_PORT}", f"udp,{target},{SIDE_PORT}")
+    with backend_host_listening(lab):
+        assert as_root_in_bastion(lab, *attempts).startswith("ok ")
+        out, _ = python(lab, ATTEMPTS, *attempts)
+        assert out == "ECONNREFUSED send:EPERM", out
+        out, _ = python(lab, ATTEMPTS, *attempts, in_cgroup=False)
+        assert out == "ECONNREFUSED send:EPERM", out
+
+
+def test_an_address_of_the_backend_host_nobody_listed_is_rejected_on_its_interface(
+    lab: EnforcedLab,
+) -> None:
+    """An address outside every protected range, reached through the backend-facing
+    interface (enforce.backend_interfaces)."""
+    unlisted = "10.78.0.2"
+    topo = lab.topology
+    subprocess.run(["ip", "-n", topo.backends, "addr", "add", f"{unlisted}/32", "dev",
+                    topo.backends_veth], check=True)  # fmt: skip
+    subprocess.run(["ip", "-n", topo.bastion, "route", "add", f"{unlisted}/32", "dev",
+                    topo.bastion_veth], check=True)  # fmt: skip
+    try:
+        with backend_host_listening(lab):
+            target = f"tcp,{unlisted},{SIDE_PORT}"
+            assert as_root_in_bastion(lab, target) == "ok"
+            assert python(lab, ATTEMPTS, target)[0] == "ECONNREFUSED"
+            assert python(lab, ATTEMPTS, target, in_cgroup=False)[0] == "ECONNREFUSED"
+    finally:
+        subprocess.run(["ip", "-n", topo.bastion, "route", "del", f"{unlisted}/32"], check=False)
+        subprocess.run(["ip", "-n", topo.backends, "addr", "del", f"{unlisted}/32", "dev",
+                        topo.backends_veth], check=False)  # fmt: skip
+
+
+# argv: paths; for each, what the agent gets trying to list it (a directory), read it (a
+# file) or connect to it (a Unix socket): "ok", or the errno's name.
+REACH = """
+import errno, os, socket, stat, sys
+out = []
+for path in sys.argv[1:]:
+    try:
+        if os.path.basename(path).startswith(".s.PGSQL"):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.close()
+        elif path.endswith("/"):
+            os.listdir(path)
+        else:
+            open(path, "rb").close()
+        out.append("ok")
+    except OSError as exc:
+        out.append(errno.errorcode[exc.errno])
+print(" ".join(out))
+"""
+
+
+def test_nothing_of_the_backend_hosts_or_the_bastions_files_is_within_the_agents_reach(
+    lab: EnforcedLab,
+) -> None:
+    """Namespaces do not isolate files: the lab's 'hosts' must not share any. The backend's
+    server directory (its log, and the Unix socket it would have), and the recorder's
+    configuration and log, are out of the agent's reach."""
+    state = lab.lab.state()
+    assert state is not None
+    server = state["postgres"]["directory"]
+    assert not list(Path(server).glob(".s.PGSQL.*"))  # no filesystem socket at all
+    paths = [
+        f"{server}/", f"{server}/postgres.log", f"{server}/.s.PGSQL.5432",
+        str(lab.serve_config), str(lab.up_config), str(lab.log),
+    ]  # fmt: skip
+    out, _ = python(lab, REACH, *paths)
+    assert out.split() == ["EACCES"] * 6, out
+    out, _ = python(lab, REACH, *paths, in_cgroup=False)
+    assert out.split() == ["EACCES"] * 6, out
 
 
 def test_ipv6_and_ipv4_mapped_connections_are_denied_by_ebpf(lab: EnforcedLab) -> None:

@@ -30,7 +30,16 @@ from typing import Any
 
 import jwt
 import pytest
-from labagents import PG_CLIENT, PSQL, PYTHON, all_sessions, ended_session_with, psql_argv, tag
+from labagents import (
+    PG_CLIENT,
+    PG_WIRE,
+    PSQL,
+    PYTHON,
+    all_sessions,
+    ended_session_with,
+    psql_argv,
+    tag,
+)
 from labmarks import lab_marks
 from witnessproc import events
 
@@ -339,6 +348,166 @@ def test_an_agent_with_no_binding_is_refused_and_the_refusal_recorded(world: Wor
     assert pids == {pid, wire_pid}
     listed = [r for r in sessions_list(lab.trail, "--user", str(lab.agent_uid(3))) if r["refused"]]
     assert len(listed) == 2 and all(r["refused"]["code"] == "28000" for r in listed), listed
+
+
+def run_python(world: World, i: int, code: str, *args: str) -> list[str]:
+    """``witness run --token-file TOKEN -- python3 -c CODE ARGS...`` for agent ``i``."""
+    return [
+        WITNESS, "run", "--socket", str(world.lab.control_socket),
+        "--token-file", str(world.tokens[i]), "--", PYTHON, "-c", code, *args,
+    ]  # fmt: skip
+
+
+# argv: host port sql. Runs sql, says goodbye and waits for Witness to close first, so that
+# its address and port are free again at once; prints "ADDRESS PORT".
+CLOSE_LAST = (
+    PG_WIRE
+    + r"""
+host, port, sql = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = open_(host, port)
+params = b"user\0postgres\0database\0postgres\0\0"
+s.sendall(struct.pack("!II", len(params) + 8, 196608) + params)
+until_ready(s)
+text = sql.encode() + b"\0"
+s.sendall(b"Q" + struct.pack("!I", len(text) + 4) + text)
+until_ready(s)
+s.sendall(b"X\0\0\0\4")
+while s.recv(4096):
+    pass
+address, port = s.getsockname()[:2]
+s.close()
+print(address, port)
+"""
+)
+
+# argv: address port host sql. Binds address:port (SO_REUSEADDR) and runs sql on host:5432;
+# prints the first column, or the server's error.
+REUSE = (
+    PG_WIRE
+    + r"""
+address, port, host, sql = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((address, port))
+s.settimeout(10)
+s.connect((host, 5432))
+try:
+    print(query(s, sql))
+except SystemExit as exc:
+    print(exc)
+"""
+)
+
+
+@pytest.mark.parametrize("reuser", [1, 3], ids=["same-user", "other-user"])
+def test_an_address_an_agent_just_closed_lends_no_identity(world: World, reuser: int) -> None:
+    """An agent's connection ends; at once a process outside any agent cgroup (the agent's
+    own user, or another) binds the same address and port and connects. It is attributed to
+    itself, never to the agent that used the address before, and refused: it has no identity."""
+    lab = world.lab
+    host = str(lab.topology.backend_ipv4)
+    mark = tag("reuse")
+    agent = run_python(world, 1, CLOSE_LAST, host, "5432", f"select '{mark}-agent'")
+    code, out, err, _ = lab.run_agent(1, agent, in_cgroup=False)
+    assert code == 0, err
+    address, port = out.split()
+    code, out, err, pid = lab.run_agent(
+        reuser, [PYTHON, "-c", REUSE, address, port, host, f"select '{mark}-reuser'"],
+        in_cgroup=False,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "server error:" in out and "\x00C28000\x00" in out, out
+    assert "no identity is bound" in out, out
+
+    agents_session = ended_session_with(lab.trail, f"{mark}-agent")["start"]
+    assert agents_session["client"] == f"{address}:{port}"
+    assert agents_session["identity"]["subject"] == world.claims[1]["sub"]
+    deadline = time.monotonic() + 5
+    while True:
+        reused = [
+            s["start"]
+            for s in all_sessions(lab.trail)
+            if s["start"]["client"] == f"{address}:{port}" and s["start"] is not agents_session
+            and s["start"].get("refused")
+        ]  # fmt: skip
+        if reused:
+            break
+        assert time.monotonic() < deadline, "the reuser's refusal was not recorded"
+        time.sleep(0.05)
+    (start,) = reused
+    assert start["refused"]["code"] == "28000", start
+    assert start["identity"] is None, start
+    assert (start["owner"]["uid"], start["owner"]["pid"]) == (lab.agent_uid(reuser), pid), start
+    assert start["owner"]["source"] == "sock_diag", start
+
+
+# argv: host tag n. Opens n short connections over 4 threads, each running one select of
+# "TAG-I"; prints how many failed, then the first failures.
+MANY = (
+    PG_WIRE
+    + r"""
+import threading, time
+host, mark, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+errors = []
+def worker(k):
+    for i in range(k, n, 4):
+        time.sleep(0.25)  # 16 new connections a second in all: under the default rate limit
+        try:
+            got = query(open_(host, 5432), f"select '{mark}-{i}'")
+            assert got == f"{mark}-{i}", got
+        except BaseException as exc:
+            errors.append(repr(exc))
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(len(errors))
+print("\n".join(errors[:3]))
+"""
+)
+SHORT_CONNECTIONS = 100
+
+
+def test_two_agents_opening_many_short_connections_never_get_each_others_records(
+    world: World,
+) -> None:
+    lab = world.lab
+    host = str(lab.topology.backend_ipv4)
+    run = tag("many")
+    argv = {
+        i: run_python(world, i, MANY, host, f"{run}-a{i}", str(SHORT_CONNECTIONS)) for i in CLIENTS
+    }
+    procs = {
+        i: lab.agent(
+            i, argv[i], in_cgroup=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in CLIENTS
+    }
+    placed = wait_placed(procs)
+    for proc in procs.values():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.split("\n", 1)[0] == "0", out
+    source = "ebpf" if lab.ebpf else "sock_diag"
+    for i, proc in procs.items():
+        seen = 0
+        for session in all_sessions(lab.trail):
+            texts = [c["text"] for c in session["commands"]]
+            if not any(f"'{run}-a" in t for t in texts):
+                continue
+            start = session["start"]
+            mine = all(f"'{run}-a{i}-" in t for t in texts)
+            if not mine:
+                assert start["owner"]["pid"] != proc.pid, start
+                continue
+            seen += 1
+            owner = start["owner"]
+            assert owner["source"] == source, owner
+            assert (owner["pid"], owner["uid"]) == (proc.pid, lab.agent_uid(i)), owner
+            assert (owner["cgroup"], owner["cgroup_id"]) == placed[i], owner
+            assert start["identity"]["subject"] == world.claims[i]["sub"], start
+        assert seen == SHORT_CONNECTIONS, (i, seen)
 
 
 def test_what_the_agent_spawns_keeps_its_identity(world: World) -> None:

@@ -159,11 +159,23 @@ def status_json(up_config: Path, netns: str) -> dict[str, Any]:
 
 
 def running_lab(
-    prefix: str, state: Path, *, agents: int, ebpf: bool, needs: str
+    prefix: str,
+    state: Path,
+    *,
+    agents: int,
+    ebpf: bool,
+    needs: str,
+    backend_interfaces: tuple[str, ...] = (),
 ) -> Iterator[EnforcedLab]:
     """For a module fixture: a started enforced lab, closed afterwards; skipped, saying
     ``needs`` and why, when eBPF was asked for and cannot be attached here."""
-    made = EnforcedLab(f"{prefix}{uuid.uuid4().hex[:8]}", state, agents=agents, ebpf=ebpf)
+    made = EnforcedLab(
+        f"{prefix}{uuid.uuid4().hex[:8]}",
+        state,
+        agents=agents,
+        ebpf=ebpf,
+        backend_interfaces=backend_interfaces,
+    )
     try:
         made.start()
     except EbpfUnavailable as exc:

@@ -17,23 +17,41 @@ WITNESS = str(Path(sys.executable).parent / "witness")
 
 
 class Witness:
-    """``witness serve`` as a child process, quick-start style."""
+    """``witness serve`` as a child process: quick-start style, or, with ``backend_options``
+    (TOML keys for the backend's table), from a configuration file written beside the trail
+    that is otherwise the same."""
 
-    def __init__(self, backend_port: int, trail: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        backend_port: int,
+        trail: Path,
+        extra: list[str] | None = None,
+        backend_options: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.trail = trail
         self.log = trail.with_suffix(".log")
-        argv = [
-            WITNESS,
-            "serve",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--backend",
-            f"postgresql://127.0.0.1:{backend_port}",
-            "--trail",
-            str(trail),
-            *(extra or []),
-        ]
+        if backend_options is None:
+            argv = [
+                WITNESS,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--backend",
+                f"postgresql://127.0.0.1:{backend_port}",
+                "--trail",
+                str(trail),
+                *(extra or []),
+            ]
+        else:
+            config = trail.with_suffix(".toml")
+            config.write_text(
+                f'[[backend]]\nname = "default"\naddress = "127.0.0.1"\nport = {backend_port}\n'
+                f"{backend_options}\n\n"
+                f'[[listener]]\nlisten = "127.0.0.1:{self.port}"\nbackend = "default"\n\n'
+                f'[trail]\npath = "{trail}"\n\n[identity]\nunbound = "allow"\n'
+            )
+            argv = [WITNESS, "--config", str(config), "serve", *(extra or [])]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)

@@ -131,6 +131,7 @@ def test_identity_issuers_bindings_and_backend_policy(tmp_path: Path) -> None:
     assert issuer.login_params == (("resource", "urn:witness"),)
     assert (issuer.subject_claim, issuer.groups_claim) == ("sub", "roles")
     assert issuer.leeway == 5.0
+    assert issuer.allow_clients == ()  # any client of the issuer
     (static,) = identity.bindings
     assert static.issuer == "https://idp.example.test"  # the issuer's name stands for its iss
     backend = settings.backends["orders"]
@@ -166,6 +167,33 @@ def test_without_an_identity_table_unbound_connections_are_refused(tmp_path: Pat
         ),
         (('subject = "svc-ci"', 'subject = ""'), "identity.binding[0].subject"),
         (('audience = "urn:witness"', "audience = []"), "identity.issuer[0].audience"),
+        (
+            ("leeway_seconds = 5", "leeway_seconds = 5\nallow_clients = []"),
+            "identity.issuer[0].allow_clients: expected a non-empty list, got []",
+        ),
+        (
+            ("leeway_seconds = 5", 'leeway_seconds = 5\nallow_clients = "agent-ci"'),
+            "identity.issuer[0].allow_clients: expected a non-empty list, got 'agent-ci'",
+        ),
+        (
+            ("leeway_seconds = 5", 'leeway_seconds = 5\nallow_clients = ["witness-cli", 7]'),
+            "identity.issuer[0].allow_clients[1]: expected a non-empty string, got 7",
+        ),
+        (
+            # A second table for the same issuer would be ignored, and its allow_clients with it.
+            (
+                "[[identity.binding]]",
+                '[[identity.issuer]]\nname = "again"\nissuer = "https://idp.example.test"\n'
+                'audience = "urn:other"\n\n[[identity.binding]]',
+            ),
+            "identity.issuer[1].issuer: 'https://idp.example.test' is already trusted by "
+            "identity.issuer[0] (one table per issuer)",
+        ),
+        (
+            ("leeway_seconds = 5", 'leeway_seconds = 5\nallow_clients = ["agent-ci"]'),
+            "identity.issuer[0].allow_clients: ['agent-ci'] leaves out the client_id "
+            "'witness-cli', so no `witness login` could bind: add it, or remove client_id",
+        ),
     ],
 )
 def test_identity_errors_name_the_key(
@@ -174,6 +202,18 @@ def test_identity_errors_name_the_key(
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, GOOD + IDENTITY.replace(*change, 1)))
     assert message in str(info.value)
+
+
+def test_an_issuer_can_accept_only_the_clients_it_lists(tmp_path: Path) -> None:
+    text = IDENTITY.replace(
+        "leeway_seconds = 5", 'leeway_seconds = 5\nallow_clients = ["witness-cli", "agent-ci"]'
+    )
+    (issuer,) = config.load(write(tmp_path, GOOD + text)).identity.issuers
+    assert issuer.allow_clients == ("witness-cli", "agent-ci")
+    # Without a client_id (tokens only), any list will do.
+    text = text.replace('client_id = "witness-cli"\n', "").replace('"witness-cli", ', "")
+    (issuer,) = config.load(write(tmp_path, GOOD + text)).identity.issuers
+    assert issuer.allow_clients == ("agent-ci",)
 
 
 ANCHOR = """

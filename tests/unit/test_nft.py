@@ -83,7 +83,7 @@ def test_the_guard_lets_the_service_user_and_the_diverted_flow_pass_and_rejects_
     ]
     assert [r[1]["match"]["right"] for r in guard[1:3]] == ["127.0.0.1", "::1"]
     assert all(r[0]["match"]["right"] == "dnat" and r[-1] == {"accept": None} for r in guard[1:3])
-    rejects = guard[3:]
+    rejects = guard[3:7]  # the protected ranges; link-local follows
     assert [r[-1] for r in rejects] == [
         {"reject": {"type": "tcp reset"}},
         {"reject": {"type": "icmpx", "expr": "admin-prohibited"}},
@@ -98,10 +98,57 @@ def test_several_backends_share_one_reject_per_family_and_v4_only_has_no_v6_rule
     data["backend"].append({"name": "billing", "address": "10.1.0.9", "port": 3306})
     plan = nft.plan(config.parse(data))
     assert len(rules(plan, "divert")) == 2
-    rejects = rules(plan, "guard")[3:]
+    rejects = [r for r in rules(plan, "guard")[3:] if "skuid" not in json.dumps(r)]
     assert len(rejects) == 2
     assert rejects[0][0]["match"]["right"] == {"set": ["10.0.0.5", "10.1.0.9"]}
     assert "ip6" not in json.dumps(rules(plan, "divert"))
+
+
+def test_what_the_host_would_route_to_a_protected_range_is_rejected() -> None:
+    plan = nft.plan(settings(protect=["10.0.0.0/24", "fd00::/64"]))
+    forward = rules(plan, "forward")
+    assert [r[0]["match"]["right"] for r in forward] == [
+        {"prefix": {"addr": "10.0.0.0", "len": 24}},
+        {"prefix": {"addr": "10.0.0.0", "len": 24}},
+        {"prefix": {"addr": "fd00::", "len": 64}},
+        {"prefix": {"addr": "fd00::", "len": 64}},
+    ]
+    assert "skuid" not in json.dumps(forward)  # routed packets have no local owner to exempt
+    assert [r[-1] for r in forward] == [
+        {"reject": {"type": "tcp reset"}},
+        {"reject": {"type": "icmpx", "expr": "admin-prohibited"}},
+    ] * 2
+
+
+def test_link_local_is_rejected_for_users_other_than_root_unless_turned_off() -> None:
+    guard = rules(nft.plan(settings()), "guard")
+    link_local = [r for r in guard if "fe80::" in json.dumps(r) or "169.254.0.0" in json.dumps(r)]
+    assert len(link_local) == 4
+    for rule in link_local:
+        assert {"match": {"op": "!=", "left": {"meta": {"key": "skuid"}}, "right": 0}} in rule
+        fib = {"fib": {"result": "type", "flags": ["daddr"]}}
+        assert any(e.get("match", {}).get("left") == fib for e in rule)
+    assert link_local[0][0]["match"]["right"] == {"prefix": {"addr": "fe80::", "len": 10}}
+    assert link_local[2][0]["match"]["right"] == {"prefix": {"addr": "169.254.0.0", "len": 16}}
+    data = copy.deepcopy(BASE)
+    data["enforce"]["guard_link_local"] = False
+    assert "fe80::" not in json.dumps(nft.table(nft.plan(config.parse(data))))
+
+
+def test_backend_interfaces_reject_everything_users_send_out_of_them() -> None:
+    data = copy.deepcopy(BASE)
+    data["enforce"]["backend_interfaces"] = ["eth1", "eth2", "eth1"]
+    guard = rules(nft.plan(config.parse(data)), "guard")
+    out = [r for r in guard if "oifname" in json.dumps(r)]
+    assert len(out) == 2
+    oif = {"meta": {"key": "oifname"}}
+    assert out[0][0] == {"match": {"op": "==", "left": oif, "right": {"set": ["eth1", "eth2"]}}}
+    assert out[0][1]["match"] == {"op": "!=", "left": {"meta": {"key": "skuid"}}, "right": 0}
+    assert [r[-1] for r in out] == [
+        {"reject": {"type": "tcp reset"}},
+        {"reject": {"type": "icmpx", "expr": "admin-prohibited"}},
+    ]
+    assert "oifname" not in json.dumps(rules(nft.plan(settings()), "guard"))
 
 
 def test_up_replaces_the_table_in_one_input_and_down_touches_only_the_table() -> None:
@@ -114,6 +161,7 @@ def test_up_replaces_the_table_in_one_input_and_down_touches_only_the_table() ->
     assert [(c["name"], c["type"], c["hook"], c["prio"]) for c in chains] == [
         ("divert", "nat", "output", -100),
         ("guard", "filter", "output", 0),
+        ("forward", "filter", "forward", 0),
     ]
     assert nft.down_ruleset() == {"nftables": [{"add": table}, {"delete": table}]}
 
@@ -168,6 +216,10 @@ def test_protect_errors_name_the_key(change: dict[str, Any], message: str) -> No
         ({"redirect_port": 70000}, "enforce.redirect_port: expected an integer from 1 to 65535"),
         ({"service_user": ""}, "enforce.service_user: expected a non-empty string"),
         ({"mode": "x"}, "enforce.mode: unknown key"),
+        ({"guard_link_local": "yes"}, "enforce.guard_link_local: expected true or false"),
+        ({"backend_interfaces": []}, "enforce.backend_interfaces: expected a non-empty list"),
+        ({"backend_interfaces": ["a/b"]}, "enforce.backend_interfaces[0]: expected an interface"),
+        ({"backend_interfaces": ["x" * 16]}, "enforce.backend_interfaces[0]: expected"),
     ],
 )
 def test_enforce_errors_name_the_key(enforce: dict[str, Any], message: str) -> None:

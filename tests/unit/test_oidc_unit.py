@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.config import IssuerSettings
 from appliance.identity import login
+from appliance.identity.limits import MAX_TOKEN
 from appliance.identity.oidc import (
     REFRESH_INTERVAL,
     IssuerKeys,
@@ -310,6 +313,85 @@ def test_times_use_the_validators_clock() -> None:
         check.validate(token)
 
 
+def test_a_token_has_expired_from_the_moment_its_exp_names() -> None:
+    # RFC 7519, 4.1.4: the current time must be before exp. At exp exactly, it is over.
+    issuer = FakeIssuer()
+    token = issuer.token(iat=2000, exp=2060, nbf=2010)
+    clock = Clock()
+    check = Validator([settings()], fetch=issuer, clock=clock)
+    clock.now = 2059.999
+    assert check.validate(token).expires == 2060
+    clock.now = 2060
+    with pytest.raises(TokenError, match="expired at 1970-01-01T00:34:20Z"):
+        check.validate(token)
+    # nbf is the other way round: at nbf exactly, the token is good.
+    clock.now = 2010
+    assert check.validate(token).not_before == 2010
+
+    # Leeway moves the edge by exactly the leeway, and not a moment more.
+    lenient = Validator([settings(leeway=30.0)], fetch=issuer, clock=clock)
+    clock.now = 2089.999
+    assert lenient.validate(token).expires == 2060
+    clock.now = 2090
+    with pytest.raises(TokenError, match="expired at"):
+        lenient.validate(token)
+
+
+@pytest.mark.parametrize(
+    ("claims", "client"),
+    [
+        ({"azp": "agent-ci"}, "agent-ci"),
+        ({"client_id": "agent-ci"}, "agent-ci"),
+        ({"azp": "agent-ci", "client_id": "agent-ci"}, "agent-ci"),
+    ],
+)
+def test_allow_clients_reads_azp_else_client_id(claims: dict[str, Any], client: str) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings(allow_clients=("agent-ci",))], fetch=issuer)
+    assert check.validate(issuer.token(**claims)).identity.subject == "s1"
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        (
+            {"azp": "agent-two"},
+            "token rejected: it was issued to client 'agent-two', and issuer fake accepts "
+            "tokens only from the clients in its allow_clients",
+        ),
+        (
+            {"client_id": "agent-two"},
+            "token rejected: it was issued to client 'agent-two', and issuer fake accepts "
+            "tokens only from the clients in its allow_clients",
+        ),
+        (
+            # azp wins over client_id, so a listed client_id cannot vouch for another azp.
+            {"azp": "agent-two", "client_id": "agent-ci"},
+            "token rejected: it names two clients, 'agent-two' (azp) and 'agent-ci' (client_id)",
+        ),
+        (
+            {},
+            "token rejected: it names no client (no 'azp' or 'client_id' claim), and issuer "
+            "fake accepts tokens only from the clients in its allow_clients",
+        ),
+        ({"azp": ["agent-ci"]}, "token rejected: the 'azp' claim must be a string, not list"),
+        ({"client_id": 7}, "token rejected: the 'client_id' claim must be a string, not int"),
+        ({"azp": ""}, "token rejected: it names no client"),
+        (
+            {"azp": "agent-ci" + "x" * 10_000},
+            "token rejected: it was issued to client 'agent-cixxxx",
+        ),
+    ],
+)
+def test_allow_clients_refuses_every_other_client(claims: dict[str, Any], message: str) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings(allow_clients=("agent-ci", "witness-cli"))], fetch=issuer)
+    with pytest.raises(TokenError) as caught:
+        check.validate(issuer.token(**claims))
+    assert str(caught.value).startswith(message), str(caught.value)[:300]
+    assert len(str(caught.value)) < 300
+
+
 def test_key_type_must_fit_the_algorithm() -> None:
     issuer = FakeIssuer()
     ec_key = ec.generate_private_key(ec.SECP256R1())
@@ -321,6 +403,123 @@ def test_key_type_must_fit_the_algorithm() -> None:
     )
     with pytest.raises(TokenError, match="algorithm ES256 does not fit the issuer's key 'k1'"):
         Validator([settings()], fetch=issuer).validate(token)
+
+
+def _token_of_length(issuer: FakeIssuer, length: int) -> str:
+    """A well-signed token exactly ``length`` characters long. Base64url never makes a segment
+    of 4k+1 characters, so a filler claim and a filler header field share the padding."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "urn:witness", "sub": "s1", "iat": now, "exp": now + 60}
+    estimate = (length - len(issuer.token())) * 3 // 4
+    for pad in range(4):
+        for size in range(max(0, estimate - 32), estimate + 32):
+            token = jwt.encode(
+                {**claims, "filler": "x" * size},
+                issuer.keys["k1"],
+                algorithm="RS256",
+                headers={"kid": "k1", "pad": "p" * pad},
+            )
+            if len(token) == length:
+                return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_a_token_of_the_largest_size_validates_and_one_more_is_refused() -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings()], fetch=issuer)
+    assert check.validate(_token_of_length(issuer, MAX_TOKEN)).identity.subject == "s1"
+    with pytest.raises(TokenError) as caught:
+        check.validate(_token_of_length(issuer, MAX_TOKEN + 1))
+    assert str(caught.value) == (
+        f"token rejected: it is {MAX_TOKEN + 1} characters long, more than the {MAX_TOKEN} "
+        "a token may have"
+    )
+
+
+def test_a_huge_token_is_refused_before_anything_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings()], fetch=issuer)
+    huge = issuer.token(filler="x" * 10_000_000)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the token was decoded")
+
+    monkeypatch.setattr(jwt, "get_unverified_header", never)
+    monkeypatch.setattr(jwt, "decode", never)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TokenError, match=r"more than the 16384 a token may have$"):
+            check.validate(huge)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024  # nothing the size of the token was made
+    assert issuer.calls == []  # nor was the issuer asked for anything
+
+
+LONG = "A" * 11_000
+"""A value that fits in a token of the largest size, and has no place in a message."""
+
+
+def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token with any header at all, and a signature that signs nothing."""
+    parts = [base64.urlsafe_b64encode(json.dumps(p).encode()).decode() for p in (header, claims)]
+    return ".".join([*(part.rstrip("=") for part in parts), "c2ln"])
+
+
+@pytest.mark.parametrize(
+    ("forge", "expected"),
+    [
+        (
+            lambda issuer: jwt.encode(
+                {"iss": ISSUER}, issuer.keys["k1"], algorithm="RS256", headers={"kid": LONG}
+            ),
+            "token rejected: unknown key id 'AAAA",
+        ),
+        (lambda issuer: issuer.token(iss=LONG), "token rejected: issuer 'AAAA"),
+        (
+            lambda issuer: _unsigned({"alg": LONG}, {"iss": ISSUER}),
+            "token rejected: algorithm 'AAAA",
+        ),
+        (lambda issuer: issuer.token(aud=[LONG, "urn:other"]), 'token rejected: audience ["AAAA'),
+        (
+            lambda issuer: issuer.token(groups=[LONG, 7]),
+            "token rejected: the 'groups' claim must be a list",
+        ),
+    ],
+    ids=["kid", "iss", "alg", "aud", "groups"],
+)
+def test_what_a_token_says_is_quoted_only_in_part(forge: Any, expected: str) -> None:
+    issuer = FakeIssuer()
+    check = Validator([settings()], fetch=issuer)
+    token = forge(issuer)
+    assert len(token) <= MAX_TOKEN
+    with pytest.raises(TokenError) as caught:
+        check.validate(token)
+    message = str(caught.value)
+    assert message.startswith(expected), message[:200]
+    assert len(message) < 300, message[:200]
+    assert "characters)" in message
+
+
+def test_an_unknown_kid_is_quoted_only_in_part_while_the_issuer_is_down() -> None:
+    issuer = FakeIssuer()
+    keys = IssuerKeys(settings(), issuer, refresh_interval=0.0)
+    keys.key("k1")
+    issuer.down = True
+    with pytest.raises(ProviderError) as caught:
+        keys.key(LONG)
+    message = str(caught.value)
+    assert message.startswith("token key id 'AAAA") and f"({len(LONG)} characters)" in message
+    assert len(message) < 300, message[:200]
+
+
+def test_a_discovery_document_naming_a_huge_issuer_is_quoted_only_in_part() -> None:
+    issuer = FakeIssuer()
+    issuer.discovery["issuer"] = LONG
+    with pytest.raises(ProviderError, match="says its issuer is 'AAAA") as caught:
+        IssuerKeys(settings(), issuer).discovery()
+    assert len(str(caught.value)) < 400
 
 
 def test_not_a_jwt() -> None:
@@ -485,6 +684,20 @@ def test_poll_errors(answer: dict[str, Any], message: str) -> None:
     keys = IssuerKeys(settings(), FakeIssuer())
     with pytest.raises(login.LoginError, match=message):
         login.poll(keys, settings(), _grant(), post=FakeEndpoints([(400, answer)]))
+
+
+def test_an_issuers_long_refusal_is_quoted_only_in_part() -> None:
+    keys = IssuerKeys(settings(), FakeIssuer())
+    answer = {"error": "E" * 100_000, "error_description": "D" * 100_000}
+    for attempt in (
+        lambda: login.poll(keys, settings(), _grant(), post=FakeEndpoints([(400, answer)])),
+        lambda: login.start(keys, settings(), post=FakeEndpoints([(400, answer)])),
+    ):
+        with pytest.raises(login.LoginError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert "EEEE" in message and "DDDD" in message and "(100000 characters)" in message
+        assert len(message) < 400, message[:200]
 
 
 def test_poll_unreachable() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,7 +24,11 @@ from appliance.protocols.postgres.events import (
     Terminate,
 )
 from appliance.protocols.postgres.framing import Framer, Phase, types
-from appliance.protocols.postgres.messages import CLIENT_MESSAGES, SERVER_MESSAGES
+from appliance.protocols.postgres.messages import (
+    CLIENT_MESSAGES,
+    NO_ENCRYPTION,
+    SERVER_MESSAGES,
+)
 from appliance.protocols.postgres.statements import AMBIGUOUS, Statement, Statements
 
 _PROTOCOL_3 = 3
@@ -122,6 +127,12 @@ class PostgresConnection:
         self._error: ProtocolError | None = None
         self._closed = False
         self._unreported: list[Event] = []
+        self._client_bytes = 0  # client bytes received so far
+        self._chunk_start = 0  # where the chunk last received starts in the client stream
+        # Where in the client stream forwarding starts (after the startup packet, which the
+        # parser hands over itself), and that packet until it is handed over.
+        self._forward_from = sys.maxsize
+        self._startup_packet: bytes | None = None
         self._client = Framer(
             "client",
             self,
@@ -145,7 +156,25 @@ class PostgresConnection:
             self._server.row_room = capture_bytes
 
     def receive_client(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        self._chunk_start = self._client_bytes
+        self._client_bytes += len(data)
         return self._receive(self._client, data)
+
+    def client_payload(self, data: bytes) -> bytes:
+        """What of ``data``, the chunk last given to ``receive_client``, goes to the server.
+
+        Everything from the startup packet on. Before it come the requests answered here
+        and never forwarded (SSLRequest, GSSENCRequest), or a CancelRequest, after which
+        nothing is forwarded; the reads may split any of them anywhere, so until the startup
+        packet is whole nothing is released, and then the packet is released as parsed.
+        """
+        start = self._chunk_start
+        if self._forward_from <= start:
+            return data
+        if self._startup_packet is None:
+            return b""  # still before the startup packet, or a cancel
+        packet, self._startup_packet = self._startup_packet, None
+        return packet + data[self._forward_from - start :]
 
     def receive_server(self, data: bytes | bytearray | memoryview) -> list[Event]:
         return self._receive(self._server, data)
@@ -213,14 +242,19 @@ class PostgresConnection:
                 raise decode.DecodeError(
                     f"a {kind} request has {len(body) - 4} bytes after its code"
                 )
-            self._events.append(NegotiationRequest(kind))  # another startup packet follows
+            self._events.append(NegotiationRequest(kind, NO_ENCRYPTION))
         elif code == _CANCEL:
             pid, secret = decode.cancel_key(body)
-            self._events.append(CancelRequest(pid, secret))
+            packet = (len(body) + 4).to_bytes(4, "big") + body
+            self._events.append(CancelRequest(pid, secret, packet))
             self._client.untyped = None
             self._client.phase = CLIENT_CANCELLED
         elif major == _PROTOCOL_3:
             self.params = decode.startup_params(body)
+            self._startup_packet = (len(body) + 4).to_bytes(4, "big") + body
+            # The stream is read in order: the packet ends where the bytes read so far end,
+            # less what of the current chunk is still unread.
+            self._forward_from = self._client_bytes - self._client.unread
             self._events.append(Startup((major, minor), dict(self.params)))
             self._client.untyped = None
             self._client.phase = CLIENT_AUTHENTICATION

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from appliance.model import Command, ErrorInfo, Result
 
@@ -11,10 +11,11 @@ from appliance.model import Command, ErrorInfo, Result
 class NegotiationRequest:
     """SSLRequest or GSSENCRequest (``kind`` is ``ssl`` or ``gss``).
 
-    The relay answers ``N`` itself and does not forward the request.
+    Never forwarded: the relay sends ``reply`` (``N``: go on in plain text) to the client.
     """
 
     kind: str
+    reply: bytes = field(default=b"N", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +28,15 @@ class Startup:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    """A CancelRequest for the backend process ``pid``; not forwarded on this connection."""
+    """A CancelRequest for the backend process ``pid``; not forwarded on this connection.
+
+    ``packet`` is the whole request as the client sent it (its secret is 4 bytes long in
+    protocol 3.0, up to 256 in 3.2), to be delivered on a connection of its own.
+    """
 
     pid: int
     secret: int
+    packet: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ class Framer(Generic[T]):
         self.untyped = untyped
         self.row_room = sys.maxsize
         self.seen = 0  # bytes of every message whose header has been read
+        self.unread = 0  # while ``untyped`` runs: bytes of the chunk after its packet
         self._buf = bytearray()  # the start of one unfinished message, never more
         self._skip = 0  # bytes of a skipped message still to come
 
@@ -202,6 +203,7 @@ class Framer(Generic[T]):
             view = view[need:]
             body = bytes(buf[4:])
             buf.clear()
+            self.unread = len(view)
             try:
                 self.untyped(self.target, body)
             except (DecodeError, struct.error, ValueError, IndexError) as exc:

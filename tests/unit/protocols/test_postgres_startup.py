@@ -183,3 +183,27 @@ def test_commands_pipelined_behind_the_startup_packet() -> None:
             Ready("T"),
         ),
     )
+
+
+@pytest.mark.parametrize("first", [pg.ssl_request(), pg.gss_request() + pg.ssl_request(), b""])
+def test_only_the_startup_packet_and_what_follows_it_are_forwarded(first: bytes) -> None:
+    after = pg.startup(**ALICE) + pg.password("hunter2") + pg.query("select 1")
+    stream = first + after
+    for cut in range(len(stream) + 1):
+        for split in (cut, len(stream) - cut):
+            conn = PostgresConnection()
+            forwarded = b""
+            for chunk in (stream[:split], stream[split:]):
+                conn.receive_client(chunk)
+                forwarded += conn.client_payload(chunk)
+            assert forwarded == after, split
+
+
+def test_nothing_of_a_cancel_request_is_forwarded() -> None:
+    conn = PostgresConnection()
+    packet = pg.cancel_request(4242, 7)
+    assert conn.receive_client(packet[:9]) == []
+    assert conn.client_payload(packet[:9]) == b""
+    (event,) = conn.receive_client(packet[9:])
+    assert conn.client_payload(packet[9:]) == b""
+    assert isinstance(event, CancelRequest) and event.packet == packet

@@ -16,6 +16,7 @@ from appliance.config import Backend, Capture, TrailSettings
 from appliance.identity.bindings import Bindings, Caller
 from appliance.model import Identity, Owner
 from appliance.policy.access import Access
+from appliance.policy.limits import Limits
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import Relay
 from appliance.trail.store import Trail
@@ -59,7 +60,7 @@ def events(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def connect(
-    tmp_path: Path, backend: Backend | None, access: Access
+    tmp_path: Path, backend: Backend | None, access: Access, owner: Owner = AGENT
 ) -> tuple[Backend_, FakeTransport, Trail]:
     loop = asyncio.get_running_loop()
     fake = Backend_()
@@ -74,7 +75,7 @@ async def connect(
         allow_groups=target.allow_groups,
     )
     relay = Relay(
-        Recorder(trail, loop), target, Capture(), 1 << 20, lambda a, b: AGENT, access=access
+        Recorder(trail, loop), target, Capture(), 1 << 20, lambda a, b: owner, access=access
     )
     session = relay.session()
     client = FakeTransport()
@@ -151,3 +152,71 @@ def test_an_identity_the_backend_does_not_admit_gets_42501(tmp_path: Path) -> No
     start = events(tmp_path / "trail.db")[0][1]
     assert start["identity"]["subject"] == "alice-sub"
     assert start["refused"]["code"] == "42501"
+
+
+def test_an_owner_in_doubt_is_refused_even_where_unbound_connections_are_allowed(
+    tmp_path: Path,
+) -> None:
+    seen = "eBPF record: pid 42, uid 1001, cookie 7; live socket: ESTABLISHED, uid 1003, cookie 9"
+    doubtful = Owner(source="ebpf", doubt="its eBPF owner record was taken for another socket",
+                     detail=seen)  # fmt: skip
+
+    async def scenario() -> None:
+        fake, client, trail = await connect(tmp_path, None, Access(Bindings(), "allow"), doubtful)
+        sent = b"".join(client.written)
+        assert b"C08004\x00" in sent and b"taken for another socket" in sent
+        assert fake.accepted == 0
+        trail.close()
+
+    asyncio.run(scenario())
+    start = events(tmp_path / "trail.db")[0][1]
+    assert start["refused"]["code"] == "08004"
+    assert start["owner"]["doubt"] == doubtful.doubt
+    assert start["owner"]["detail"] == seen
+    assert start["owner"]["uid"] is None and start["identity"] is None
+
+
+def test_an_identity_over_its_limit_gets_53300_while_another_is_admitted(tmp_path: Path) -> None:
+    bob = Identity("https://idp.test", "bob-sub", "bob@example.test")
+    owners = {
+        40001: AGENT,
+        40002: AGENT,
+        40003: Owner(uid=1002, pid=43, cgroup="/witness-agents/run-2", cgroup_id=10),
+    }
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        fake = Backend_()
+        port = await fake.start()
+        trail = Trail.open(TrailSettings.beside(tmp_path / "trail.db"))
+        bindings = Bindings(clock=lambda: 1000.0)
+        bindings.bind_cgroup("/witness-agents/run-1", 9, ALICE, None, Caller(1, 1001, 1001))
+        bindings.bind_cgroup("/witness-agents/run-2", 10, bob, None, Caller(1, 1002, 1002))
+        relay = Relay(
+            Recorder(trail, loop),
+            Backend("orders", "127.0.0.1", port, max_connections_per_identity=1),
+            Capture(),
+            1 << 20,
+            lambda client, local: owners[client[1]],
+            access=Access(bindings, "refuse"),
+            limits=Limits(),
+        )
+        clients = []
+        for client_port in owners:
+            session = relay.session()
+            client = FakeTransport({"peername": ("127.0.0.1", client_port)})
+            session.connection_made(client)
+            session.data_received(STARTUP + QUERY)
+            clients.append(client)
+            await asyncio.sleep(0.1)
+        assert fake.accepted == 2  # alice's first, and bob's
+        trail.close()
+        return [b"".join(c.written) for c in clients]
+
+    first, second, third = asyncio.run(scenario())
+    assert b"C53300\x00" not in first and b"C53300\x00" not in third
+    assert b"C53300\x00" in second and b"alice@example.test has 1 connections open" in second
+    starts = [p for t, p in events(tmp_path / "trail.db") if t == "session_start"]
+    refused = [s for s in starts if "refused" in s]
+    assert len(refused) == 1 and refused[0]["refused"]["code"] == "53300"
+    assert refused[0]["identity"]["subject"] == "alice-sub"
