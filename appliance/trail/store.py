@@ -91,7 +91,7 @@ class Trail:
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
         self._dropped: dict[str, int] = {}
         self._dropped_ts = (0, 0)
-        # (st_dev, st_ino) of the database and its WAL, taken after the first commit.
+        # (st_dev, st_ino) of the database and its WAL, taken at the first checkpoint.
         self._files: tuple[tuple[int, int], tuple[int, int]] | None = None
         self._lost: str | None = None
         self._damaged = False  # the WAL is damaged under us: never close (see _keep_open)
@@ -593,10 +593,11 @@ def _resume(settings: TrailSettings, key: Ed25519PrivateKey) -> tuple[Walk, int]
             walk.run(conn)
             unsigned = walk.tail(conn)[0]
         except Fault as fault:
+            at = "" if fault.seq is None else f" at event {fault.seq}"
             raise TrailError(
-                f"{path}: {fault}; the recorder extends no trail it cannot vouch for: run"
-                " witness verify, and move the trail and its checkpoint file aside only to"
-                " start a new trail on purpose"
+                f"{path}: FAULT{at}: {fault.reason}; the recorder extends no trail it cannot"
+                " vouch for: run witness verify, and move the trail and its checkpoint file"
+                " aside only to start a new trail on purpose"
             ) from None
         finally:
             conn.execute("ROLLBACK")

@@ -25,9 +25,6 @@ class Fault(Exception):
         self.seq = seq
         self.reason = reason
 
-    def __str__(self) -> str:
-        return self.reason if self.seq is None else f"event {self.seq}: {self.reason}"
-
 
 @dataclass(frozen=True, slots=True)
 class Interval:

@@ -383,7 +383,7 @@ def test_stripped_checkpoints_an_edit_a_new_chain_and_no_checkpoint_file(
     if genesis == "stripped":
         assert (report["first_bad_seq"], report["checkpoints"]) == (1, 0)
         assert "is not the trail's genesis" in report["reason"]
-        refuses_to_open(path, "event 1: event 1 is not the trail's genesis")
+        refuses_to_open(path, "FAULT at event 1: event 1 is not the trail's genesis")
     else:
         assert "no such checkpoint file, although the trail holds 1 signed" in report["reason"]
         refuses_to_open(path, "no such checkpoint file")
@@ -447,7 +447,7 @@ def test_a_rewritten_event_after_the_last_checkpoint_stops_the_recorder(
     tamper(
         path, ("UPDATE events SET payload = ? WHERE seq = ?", ('{"n":1,"text":"SELECT 1"}', seq))
     )
-    message = refuses_to_open(path, f"event {seq}: event {seq} does not match its hash")
+    message = refuses_to_open(path, f"FAULT at event {seq}: event {seq} does not match its hash")
     assert "run witness verify" in message
 
 

@@ -138,5 +138,5 @@ def test_a_truncated_wal_stops_the_writer_and_the_loss_shows_without_damage(
     code, report = verify(settings.path)
     assert (code, report["events"], report["first_bad_seq"]) == (1, kept, kept + 1)
     assert "the checkpoint file vouches for event 20: the tail was cut" in str(report["reason"])
-    with pytest.raises(TrailError, match="event 20: the trail does not hold event 20"):
+    with pytest.raises(TrailError, match="FAULT at event 20: the trail does not hold event 20"):
         Trail.open(settings)
