@@ -94,6 +94,25 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class AnchorSettings:
+    """Where checkpoints are published off the host: a PostgreSQL table that this bastion's
+    role may only add to (``witness anchor schema`` prints the SQL that makes it).
+
+    ``dsn`` is a libpq connection string or URI, ``passfile`` a libpq password file for it.
+    ``bastion`` is the name the anchor records this bastion's checkpoints under, which is
+    the role the DSN logs in as (by default, the DSN's user): verify expects it on them.
+    ``timeout`` bounds connecting and each statement; a failed publication is retried after
+    1, 2, 4... seconds, at most ``retry_max`` apart.
+    """
+
+    dsn: str
+    passfile: Path | None = None
+    bastion: str | None = None
+    timeout: float = 5.0
+    retry_max: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class TrailSettings:
     """Where the trail and its signing key live, and how hard each commit tries to be durable.
 
@@ -104,8 +123,9 @@ class TrailSettings:
     path: Path
     signing_key: Path
     durability: str = "process"
-    checkpoint_events: int = 10_000
-    checkpoint_seconds: float = 10.0
+    checkpoint_events: int = 1_000
+    checkpoint_seconds: float = 1.0
+    anchor: AnchorSettings | None = None
 
     @property
     def public_key(self) -> Path:
@@ -116,10 +136,15 @@ class TrailSettings:
         """The newest signed checkpoint, kept beside the key so a cut tail can be noticed."""
         return self.signing_key.with_name(self.signing_key.name + ".checkpoint")
 
+    @property
+    def anchor_state(self) -> Path:
+        """What has been published to the anchor, and the last failure, beside the trail."""
+        return self.path.with_name(self.path.name + ".anchor")
+
     @classmethod
-    def beside(cls, trail: Path) -> TrailSettings:
+    def beside(cls, trail: Path, **settings: Any) -> TrailSettings:
         """Settings for a trail given on the command line: the key lives next to it."""
-        return cls(path=trail, signing_key=trail.with_name(trail.name + ".key"))
+        return cls(path=trail, signing_key=trail.with_name(trail.name + ".key"), **settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,12 +449,48 @@ def _listener(raw: Any, key: str, backends: dict[str, Backend]) -> Listener:
     return Listener(address, port, backend)
 
 
+def _dsn(value: Any, key: str) -> dict[str, str]:
+    """The parameters of a libpq connection string; the error never repeats a password."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"{key}: expected a PostgreSQL connection string, got {type(value).__name__}"
+        )
+    from psycopg import ProgrammingError  # noqa: PLC0415 (only for files that name an anchor)
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        params = conninfo_to_dict(value)
+    except ProgrammingError as exc:
+        raise ConfigError(
+            f"{key}: expected a PostgreSQL connection string such as"
+            f" 'host=anchor.example.com dbname=witness user=bastion1' or"
+            f" 'postgresql://bastion1@anchor.example.com/witness' ({exc})"
+        ) from None
+    return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def _anchor(raw: Any, base: Path) -> AnchorSettings:
+    key = "trail.anchor"
+    table = _table(raw, key)
+    _no_unknown(table, key, {"dsn", "passfile", "bastion", "timeout_seconds", "retry_max_seconds"})
+    dsn = table.get("dsn")
+    params = _dsn(dsn, f"{key}.dsn")
+    bastion = table.get("bastion")
+    return AnchorSettings(
+        dsn=str(dsn),
+        passfile=base / _str(table["passfile"], f"{key}.passfile") if "passfile" in table else None,
+        bastion=_str(bastion, f"{key}.bastion") if bastion is not None else params.get("user"),
+        timeout=_number(table.get("timeout_seconds", 5.0), f"{key}.timeout_seconds", 0.1),
+        retry_max=_number(table.get("retry_max_seconds", 60.0), f"{key}.retry_max_seconds", 1),
+    )
+
+
 def _trail(raw: Any, base: Path) -> TrailSettings:
     table = _table(raw, "trail")
     _no_unknown(
         table,
         "trail",
-        {"path", "signing_key", "durability", "checkpoint_events", "checkpoint_seconds"},
+        {"path", "signing_key", "durability", "checkpoint_events", "checkpoint_seconds", "anchor"},
     )
     path = base / _str(table.get("path", "/var/lib/witness/trail.db"), "trail.path")
     key = table.get("signing_key")
@@ -441,11 +502,17 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
         else defaults.signing_key,
         durability=_choice(table.get("durability", "process"), "trail.durability", DURABILITY),
         checkpoint_events=_int(
-            table.get("checkpoint_events", 10_000), "trail.checkpoint_events", 1, 10_000_000
+            table.get("checkpoint_events", defaults.checkpoint_events),
+            "trail.checkpoint_events",
+            1,
+            10_000_000,
         ),
         checkpoint_seconds=_number(
-            table.get("checkpoint_seconds", 10.0), "trail.checkpoint_seconds", 0.1
+            table.get("checkpoint_seconds", defaults.checkpoint_seconds),
+            "trail.checkpoint_seconds",
+            0.1,
         ),
+        anchor=_anchor(table["anchor"], base) if "anchor" in table else None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -25,6 +26,8 @@ from appliance.policy.limits import Limits
 from appliance.proxy.control import Control
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
+from appliance.trail.anchor import where
+from appliance.trail.publisher import Publisher
 from appliance.trail.store import Trail
 
 log = logging.getLogger("witness")
@@ -149,6 +152,11 @@ async def run(
     limits = Limits()
     trail = Trail.open(settings.trail)
     recorder = Recorder(trail, loop)
+    publisher = publishing = None
+    if settings.trail.anchor is not None:
+        publisher = Publisher(settings.trail, settings.trail.anchor, trail.id)
+        trail.on_checkpoint = publisher.wake
+        publishing = asyncio.ensure_future(publisher.run())
     relays: list[Relay] = []
     servers: list[asyncio.Server] = []
     control: Control | None = None
@@ -250,18 +258,24 @@ async def run(
             len(bindings.live()),
             "refused" if settings.identity.unbound == "refuse" else "allowed, with no identity",
         )
-        log.info("trail %s (durability %s)", settings.trail.path, settings.trail.durability)
+        log.info(
+            "trail %s (id %s, durability %s), signed every %g s or %d events",
+            settings.trail.path,
+            trail.id,
+            settings.trail.durability,
+            settings.trail.checkpoint_seconds,
+            settings.trail.checkpoint_events,
+        )
+        if settings.trail.anchor is not None:
+            log.info("checkpoints published to the anchor %s", where(settings.trail.anchor))
+        else:
+            log.warning("no [trail.anchor]: checkpoints are kept on this host only")
         report = log.info if native.STATUS.compiled else log.warning
         report("hot path: %s", native.STATUS)
 
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-
-        async def checkpoints() -> None:
-            while True:
-                await asyncio.sleep(settings.trail.checkpoint_seconds)
-                recorder.checkpoint()
 
         expiry = Expiry(bindings, recorder, relays)
 
@@ -273,7 +287,7 @@ async def run(
                 except Exception:  # the next second tries again; never stop sweeping
                     log.exception("the expiry sweep failed")
 
-        ticker = asyncio.ensure_future(checkpoints())
+        ticker = asyncio.ensure_future(recorder.sign_every(settings.trail.checkpoint_seconds))
         sweeper = asyncio.ensure_future(expiries())
         await stop.wait()
         ticker.cancel()
@@ -287,8 +301,14 @@ async def run(
         for relay in relays:
             for session in list(relay.sessions):
                 session.end("recorder shutting down")
-        await asyncio.sleep(0)  # let the last group commit run
-        trail.close()
+        try:
+            await recorder.close()
+        finally:
+            if publisher is not None and publishing is not None:
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
+                await publisher.finish()  # the checkpoint made at close, if the anchor answers
 
 
 def serve(settings: Settings) -> None:

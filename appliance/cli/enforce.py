@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import json
 import pwd
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from appliance.cli.common import fail, json_option, settings
 from appliance.config import ConfigError, Settings
 from appliance.enforce import bpf, cgroups, nft
+from appliance.trail import publisher
+from appliance.trail.anchor import where
+from appliance.trail.db import TrailError
 
 SOCK_DIAG_WHY = "owners are found through sock_diag and /proc when the recorder accepts"
 
@@ -154,6 +159,44 @@ def attribution() -> tuple[str, str]:
     return "sock_diag", f"eBPF is available but not attached (run witness up); {SOCK_DIAG_WHY}"
 
 
+def anchoring(resolved: Settings) -> dict[str, Any] | None:
+    """How far the anchor is behind the trail: None with no [trail.anchor]."""
+    settings = resolved.trail.anchor
+    if settings is None:
+        return None
+    found: dict[str, Any] = {"anchor": where(settings), "bastion": settings.bastion}
+    try:
+        lag = publisher.lag(resolved.trail)
+    except TrailError as exc:
+        return {**found, "unreadable": str(exc)}
+    found.update(lag.as_dict())
+    behind = None if lag.oldest is None else round(time.time() - lag.oldest, 1)
+    found["seconds_behind"] = behind
+    return found
+
+
+def _ago(when: float | None, now: float) -> str:
+    return "never" if when is None else f"{now - when:.0f} s ago"
+
+
+def _anchor_lines(found: dict[str, Any] | None) -> list[str]:
+    if found is None:
+        return ["anchor:             none ([trail.anchor]): checkpoints stay on this host only"]
+    lines = [f"anchor:             {found['anchor']} (bastion {found['bastion'] or '?'})"]
+    if "unreadable" in found:
+        return [*lines, f"  trail:            {found['unreadable']}"]
+    now = time.time()
+    published = found["published"]
+    upto = f"up to event {published}" if published else "nothing yet"
+    lines.append(f"  published:        {upto}, last {_ago(found['published_at'], now)}")
+    behind = found["unpublished"]
+    waiting = f"{behind} checkpoint(s), the oldest {found['seconds_behind']:.0f} s old"
+    lines.append(f"  not yet anchored: {waiting if behind else 'none'}")
+    if found["error"]:
+        lines.append(f"  last error:       {found['error']} ({_ago(found['error_at'], now)})")
+    return lines
+
+
 def _state(current: list[nft.Json] | None, plan: nft.Plan) -> str:
     if current is None:
         return "absent"
@@ -180,6 +223,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
         for b in plan.protected
     ]
     mode, why = attribution()
+    anchored = anchoring(resolved)
     if as_json:
         report = {
             "table": state,
@@ -188,6 +232,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             "redirect_port": plan.redirect_port,
             "protected": backends,
             "attribution": {"mode": mode, "why": why},
+            "anchor": anchored,
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -206,6 +251,8 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             ports = ", ".join(str(port) for port in p.ports)
             click.echo(f"  {p.name}: {nets} (diverted ports: {ports})")
         click.echo(f"attribution:        {mode} ({why})")
+        for line in _anchor_lines(anchored):
+            click.echo(line)
     ctx.exit(0 if state == "up" else 1)
 
 

@@ -23,6 +23,7 @@ from appliance.cli.common import fail, settings
 from appliance.config import ConfigError
 from appliance.enforce import nft
 from appliance.trail import files, keys
+from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
 
 
@@ -48,7 +49,15 @@ def check(ctx: click.Context, save_table: Path | None) -> None:
     names = ", ".join(resolved.backends)
     click.echo(f"witness: configuration {path or 'at the default path'} is good")
     click.echo(f"  backends:  {len(resolved.backends)} ({names})")
-    click.echo(f"  trail:     {resolved.trail.path} (key {resolved.trail.signing_key})")
+    trail = resolved.trail
+    click.echo(
+        f"  trail:     {trail.path} (key {trail.signing_key}), signed every"
+        f" {trail.checkpoint_seconds:g} s or {trail.checkpoint_events} events"
+    )
+    if trail.anchor is None:
+        click.echo("  anchor:    none: checkpoints stay on this host only")
+    else:
+        click.echo(f"  anchor:    {where(trail.anchor)} (bastion {trail.anchor.bastion or '?'})")
     issuers = ", ".join(i.name for i in resolved.identity.issuers) or "none"
     click.echo(f"  identity:  issuers {issuers}; unbound connections: {resolved.identity.unbound}")
     if plan is None:

@@ -19,7 +19,7 @@ from appliance.config import (
     parse_backend_url,
     parse_hostport,
 )
-from appliance.trail.store import TrailError
+from appliance.trail.store import TrailError, TrailWriteError
 
 
 def quick_settings(listen: str, backend: str, trail: Path, unbound: str = "allow") -> Settings:
@@ -84,7 +84,7 @@ def serve(  # noqa: PLR0917 - one parameter per click option
         resolved = settings(ctx)
     try:
         daemon.serve(resolved)
-    except (daemon.StartError, TrailError) as exc:
+    except (daemon.StartError, TrailError, TrailWriteError) as exc:
         fail(str(exc))
 
 

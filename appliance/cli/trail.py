@@ -1,4 +1,5 @@
-"""``witness verify``: prove the trail is whole, or name the first event that is not."""
+"""``witness verify``: prove the trail is whole, or name the first event that is not; and
+``witness anchor schema``: the SQL that makes the anchor it is checked against."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 import click
 
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
-from appliance.trail import checkpoint, keys
+from appliance.config import AnchorSettings
+from appliance.trail import anchor, db, keys
+from appliance.trail.anchor import AnchorError
+from appliance.trail.checkpoint import Checkpoint
 from appliance.trail.db import TrailError
 from appliance.trail.verify import Report, verify
 
@@ -26,33 +30,59 @@ from appliance.trail.verify import Report, verify
     "checkpoint_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Checkpoint kept outside the trail, to notice a cut tail"
-    " [default: the one beside the key, if it exists].",
+    help="The checkpoint file, which the recorder keeps outside the trail to show a cut"
+    " tail [default: the one beside the signing key; it must exist].",
 )
+@click.option(
+    "--open-tail",
+    is_flag=True,
+    help="Accept events no checkpoint covers yet, however many and however old: the trail"
+    " is still being written, or its recorder crashed.",
+)
+@click.option(
+    "--anchor",
+    "anchor_dsn",
+    metavar="DSN",
+    default=None,
+    help="Also check the trail against the checkpoints this anchor holds (a libpq"
+    " connection string) [default: the configured [trail.anchor], if any].",
+)
+@click.option("--no-anchor", is_flag=True, help="Do not check against the configured anchor.")
 @json_option
 @click.pass_context
-def verify_command(
+def verify_command(  # noqa: PLR0917 - one parameter per click option
     ctx: click.Context,
     trail: Path | None,
     public_key: Path | None,
     checkpoint_path: Path | None,
+    open_tail: bool,
+    anchor_dsn: str | None,
+    no_anchor: bool,
     as_json: bool,
 ) -> None:
-    """Check the hash chain and every checkpoint signature; exit 1 at the first fault."""
+    """Check the hash chain, every signature, what vouches for the trail outside it (the
+    checkpoint file, the anchor) and the unsigned tail; exit 1 at the first fault."""
     settings = trail_settings(ctx, trail)
     if not settings.path.exists():
         fail(f"{settings.path}: no such trail file")
     if public_key is None and not settings.public_key.exists():
         fail(f"{settings.public_key}: no public key to check signatures with (give --public-key)")
+    if checkpoint_path is not None and not checkpoint_path.exists():
+        fail(f"{checkpoint_path}: no such checkpoint file")
+    if anchor_dsn is not None and no_anchor:
+        fail("--anchor and --no-anchor go separately", 2)
+    where = settings.anchor if anchor_dsn is None else AnchorSettings(anchor_dsn)
     try:
         public = keys.load_public(public_key or settings.public_key)
-        external = None
-        if checkpoint_path is not None:
-            external = checkpoint.read_file(checkpoint_path)
-        elif settings.checkpoint_file.exists():
-            external = checkpoint.read_file(settings.checkpoint_file)
-        report = verify(settings.path, public, external)
-    except TrailError as exc:
+        anchored = None if where is None or no_anchor else _anchored(settings.path, where)
+        report = verify(
+            settings.path,
+            public,
+            checkpoint_path or settings.checkpoint_file,
+            anchor=anchored,
+            open_tail=open_tail,
+        )
+    except (TrailError, AnchorError) as exc:
         fail(str(exc))
     if as_json:
         click.echo(json.dumps(report.as_dict()))
@@ -62,16 +92,67 @@ def verify_command(
         ctx.exit(1)
 
 
+def _anchored(path: Path, where: AnchorSettings) -> list[Checkpoint] | None:
+    """The anchor's checkpoints of this trail (None: the trail names none, verify says so).
+
+    They must all come from one bastion, and from the configured one when it is known: a
+    checkpoint of this trail published by another would be a forgery the anchor let in.
+    """
+    with db.reading(path) as conn:
+        trail = db.trail_id(conn)
+    if trail is None:
+        return None
+    found = anchor.fetch(where, trail)
+    bastions = sorted({a.bastion for a in found})
+    expected = where.bastion
+    if len(bastions) > 1 or (expected is not None and bastions and bastions != [expected]):
+        raise AnchorError(
+            f"the anchor holds checkpoints of trail {trail} published by"
+            f" {', '.join(bastions)}{f', not only {expected}' if expected else ''}:"
+            " another bastion published for this trail"
+        )
+    return [a.checkpoint for a in found]
+
+
 def _describe(path: Path, report: Report) -> str:
     if not report.ok:
         where = "" if report.first_bad_seq is None else f" at event {report.first_bad_seq}"
         return f"{path}: FAULT{where}: {report.reason}"
     signed = f"{report.checkpoints} checkpoint{'' if report.checkpoints == 1 else 's'}"
-    line = f"{path}: ok, {report.events} events verified ({signed})"
-    if report.uncovered:
-        return f"{line}; the last {report.uncovered} are not yet covered by a signed checkpoint"
-    return line + "; all covered by a signed checkpoint"
+    line = f"{path}: ok, trail {report.trail}, {report.events} events verified ({signed})"
+    if report.uncovered or not report.checkpoints:
+        line += f"; the last {report.uncovered} are not yet covered by a signed checkpoint"
+    else:
+        line += "; all covered by a signed checkpoint"
+    if report.anchored is not None:
+        line += (
+            f"; the anchor holds {report.anchored} of its checkpoints, all as the trail has"
+            f" them ({report.unanchored} newer not yet there)"
+        )
+    return line
+
+
+@click.group("anchor")
+def anchor_group() -> None:
+    """The anchor off the host that the recorder publishes its checkpoints to."""
+
+
+@anchor_group.command("schema")
+@click.option(
+    "--bastion",
+    "bastions",
+    metavar="ROLE",
+    multiple=True,
+    help="Also make a login role for this bastion to publish as (repeatable).",
+)
+def schema(bastions: tuple[str, ...]) -> None:
+    """Print the SQL that makes the anchor's table, roles and policies (run it with psql, as
+    a superuser, in the anchor's database; running it again changes nothing)."""
+    click.echo(anchor.SCHEMA, nl=False)
+    for role in bastions:
+        click.echo(anchor.bastion_sql(role), nl=False)
 
 
 def register(group: click.Group) -> None:
     group.add_command(verify_command)
+    group.add_command(anchor_group)

@@ -86,6 +86,7 @@ class PostgresServer:
         self.data = self.directory / "data"
         self.log_path = self.directory / "postgres.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._argv: list[str] = []
         self._user: str | None = None
         if os.geteuid() == 0:
             try:
@@ -164,7 +165,17 @@ class PostgresServer:
         argv = [str(self.bindir / "postgres"), "-D", str(self.data)]
         for key, value in options.items():
             argv += ["-c", f"{key}={value}"]
-        user = self._user
+        self._argv = argv
+        self._launch()
+        return self
+
+    def restart(self) -> PostgresServer:
+        """Start the server again after :meth:`stop`, on the same data and port."""
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
+        argv, user = self._argv, self._user
         if self.netns is not None:
             # setns needs root, so the drop to the postgres user happens after it.
             argv = self._in_netns(
@@ -181,7 +192,6 @@ class PostgresServer:
                 start_new_session=self.detach,
             )
         self._wait_ready()
-        return self
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.messages import error_response
 from appliance.proxy.recorder import Recorder
+from appliance.trail.db import TrailFull
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,8 @@ class Session:
         )
         for payload in self.early:
             payload["identity"] = self.identity
-            self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+            if not self._record_command(payload):
+                break
         self.early.clear()
         log.debug(
             "session %s: %s:%d uid %s pid %s -> %s as %s",
@@ -393,7 +395,8 @@ class Session:
                 payload["n"] = event.n
                 if self.started:
                     payload["identity"] = self.identity
-                    self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+                    if not self._record_command(payload):
+                        return
                     self._gate()
                 else:  # recorded after session_start, so the session's events stay together
                     self.early.append(payload)
@@ -414,6 +417,16 @@ class Session:
             else:
                 assert self.server is not None
                 self.server.write(data)
+
+    def _record_command(self, payload: dict[str, Any]) -> bool:
+        """Record a command to be committed before its bytes move; if the trail cannot keep
+        it, refuse the session instead (False): nothing held is forwarded."""
+        try:
+            self.unconfirmed.append(self.recorder.record("command", self.id, payload))
+        except TrailFull as exc:
+            self.refused(str(exc))
+            return False
+        return True
 
     def _hold(self, data: bytes) -> None:
         """Keep client bytes until their records are committed; past HOLD_LIMIT, stop reading
@@ -561,6 +574,9 @@ class Session:
                 },
             )
             self.recorder.gate(_CancelDelivery(self, target, request.packet))
+        except TrailFull:  # unrecorded, so undelivered
+            if self.client is not None:
+                self.client.close()
         except Exception:
             log.exception("cancel request from %s:%d could not be handled", *self.peer)
             if self.client is not None:

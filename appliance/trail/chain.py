@@ -11,6 +11,9 @@ import orjson
 
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
+# The recorder's own events about the trail: its genesis ("create", event 1) and each start
+# ("open"), with the trail's id, its key and the checkpoint interval in force.
+TRAIL = "trail"
 
 # One encoder, built once: json.dumps with keyword arguments builds a new encoder per call,
 # which costs more than the encoding itself for small payloads.
@@ -88,3 +91,12 @@ def event_hash(  # noqa: PLR0917 -- positional: it runs once per event in the co
 def checkpoint_message(seq: int, hash: str) -> bytes:
     """What a checkpoint signs; the prefix keeps the signature from meaning anything else."""
     return b"witness-checkpoint\x00%d\x00%s" % (seq, hash.encode())
+
+
+def head_message(seq: int, hash: str) -> bytes:
+    """What the checkpoint file signs: the trail's last event once a checkpoint is committed.
+
+    Its own prefix keeps any checkpoint event of the trail from passing for one, so the file
+    cannot be rebuilt, without the key, from what the trail holds.
+    """
+    return b"witness-head\x00%d\x00%s" % (seq, hash.encode())

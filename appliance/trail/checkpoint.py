@@ -1,15 +1,15 @@
-"""Signed checkpoints: the event payload, and the copy kept outside the trail."""
+"""Signed checkpoints: the event payload, and the signed head kept outside the trail."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from appliance.trail import files, keys
+from appliance.trail import chain, files, keys
 from appliance.trail.db import TrailError
 
 
@@ -22,15 +22,31 @@ class Checkpoint:
     key: str
     signature: str
 
+    @staticmethod
+    def message(seq: int, hash: str) -> bytes:
+        return chain.checkpoint_message(seq, hash)
+
     @classmethod
-    def sign(cls, key: Ed25519PrivateKey, fingerprint: str, seq: int, hash: str) -> Checkpoint:
-        return cls(seq, hash, fingerprint, keys.sign(key, seq, hash))
+    def sign(cls, key: Ed25519PrivateKey, fingerprint: str, seq: int, hash: str) -> Self:
+        return cls(seq, hash, fingerprint, keys.sign(key, seq, hash, cls.message))
+
+    def valid(self, public: Ed25519PublicKey) -> bool:
+        """Whether the signature verifies under ``public`` (the fingerprint is not checked)."""
+        return keys.signature_ok(public, self.seq, self.hash, self.signature, self.message)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "hash": self.hash, "key": self.key, "signature": self.signature}
 
     @classmethod
-    def from_dict(cls, data: Any) -> Checkpoint | None:
+    def from_json(cls, text: str | bytes) -> Self | None:
+        """The checkpoint in a JSON text, or None if it is not one."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except ValueError:
+            return None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self | None:
         """The checkpoint in ``data``, or None if any field is missing or of the wrong type."""
         if not isinstance(data, dict):
             return None
@@ -42,23 +58,32 @@ class Checkpoint:
         return cls(seq, hash, key, signature)
 
 
-def write_file(path: Path, checkpoint: Checkpoint, *, sync: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class Head(Checkpoint):
+    """The trail's last event as a checkpoint commit left it: ``seq`` is the checkpoint event
+    itself. It is kept in the checkpoint file, never in the trail, and signs a message of its
+    own, so it cannot be made from the trail's checkpoints: a trail cut back to an earlier
+    checkpoint cannot be given a checkpoint file that matches without the key."""
+
+    @staticmethod
+    def message(seq: int, hash: str) -> bytes:
+        return chain.head_message(seq, hash)
+
+
+def write_file(path: Path, head: Head, *, sync: bool) -> None:
     """Replace the checkpoint file atomically (mode 0644): readers never see half of one."""
-    data = json.dumps(checkpoint.as_dict(), sort_keys=True).encode() + b"\n"
+    data = json.dumps(head.as_dict(), sort_keys=True).encode() + b"\n"
     files.write_atomic(path, data, 0o644, sync=sync)
 
 
-def read_file(path: Path) -> Checkpoint:
+def read_file(path: Path) -> Head:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise TrailError(f"{path}: no such checkpoint file") from None
     except OSError as exc:
         raise TrailError(f"{path}: cannot read the checkpoint file: {exc.strerror}") from None
-    try:
-        found = Checkpoint.from_dict(json.loads(raw))
-    except ValueError:
-        found = None
+    found = Head.from_json(raw)
     if found is None:
         raise TrailError(f"{path}: not a Witness checkpoint file")
     return found

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-FORMAT = "1"
+# 2: a trail starts with its signed genesis, and the checkpoint file holds a signed head.
+FORMAT = "2"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,20 +50,30 @@ class TrailWriteError(Exception):
     """The store could not commit; the message says why (disk full, permission, corrupt)."""
 
 
+class TrailLost(TrailWriteError):
+    """Events this writer committed are not where a new reader finds them: its database or
+    WAL file was deleted, replaced or truncated. It commits nothing more."""
+
+
+class TrailFull(TrailWriteError):
+    """A command found the backlog full: it cannot be kept, so it must not be forwarded."""
+
+
 def _uri(path: Path, **params: str) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"file:{quote(str(path.absolute()))}?{query}"
 
 
 @contextlib.contextmanager
-def reading(path: Path) -> Iterator[sqlite3.Connection]:
+def reading(path: Path, *, check: bool = True) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the trail at ``path`` that creates and changes nothing.
 
     SQLite's ``mode=ro`` still creates ``-wal`` and ``-shm`` beside a WAL database, so:
     with no ``-wal`` (no recorder running, cleanly closed) the file is opened immutable;
     with a ``-wal`` and its ``-shm`` (recorder running, or killed) they are shared as any
     reader would; with a ``-wal`` but no ``-shm`` (copied off a host) both are copied to a
-    private directory and read there. sqlite3 errors inside become TrailError.
+    private directory and read there. sqlite3 errors inside become TrailError. With
+    ``check`` (the default) a database that is not a trail in a format we read is refused.
     """
     if not path.exists():
         raise TrailError(f"{path}: no such trail file")
@@ -85,7 +96,8 @@ def reading(path: Path) -> Iterator[sqlite3.Connection]:
                 conn = sqlite3.connect(_uri(private / path.name, mode="ro"), uri=True)
             stack.callback(conn.close)
             conn.execute("PRAGMA query_only = 1")
-            check_format(conn, path)
+            if check:
+                check_format(conn, path)
         except sqlite3.Error as exc:
             raise TrailError(f"{path}: cannot read the trail: {exc}") from None
         except OSError as exc:
@@ -105,9 +117,23 @@ def check_format(conn: sqlite3.Connection, path: Path) -> None:
         raise TrailError(f"{path}: not a Witness trail") from None
     if row is None:
         raise TrailError(f"{path}: not a Witness trail (no format version)")
+    if row[0] == "1":
+        raise TrailError(
+            f"{path}: trail format 1 is not supported (expected {FORMAT}): it has no signed"
+            " genesis, so nothing shows what was cut from it; move it aside, with its"
+            " checkpoint file, and let the recorder start a new trail"
+        )
     if row[0] != FORMAT:
         raise TrailError(f"{path}: trail format {row[0]!r} is not supported (expected {FORMAT})")
 
 
 def meta(conn: sqlite3.Connection) -> dict[str, str]:
     return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def trail_id(conn: sqlite3.Connection) -> str | None:
+    """The id the trail's genesis names (not checked here: verify checks it)."""
+    row = conn.execute(
+        "SELECT json_extract(payload, '$.trail') FROM events WHERE seq = 1"
+    ).fetchone()
+    return row[0] if row is not None and isinstance(row[0], str) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -93,15 +94,26 @@ def ensure_public(path: Path, key: Ed25519PrivateKey) -> None:
         raise TrailError(f"{path}: cannot write the public key: {exc.strerror}") from None
 
 
-def sign(key: Ed25519PrivateKey, seq: int, hash: str) -> str:
-    """Base64 signature over the checkpoint message for (seq, hash)."""
-    return base64.b64encode(key.sign(chain.checkpoint_message(seq, hash))).decode()
+Message = Callable[[int, str], bytes]
 
 
-def signature_ok(public: Ed25519PublicKey, seq: int, hash: str, signature: str) -> bool:
+def sign(
+    key: Ed25519PrivateKey, seq: int, hash: str, message: Message = chain.checkpoint_message
+) -> str:
+    """Base64 signature over the checkpoint message (or ``message``) for (seq, hash)."""
+    return base64.b64encode(key.sign(message(seq, hash))).decode()
+
+
+def signature_ok(
+    public: Ed25519PublicKey,
+    seq: int,
+    hash: str,
+    signature: str,
+    message: Message = chain.checkpoint_message,
+) -> bool:
     try:
         raw = base64.b64decode(signature, validate=True)
-        public.verify(raw, chain.checkpoint_message(seq, hash))
+        public.verify(raw, message(seq, hash))
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True

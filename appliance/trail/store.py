@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.config import TrailSettings
-from appliance.trail import chain, db, files, keys
-from appliance.trail.checkpoint import Checkpoint, read_file, write_file
-from appliance.trail.db import TrailError, TrailWriteError
+from appliance.trail import chain, db, files, keys, walcheck
+from appliance.trail.checkpoint import Checkpoint, Head, read_file, write_file
+from appliance.trail.db import TrailError, TrailFull, TrailLost, TrailWriteError
+from appliance.trail.walk import Fault, Walk
 
-__all__ = ["Trail", "TrailError", "TrailWriteError"]
+__all__ = ["Trail", "TrailError", "TrailFull", "TrailLost", "TrailWriteError"]
 
 MAX_BACKLOG = 1_000_000
 # Only a foreign writer can hold the lock (readers never block a WAL writer), and the relay
@@ -36,22 +39,30 @@ Row = tuple[int, int, str, str | None, str, str, str]
 
 
 @dataclass(slots=True)
-class _Head:
-    """Where an existing trail left off."""
+class Batch:
+    """One commit: staged on the event loop, written (in a worker thread, if need be), then
+    settled back on the loop. The trail's pending events stay where they are until then."""
 
-    seq: int = 0
-    hash: str = chain.GENESIS
-    uncovered: int = 0
-    checkpoint_ts: int | None = None
-    key: str | None = None
-    new: bool = True
+    taken: int  # how many pending events it holds
+    rows: list[Row]
+    starts: list[tuple[str | None, int]]
+    ends: list[tuple[int, str | None]]
+    seq: int  # the head once written
+    hash: str
+    uncovered: int  # events its checkpoint leaves unsigned (0 with a checkpoint)
+    now: float
+    dropped: int  # dropped events its notice accounts for
+    head: Head | None = None  # the signed head, when it ends with a checkpoint
+    problems: list[str] = field(default_factory=list)  # what write() could not do besides
+    lost: str | None = None  # set by write(): committed, but not where readers look
 
 
 class Trail:
     """One writer's handle on the trail.
 
     ``append`` only buffers; ``commit`` writes everything buffered in one transaction.
-    It is not thread-safe: the relay uses it from its event loop only.
+    It is not thread-safe: the relay uses it from its event loop, except ``write``, which
+    may run in one worker thread while the loop does anything but commit or close.
     """
 
     max_backlog: int = MAX_BACKLOG
@@ -61,7 +72,9 @@ class Trail:
         settings: TrailSettings,
         conn: sqlite3.Connection,
         key: Ed25519PrivateKey,
-        head: _Head,
+        head: tuple[int, str],
+        *,
+        trail_id: str,
         clock: Callable[[], float],
     ) -> None:
         self._settings = settings
@@ -69,47 +82,81 @@ class Trail:
         self._key = key
         self._fingerprint = keys.fingerprint(key.public_key())
         self._clock = clock
-        self._seq = head.seq
-        self._hash = head.hash
-        self._uncovered = head.uncovered
-        self._checkpointed_at = (
-            head.checkpoint_ts / 1e6 if head.checkpoint_ts is not None else clock()
-        )
+        self.id = trail_id
+        self._seq, self._hash = head
+        self._uncovered = 0
+        self._checkpointed_at = clock()
         self._force = False
         self._valid: set[str] = set()
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
         self._dropped: dict[str, int] = {}
         self._dropped_ts = (0, 0)
+        # (st_dev, st_ino) of the database and its WAL, taken at the first checkpoint.
+        self._files: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._lost: str | None = None
+        self._damaged = False  # the WAL is damaged under us: never close (see _keep_open)
+        # Called (on the event loop) after each checkpoint is committed.
+        self.on_checkpoint: Callable[[], None] | None = None
 
     @classmethod
     def open(cls, settings: TrailSettings, *, clock: Callable[[], float] = time.time) -> Trail:
-        """Open (or create) the trail and its signing key, and resume the chain."""
-        head = _inspect(settings.path)
-        if settings.signing_key.exists() or head.key is None:
+        """Open (or create) the trail and its signing key, and resume the chain.
+
+        An existing trail is first checked from the newest checkpoint the checkpoint file
+        vouches for to its end: a trail that fails is refused, naming the first bad event,
+        rather than signed over. Each start is then recorded and signed.
+        """
+        new, signer = _inspect(settings.path)
+        if settings.signing_key.exists() or signer is None:
             key = _key(settings.signing_key)
         else:
             raise TrailError(
                 f"{settings.signing_key}: no such signing key, and {settings.path} was signed"
-                f" by key {head.key}; restore that key or start a new trail"
+                f" by key {signer}; restore that key or start a new trail"
             )
         fingerprint = keys.fingerprint(key.public_key())
-        if head.key is not None and head.key != fingerprint:
+        if signer is not None and signer != fingerprint:
             raise TrailError(
-                f"{settings.signing_key}: key {fingerprint} is not the key {head.key} that"
+                f"{settings.signing_key}: key {fingerprint} is not the key {signer} that"
                 f" signed {settings.path}"
             )
         keys.ensure_public(settings.public_key, key)
-        _check_checkpoint_file(settings, head)
-        conn = _connect(settings, head, fingerprint)
-        return cls(settings, conn, key, head, clock)
+        if new:
+            if settings.checkpoint_file.exists():
+                raise TrailError(
+                    f"{settings.path}: no trail, but {settings.checkpoint_file} vouches for"
+                    " one: events were cut or the trail was replaced; run witness verify, and"
+                    " move the checkpoint file aside only to start a new trail on purpose"
+                )
+            conn = _connect(settings)
+            trail = cls(
+                settings, conn, key, (0, chain.GENESIS), trail_id=secrets.token_hex(16), clock=clock
+            )
+            trail._create()
+            return trail
+        walk, unsigned = _resume(settings, key)
+        assert walk.trail is not None
+        conn = _connect(settings)
+        trail = cls(settings, conn, key, (walk.seq, walk.prev), trail_id=walk.trail, clock=clock)
+        trail._reopen(unsigned)
+        return trail
 
     def append(self, type: str, session: str | None, payload: dict[str, Any]) -> dict[str, Any]:
-        """Buffer one event; ``payload`` is serialized at commit, so it may still be amended."""
+        """Buffer one event; ``payload`` is serialized at commit, so it may still be amended.
+
+        With the backlog full, a command raises TrailFull (the relay refuses it: forwarded,
+        it would be unrecorded); any other event is dropped, and the loss recorded.
+        """
         valid = self._valid
         if type not in valid or (session is not None and session not in valid):
             self._check(type, session)
         ts = int(self._clock() * 1_000_000)
         if len(self._pending) >= self.max_backlog:
+            if type == "command":
+                raise TrailFull(
+                    f"{self._settings.path}: the backlog of {self.max_backlog} events is full"
+                    " (the trail cannot commit); the command was not recorded"
+                )
             self._drop(ts, type)
         else:
             self._pending.append((ts, type, session, payload))
@@ -134,26 +181,40 @@ class Trail:
         """The last committed (seq, hash)."""
         return self._seq, self._hash
 
+    @property
+    def durability(self) -> str:
+        return self._settings.durability
+
     def commit(self) -> None:
         """Write every buffered event in one transaction, with a checkpoint if one is due.
 
         On failure nothing is written, the buffer is kept for the next commit to retry, and
         TrailWriteError says why.
         """
-        conn = self._conn
-        if conn is None:
+        batch = self.stage()
+        if batch is not None:
+            self.write(batch)
+            self.settle(batch)
+
+    def stage(self) -> Batch | None:
+        """Chain and hash everything pending (and sign, if a checkpoint is due) without
+        writing it; None when there is nothing to write."""
+        if self._conn is None:
             raise TrailWriteError(f"{self._settings.path}: the trail is closed")
+        if self._lost is not None:
+            raise TrailLost(self._lost)
         pending = self._pending
         n = len(pending)
         now = self._clock()
-        uncovered = self._uncovered + n + (1 if self._dropped else 0)
+        dropped = sum(self._dropped.values())
+        uncovered = self._uncovered + n + (1 if dropped else 0)
         due = uncovered > 0 and (
             self._force
             or uncovered >= self._settings.checkpoint_events
             or now - self._checkpointed_at >= self._settings.checkpoint_seconds
         )
-        if not (n or due or self._dropped):
-            return
+        if not (n or due or dropped):
+            return None
         rows: list[Row] = []
         add = rows.append
         text_of = chain.payload_text
@@ -173,24 +234,38 @@ class Trail:
             elif type == "session_end":
                 ends.append((seq, session))
         stamp = int(now * 1_000_000)
-        if self._dropped:
+        if dropped:
             seq += 1
             prev = self._add(rows, seq, prev, ts=stamp, type="error", payload=self._drop_notice())
-        signed = None
+        batch = Batch(n, rows, starts, ends, seq, prev, uncovered, now, dropped)
         if due:
             signed = Checkpoint.sign(self._key, self._fingerprint, seq, prev)
-            seq += 1
-            prev = self._add(
-                rows, seq, prev, ts=stamp, type=chain.CHECKPOINT, payload=signed.as_dict()
+            batch.seq += 1
+            batch.hash = self._add(
+                rows, batch.seq, prev, ts=stamp, type=chain.CHECKPOINT, payload=signed.as_dict()
             )
+            batch.head = Head.sign(self._key, self._fingerprint, batch.seq, batch.hash)
+            batch.uncovered = 0
+        return batch
+
+    def write(self, batch: Batch, *, prologue: str = "") -> None:
+        """Commit a staged batch (``prologue``: statements run first, in the transaction),
+        then publish its signed head. Raises TrailWriteError when nothing was committed."""
+        conn = self._conn
+        if conn is None:
+            raise TrailWriteError(f"{self._settings.path}: the trail is closed")
+        rows = batch.rows
         try:
             cursor = conn.cursor()  # one cursor, where each conn.execute would make its own
-            cursor.execute("BEGIN IMMEDIATE")
+            if prologue:
+                cursor.executescript("BEGIN IMMEDIATE;" + prologue)
+            else:
+                cursor.execute("BEGIN IMMEDIATE")
             cursor.executemany(_INSERT, rows)
-            if starts:
-                cursor.executemany(_SESSION_START, starts)
-            if ends:
-                cursor.executemany(_SESSION_END, ends)
+            if batch.starts:
+                cursor.executemany(_SESSION_START, batch.starts)
+            if batch.ends:
+                cursor.executemany(_SESSION_END, batch.ends)
             cursor.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -198,32 +273,56 @@ class Trail:
                     conn.execute("ROLLBACK")
             raise TrailWriteError(
                 f"{self._settings.path}: cannot commit {len(rows)} events"
-                f" ({len(pending)} kept to retry): {exc}"
+                f" ({len(self._pending)} kept to retry): {exc}"
             ) from exc
-        del pending[:n]
-        self._seq, self._hash = seq, prev
-        self._dropped = {}
-        self._force = False
-        if signed is None:
-            self._uncovered = uncovered
-            return
-        self._uncovered = 0
-        self._checkpointed_at = now
-        self._publish(signed)
+        if batch.head is not None:
+            self._publish(batch)
+            batch.lost = self._examine(conn, batch)
+
+    def settle(self, batch: Batch) -> None:
+        """Account for a written batch: the head moves on, its events leave the buffer.
+
+        Raises TrailLost when the batch was committed where no reader will find it: the
+        relay must not forward what it holds, and nothing more is committed.
+        """
+        del self._pending[: batch.taken]
+        self._seq, self._hash = batch.seq, batch.hash
+        if batch.dropped:
+            self._forget_drops(batch.dropped)
+        if batch.head is None:
+            self._uncovered = batch.uncovered
+        else:
+            self._uncovered = 0
+            self._checkpointed_at = batch.now
+            self._force = False
+            if self.on_checkpoint is not None and batch.lost is None:
+                self.on_checkpoint()
+        for problem in batch.problems:
+            self.append("error", None, {"where": "trail", "message": problem})
+        if batch.lost is not None:
+            self._lost = batch.lost
+            raise TrailLost(batch.lost)
 
     def checkpoint(self) -> None:
         """Sign everything committed or pending now (if anything is unsigned), and commit."""
-        self._force = True
+        self.request_checkpoint()
         self.commit()
+
+    def request_checkpoint(self) -> None:
+        """Make the next commit sign, if anything is unsigned by then."""
+        self._force = True
 
     def close(self) -> None:
         """Checkpoint, commit and close. Safe to call twice.
 
         If that last commit fails the connection is closed anyway, and the error says how
-        many events were lost.
+        many events were lost. A trail whose files were lost under it raises TrailLost.
         """
         conn = self._conn
         if conn is None:
+            return
+        if self._lost is not None:
+            self._close_lost(conn)
             return
         try:
             self.checkpoint()
@@ -236,6 +335,130 @@ class Trail:
 
     # --- helpers -------------------------------------------------------------------------
 
+    def _create(self) -> None:
+        """Write the schema, the genesis and the checkpoint that signs it in one transaction,
+        then the checkpoint file: a trail never exists without its signed genesis."""
+        settings = self._settings
+        self.append("trail", None, self._describe("create"))
+        self.request_checkpoint()
+        batch = self.stage()
+        assert batch is not None and batch.head is not None
+        meta = ", ".join(
+            f"('{k}', '{v}')"
+            for k, v in (
+                ("format", db.FORMAT),
+                ("key", self._fingerprint),
+                ("created", int(batch.now)),
+            )
+        )
+        try:
+            self.write(batch, prologue=db.SCHEMA + f"INSERT INTO meta (key, value) VALUES {meta};")
+        except TrailWriteError as exc:
+            self._abandon()
+            raise TrailError(f"{settings.path}: cannot create the trail: {exc}") from None
+        if batch.problems:
+            self._abandon()
+            raise TrailError(f"{settings.path}: cannot create the trail: {batch.problems[0]}")
+        self.settle(batch)
+
+    def _reopen(self, unsigned: int) -> None:
+        """Record this start, with what it found unsigned, and sign it with everything before.
+
+        Left pending (for the relay's first commit to retry) if the store fails now.
+        """
+        description = self._describe("open")
+        description.update({"after": self._seq, "unsigned": unsigned})
+        self.append("trail", None, description)
+        with contextlib.suppress(TrailWriteError):
+            self.checkpoint()
+
+    def _describe(self, action: str) -> dict[str, Any]:
+        settings = self._settings
+        return {
+            "action": action,
+            "trail": self.id,
+            "key": self._fingerprint,
+            "format": db.FORMAT,
+            "checkpoint_events": settings.checkpoint_events,
+            "checkpoint_seconds": settings.checkpoint_seconds,
+            "durability": settings.durability,
+        }
+
+    def _examine(self, conn: sqlite3.Connection, batch: Batch) -> str | None:
+        """After a checkpoint's commit: why the events this writer committed are not where a
+        new reader looks (None: they are, and the WAL is copied into the database).
+
+        SQLite keeps writing to the files it opened: a deleted or replaced WAL or database
+        takes every later commit out of sight, and a truncated WAL loses the earlier ones,
+        while the writer sees nothing wrong.
+        """
+        path = self._settings.path
+        wal = path.with_name(path.name + "-wal")
+        try:
+            found = (_file_id(path), _file_id(wal))
+        except FileNotFoundError as exc:
+            return f"{exc.filename} was deleted under the recorder"
+        if self._files is None:
+            self._files = found
+        elif found != self._files:
+            replaced = path if found[0] != self._files[0] else wal
+            return f"{replaced} was replaced under the recorder"
+        try:
+            erased = walcheck.gap(wal)
+        except OSError as exc:
+            erased = f"{wal} cannot be read: {exc.strerror}"
+        if erased is not None:
+            self._damaged = True
+            return f"{erased}: it was truncated or overwritten under the recorder"
+        try:
+            with db.reading(path) as reader:
+                last = reader.execute(
+                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+            seen = "nothing" if last is None else f"event {last[0]}"
+        except TrailError as exc:
+            last, seen = None, f"an error ({exc})"
+        if last is None or (last[0], last[1]) != (batch.seq, batch.hash):
+            self._damaged = True
+            return (
+                f"a new reader of {path} finds {seen} at its end, not event {batch.seq} just"
+                f" committed: {wal} was truncated or overwritten under the recorder"
+            )
+        # Only now, with the WAL known good, is it copied into the database (automatic
+        # checkpoints are off): a damaged WAL never overwrites good pages.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return None
+
+    def _close_lost(self, conn: sqlite3.Connection) -> None:
+        reason = self._lost
+        assert reason is not None
+        self._conn = None
+        if self._damaged:
+            _keep_open(conn)
+            raise TrailLost(
+                f"{reason}; the trail is left open until the recorder exits, so that SQLite"
+                " does not copy the damaged WAL over the database"
+            )
+        # The files this connection holds are whole, only out of sight: a last commit there
+        # says what happened, and closing copies it all into the database it opened.
+        self._conn, self._lost = conn, None
+        self.append(
+            "error",
+            None,
+            {"where": "trail", "message": f"{reason}; every command was refused from then on"},
+        )
+        with contextlib.suppress(TrailWriteError):
+            self.checkpoint()
+        self._conn = None
+        conn.close()
+        raise TrailLost(reason)
+
+    def _abandon(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
     @staticmethod
     def _add(rows: list[Row], seq: int, prev: str, *, ts: int, type: str, payload: Any) -> str:
         text = chain.payload_text(payload)
@@ -244,12 +467,24 @@ class Trail:
         return digest
 
     def _drop(self, ts: int, type: str) -> None:
-        # The backlog only grows while commits fail, and the relay forwards nothing then;
-        # keeping the oldest events keeps the story contiguous up to the failure.
+        # The backlog only grows while commits fail; keeping the oldest events keeps the
+        # story contiguous up to the failure.
         if not self._dropped:
             self._dropped_ts = (ts, ts)
         self._dropped[type] = self._dropped.get(type, 0) + 1
         self._dropped_ts = (self._dropped_ts[0], ts)
+
+    def _forget_drops(self, accounted: int) -> None:
+        """Forget the drops a written notice accounts for (later ones wait for the next)."""
+        if sum(self._dropped.values()) == accounted:
+            self._dropped = {}
+            return
+        for type in list(self._dropped):
+            take = min(accounted, self._dropped[type])
+            accounted -= take
+            self._dropped[type] -= take
+            if not self._dropped[type]:
+                del self._dropped[type]
 
     def _drop_notice(self) -> dict[str, Any]:
         count = sum(self._dropped.values())
@@ -265,26 +500,31 @@ class Trail:
             "last_ts": self._dropped_ts[1],
         }
 
-    def _publish(self, signed: Checkpoint) -> None:
-        """Copy the checkpoint outside the trail; a failure is recorded, never raised.
-
-        Raising here would tell the relay the commit failed when it did not.
-        """
+    def _publish(self, batch: Batch) -> None:
+        """Replace the checkpoint file with the batch's signed head; a failure is noted in the
+        batch (and recorded when it settles), never raised: the commit did happen."""
+        assert batch.head is not None
+        path = self._settings.checkpoint_file
         try:
-            write_file(
-                self._settings.checkpoint_file,
-                signed,
-                sync=self._settings.durability == "power",
-            )
+            write_file(path, batch.head, sync=self._settings.durability == "power")
         except OSError as exc:
-            self.append(
-                "error",
-                None,
-                {
-                    "where": "trail",
-                    "message": f"cannot write {self._settings.checkpoint_file}: {exc.strerror}",
-                },
-            )
+            batch.problems.append(f"cannot write {path}: {exc.strerror}")
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _keep_open(conn: sqlite3.Connection) -> None:
+    """Never close ``conn``, not even when the process exits.
+
+    The last connection to close copies the WAL into the database. With a truncated WAL that
+    copies zeroed pages over good ones and destroys the whole trail; left open, the database
+    keeps everything checkpointed before the damage, and the checkpoint file shows the rest
+    as cut.
+    """
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
 def _key(path: Path) -> Ed25519PrivateKey:
@@ -293,66 +533,85 @@ def _key(path: Path) -> Ed25519PrivateKey:
     return keys.create(path)
 
 
-def _inspect(path: Path) -> _Head:
-    """Read where an existing trail left off (read-only: nothing is changed yet)."""
+def _inspect(path: Path) -> tuple[bool, str | None]:
+    """Whether the trail is new (missing, or with nothing in it), and its key if not."""
     try:
         if path.stat().st_size == 0:
-            return _Head()
+            return True, None
     except FileNotFoundError:
-        return _Head()
+        return True, None
     except OSError as exc:
         raise TrailError(f"{path}: cannot read the trail: {exc.strerror}") from None
-    with db.reading(path) as conn:
-        head = _Head(new=False, key=db.meta(conn).get("key"))
-        conn.execute("BEGIN")
-        last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        if last is not None:
-            head.seq, head.hash = int(last[0]), str(last[1])
-        signed = conn.execute(
-            "SELECT seq, ts FROM events WHERE type = ? ORDER BY seq DESC LIMIT 1",
-            (chain.CHECKPOINT,),
-        ).fetchone()
-        after = 0
-        if signed is not None:
-            after, head.checkpoint_ts = int(signed[0]), int(signed[1])
-        (head.uncovered,) = conn.execute(
-            "SELECT count(*) FROM events WHERE seq > ? AND type != ?", (after, chain.CHECKPOINT)
-        ).fetchone()
-        conn.execute("COMMIT")
-    return head
+    with db.reading(path, check=False) as conn:
+        try:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError:
+            tables = None  # not a database at all: check_format says so
+        if tables == 0:  # a creation that failed before its first commit
+            return True, None
+        db.check_format(conn, path)
+        return False, db.meta(conn).get("key")
 
 
-def _check_checkpoint_file(settings: TrailSettings, head: _Head) -> None:
-    """Refuse to extend a trail that lacks what its last published checkpoint covered.
+def _resume(settings: TrailSettings, key: Ed25519PrivateKey) -> tuple[Walk, int]:
+    """Check the trail from the newest checkpoint that can be trusted to its end.
 
-    Carrying on would overwrite the checkpoint file, the one thing that shows the tail was
-    cut (or the trail replaced).
+    The genesis and its checkpoint are checked first. The checkpoint file then names the
+    head a checkpoint left (its signature made by this key): the trail must hold that
+    event, and everything after it must chain on from it, every checkpoint there signed.
+    Returns the walk and how many events after the last checkpoint no signature covers.
     """
-    path = settings.checkpoint_file
-    if not path.exists():
-        return
-    published = read_file(path)
-    found = None
-    if not head.new and published.seq <= head.seq:
-        with db.reading(settings.path) as conn:
-            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (published.seq,)).fetchone()
-            found = None if row is None else row[0]
-    if found != published.hash:
-        raise TrailError(
-            f"{settings.path} does not hold event {published.seq} as signed in {path}:"
-            " events were cut or the trail was replaced; run witness verify, and move the"
-            " checkpoint file aside only to start a new trail on purpose"
-        )
+    path, file = settings.path, settings.checkpoint_file
+    head = read_file(file) if file.exists() else None
+    walk = Walk(key.public_key())
+    with db.reading(path) as conn:
+        conn.execute("BEGIN")
+        try:
+            walk.run(conn, until=2)
+            if walk.seq < 2:
+                raise Fault(walk.seq + 1, "the trail ends before the checkpoint of its genesis")
+            if head is None:
+                (last,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+                if last != 2:  # only a creation cut short leaves a trail with no file
+                    raise Fault(
+                        None,
+                        f"{file}: no such checkpoint file, although the trail holds events"
+                        " signed after its genesis: it was removed",
+                    )
+            else:
+                if head.key != walk.fingerprint or not head.valid(walk.public):
+                    raise Fault(None, f"{file} was not signed by this trail's key")
+                row = conn.execute("SELECT hash FROM events WHERE seq = ?", (head.seq,)).fetchone()
+                if row is None or row[0] != head.hash:
+                    raise Fault(
+                        head.seq,
+                        f"the trail does not hold event {head.seq} as signed in {file}: events"
+                        " were cut or the trail was replaced",
+                    )
+                if head.seq > walk.seq:
+                    walk.start_after(head.seq, head.hash)
+            walk.run(conn)
+            unsigned = walk.tail(conn)[0]
+        except Fault as fault:
+            at = "" if fault.seq is None else f" at event {fault.seq}"
+            raise TrailError(
+                f"{path}: FAULT{at}: {fault.reason}; the recorder extends no trail it cannot"
+                " vouch for: run witness verify, and move the trail and its checkpoint file"
+                " aside only to start a new trail on purpose"
+            ) from None
+        finally:
+            conn.execute("ROLLBACK")
+    return walk, unsigned
 
 
-def _connect(settings: TrailSettings, head: _Head, fingerprint: str) -> sqlite3.Connection:
+def _connect(settings: TrailSettings) -> sqlite3.Connection:
     path = settings.path
     files.private_dir(path.parent)
     try:
         with files.private_umask():
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
-                _prepare(conn, settings, head, fingerprint)
+                _prepare(conn, settings)
             except BaseException:
                 conn.close()
                 raise
@@ -366,9 +625,7 @@ def _connect(settings: TrailSettings, head: _Head, fingerprint: str) -> sqlite3.
     return conn
 
 
-def _prepare(
-    conn: sqlite3.Connection, settings: TrailSettings, head: _Head, fingerprint: str
-) -> None:
+def _prepare(conn: sqlite3.Connection, settings: TrailSettings) -> None:
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(mode).lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
@@ -379,11 +636,6 @@ def _prepare(
     sync = "FULL" if settings.durability == "power" else "OFF"
     conn.execute(f"PRAGMA synchronous = {sync}")
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
-    if not head.new:
-        return
-    conn.executescript("BEGIN IMMEDIATE;" + db.SCHEMA)
-    conn.executemany(
-        "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [("format", db.FORMAT), ("key", fingerprint), ("created", str(int(time.time())))],
-    )
-    conn.execute("COMMIT")
+    # The WAL is copied into the database only after each signed checkpoint finds it whole
+    # (Trail._examine), never at a size SQLite picks.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")

@@ -1,18 +1,24 @@
-"""Checking a trail end to end: the hash chain, the checkpoint signatures, the cut tail."""
+"""Checking a trail end to end: the chain, its signatures, what vouches for it from outside
+(the checkpoint file, the anchor), and the tail no checkpoint covers yet."""
 
 from __future__ import annotations
 
-import bisect
-import json
 import sqlite3
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from appliance.trail import chain, db, keys
-from appliance.trail.checkpoint import Checkpoint
+from appliance.trail import db
+from appliance.trail.checkpoint import Checkpoint, Head, read_file
+from appliance.trail.walk import Fault, Walk
+
+# A running recorder signs its tail at most one interval after the tail's first event; this
+# allows for a timer that fires late, a slow commit, and a little difference between clocks.
+TAIL_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +26,9 @@ class Report:
     """The outcome: ``events`` counts the events checked good before any fault.
 
     ``uncovered`` counts the events (checkpoints aside) after what the last checkpoint
-    covers: their chain is intact but no signature vouches for them yet.
+    covers: their chain is intact but no signature vouches for them yet. With an anchor,
+    ``anchored`` counts its checkpoints of this trail (all checked against the trail), and
+    ``unanchored`` the trail's checkpoints newer than the newest of them.
     """
 
     ok: bool
@@ -29,136 +37,152 @@ class Report:
     uncovered: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    trail: str | None = None
+    anchored: int | None = None
+    unanchored: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class _Fault(Exception):
-    def __init__(self, seq: int | None, reason: str) -> None:
-        super().__init__(reason)
-        self.seq = seq
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class _Walk:
-    """What the walk has learned so far, in seq order."""
-
-    public: Ed25519PublicKey
-    fingerprint: str
-    external: Checkpoint | None
-    prev: str = chain.GENESIS
-    events: int = 0
-    others: int = 0  # events that are not checkpoints
-    covered: int = 0  # the highest seq a good checkpoint vouches for
-    checkpoint_seqs: list[int] = field(default_factory=list)
-
-    def uncovered(self) -> int:
-        # Seqs are contiguous from 1, so the events up to ``covered`` that are not
-        # checkpoints number ``covered`` less the checkpoints among them.
-        signed = self.covered - bisect.bisect_right(self.checkpoint_seqs, self.covered)
-        return self.others - signed
-
-
-def verify(path: Path, public: Ed25519PublicKey, external: Checkpoint | None = None) -> Report:
+def verify(
+    path: Path,
+    public: Ed25519PublicKey,
+    checkpoint_file: Path | None,
+    *,
+    anchor: Sequence[Checkpoint] | None = None,
+    open_tail: bool = False,
+    now: float | None = None,
+) -> Report:
     """Walk every event of the trail at ``path`` in order; stop at the first fault.
 
-    ``external`` is the checkpoint kept outside the trail: the trail must still hold the
-    event it names, with the same hash, or its tail was cut (or rewritten).
+    ``checkpoint_file`` holds the head the recorder signed at its last checkpoint: the trail
+    must still hold that event, and the file must exist (every trail has a checkpoint).
+    ``anchor`` holds the checkpoints of this trail that were published off the host. An
+    uncovered tail longer or older than the trail's checkpoint interval allows is a fault,
+    unless ``open_tail``: the trail is still being written, or its recorder crashed.
     """
-    walk = _Walk(public, keys.fingerprint(public), external)
+    walk = Walk(public)
     with db.reading(path) as conn:
         conn.execute("BEGIN")  # one snapshot, even while the recorder keeps appending
         try:
-            if external is not None:
-                _check_signed(walk, external, "the checkpoint file", None)
-            rows = conn.execute(
-                "SELECT seq, ts, type, session, payload, prev_hash, hash FROM events ORDER BY seq"
-            )
-            for row in rows:
-                _step(walk, conn, row)
-                walk.events += 1
-            if external is not None and external.seq > walk.events:
-                raise _Fault(
-                    walk.events + 1,
-                    f"the trail ends at event {walk.events}, but the checkpoint file vouches"
-                    f" for event {external.seq}: the tail was cut",
-                )
-        except _Fault as fault:
-            return Report(
-                False, walk.events, _count(walk), walk.uncovered(), fault.seq, fault.reason
-            )
+            try:
+                head = _vouch_for_head(walk, checkpoint_file)
+                if anchor is not None:
+                    _vouch_for_anchor(walk, anchor)
+                walk.run(conn)
+                _check_end(walk, conn, checkpoint_file, head)
+                if not open_tail:
+                    _check_tail(walk, conn, time.time() if now is None else now)
+            except Fault as fault:
+                return _report(walk, conn, anchor, fault)
+            return _report(walk, conn, anchor, None)
         finally:
             conn.execute("ROLLBACK")
-    return Report(True, walk.events, _count(walk), walk.uncovered())
 
 
-def _count(walk: _Walk) -> int:
-    return len(walk.checkpoint_seqs)
+def _report(
+    walk: Walk, conn: sqlite3.Connection, anchor: Sequence[Checkpoint] | None, fault: Fault | None
+) -> Report:
+    unanchored = None
+    if anchor is not None:
+        newest = max((a.seq for a in anchor), default=0)
+        unanchored = sum(1 for seq in walk.signed if seq > newest)
+    return Report(
+        ok=fault is None,
+        events=walk.seq,
+        checkpoints=len(walk.signed),
+        uncovered=walk.tail(conn)[0],
+        first_bad_seq=None if fault is None else fault.seq,
+        reason=None if fault is None else fault.reason,
+        trail=walk.trail,
+        anchored=None if anchor is None else len(anchor),
+        unanchored=unanchored,
+    )
 
 
-def _step(walk: _Walk, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    seq, ts, type, session, text, prev_hash, digest = row
-    expected = walk.events + 1
-    if seq != expected:
-        if isinstance(seq, int) and seq > expected:
-            raise _Fault(expected, f"event {expected} is missing (the next event is {seq})")
-        raise _Fault(seq, f"event {seq} is out of sequence (expected {expected})")
-    if not (
-        isinstance(ts, int)
-        and chain.valid_field(type)
-        and (session is None or chain.valid_field(session))
-        and isinstance(text, str)
-        and isinstance(prev_hash, str)
-        and isinstance(digest, str)
-    ):
-        raise _Fault(seq, f"event {seq} has a malformed field")
-    if prev_hash != walk.prev:
-        raise _Fault(seq, f"event {seq} does not follow event {seq - 1} (its prev_hash differs)")
-    if chain.event_hash(prev_hash, seq, ts, type, session, text) != digest:
-        raise _Fault(seq, f"event {seq} does not match its hash: it was changed")
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        raise _Fault(seq, f"event {seq} has a payload that is not a JSON object")
-    if type == chain.CHECKPOINT:
-        signed = Checkpoint.from_dict(payload)
-        if signed is None:
-            raise _Fault(seq, f"checkpoint {seq} is malformed")
-        if not 0 < signed.seq < seq:
-            raise _Fault(
-                seq, f"checkpoint {seq} vouches for event {signed.seq}, not an earlier one"
-            )
-        covered = (
-            walk.prev
-            if signed.seq == seq - 1
-            else conn.execute("SELECT hash FROM events WHERE seq = ?", (signed.seq,)).fetchone()[0]
+def _vouch_for_head(walk: Walk, path: Path | None) -> Head | None:
+    if path is None or not path.exists():
+        return None
+    head = read_file(path)
+    if head.key != walk.fingerprint:
+        raise Fault(None, f"{path} was signed by key {head.key}, not {walk.fingerprint}")
+    if not head.valid(walk.public):
+        raise Fault(
+            None,
+            f"the signature of {path} does not verify: the recorder did not write it (a"
+            " checkpoint file made from the trail's own checkpoints does not verify)",
         )
-        if covered != signed.hash:
-            raise _Fault(
-                seq,
-                f"checkpoint {seq} signed a different event {signed.seq} than the trail holds:"
-                " events up to it were changed and rehashed",
-            )
-        _check_signed(walk, signed, f"checkpoint {seq}", seq)
-        walk.checkpoint_seqs.append(seq)
-        walk.covered = max(walk.covered, signed.seq)
-    else:
-        walk.others += 1
-    if walk.external is not None and walk.external.seq == seq and walk.external.hash != digest:
-        raise _Fault(
-            seq,
-            f"event {seq} differs from the one the checkpoint file vouches for:"
-            " the trail was rewritten from there on",
+    walk.vouch(head.seq, head.hash, "the checkpoint file")
+    return head
+
+
+def _vouch_for_anchor(walk: Walk, anchor: Sequence[Checkpoint]) -> None:
+    if not anchor:
+        raise Fault(
+            None,
+            "the anchor holds no checkpoint of this trail: its recorder never reached the"
+            " anchor (see witness status), or this is not the trail it published",
         )
-    walk.prev = digest
+    for signed in anchor:
+        if signed.key != walk.fingerprint:
+            raise Fault(
+                signed.seq,
+                f"the anchor's checkpoint of event {signed.seq} was signed by key"
+                f" {signed.key}, not {walk.fingerprint}: the trail was signed again with"
+                " another key",
+            )
+        if not signed.valid(walk.public):
+            raise Fault(
+                signed.seq,
+                f"the signature of the anchor's checkpoint of event {signed.seq} does not verify",
+            )
+        walk.vouch(signed.seq, signed.hash, "the anchor")
 
 
-def _check_signed(walk: _Walk, signed: Checkpoint, what: str, seq: int | None) -> None:
-    if signed.key != walk.fingerprint:
-        raise _Fault(seq, f"{what} was signed by key {signed.key}, not {walk.fingerprint}")
-    if not keys.signature_ok(walk.public, signed.seq, signed.hash, signed.signature):
-        raise _Fault(seq, f"the signature of {what} does not verify")
+def _check_end(
+    walk: Walk, conn: sqlite3.Connection, checkpoint_file: Path | None, head: Head | None
+) -> None:
+    if walk.seq == 0:
+        raise Fault(1, "the trail is empty: a Witness trail holds at least its genesis, signed")
+    if walk.seq < 2:
+        raise Fault(2, "the trail ends before the checkpoint that signs its genesis")
+    beyond = [seq for seq in walk.vouched if seq > walk.seq]
+    if beyond:
+        seq = max(beyond)
+        raise Fault(
+            walk.seq + 1,
+            f"the trail ends at event {walk.seq}, but {walk.vouched[seq][1]} vouches for"
+            f" event {seq}: the tail was cut",
+        )
+    if checkpoint_file is not None and head is None:
+        raise Fault(
+            None,
+            f"{checkpoint_file}: no such checkpoint file, although the trail holds"
+            f" {len(walk.signed)} signed checkpoint(s): it was removed (or left behind by"
+            " a copy; give --checkpoint FILE)",
+        )
+
+
+def _check_tail(walk: Walk, conn: sqlite3.Connection, now: float) -> None:
+    count, first, ts = walk.tail(conn)
+    interval = walk.interval()
+    if not count or first is None or ts is None or interval is None:
+        return
+    if count > interval.events:
+        raise Fault(
+            first,
+            f"the {count} events from event {first} on are not covered by a checkpoint,"
+            f" though the recorder signs every {interval.events} events: its recorder"
+            " stopped without signing them (a crash: accept with --open-tail), or they were"
+            " appended by someone without the key",
+        )
+    age = now - ts / 1e6
+    if age > interval.seconds + TAIL_GRACE_SECONDS:
+        raise Fault(
+            first,
+            f"event {first} is {age:.0f} s old and not yet covered by a checkpoint, though"
+            f" the recorder signs every {interval.seconds:g} s: its recorder stopped without"
+            " signing it (a crash: accept with --open-tail), or it was appended by someone"
+            " without the key",
+        )

@@ -47,6 +47,13 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
     assert settings.capture.rows == 10
 
 
+def test_at_most_a_second_or_a_thousand_events_go_unsigned_by_default(tmp_path: Path) -> None:
+    loaded = config.load(write(tmp_path, GOOD.replace("checkpoint_events = 50\n", ""))).trail
+    beside = config.TrailSettings.beside(tmp_path / "t.db")
+    for trail in (loaded, beside):
+        assert (trail.checkpoint_seconds, trail.checkpoint_events) == (1.0, 1000)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -207,3 +214,47 @@ def test_an_issuer_can_accept_only_the_clients_it_lists(tmp_path: Path) -> None:
     text = text.replace('client_id = "witness-cli"\n', "").replace('"witness-cli", ', "")
     (issuer,) = config.load(write(tmp_path, GOOD + text)).identity.issuers
     assert issuer.allow_clients == ("agent-ci",)
+
+
+ANCHOR = """
+[trail.anchor]
+dsn = "host=anchor.example.test dbname=witness user=bastion1 password=s3cret-word"
+passfile = "anchor.pgpass"
+timeout_seconds = 2
+"""
+
+
+def test_an_anchor_is_optional_and_validated(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, GOOD)).trail.anchor is None
+    anchor = config.load(write(tmp_path, GOOD + ANCHOR)).trail.anchor
+    assert anchor is not None
+    assert anchor.dsn.startswith("host=anchor.example.test")
+    assert anchor.passfile == tmp_path / "anchor.pgpass"
+    assert anchor.bastion == "bastion1"  # the role the DSN logs in as
+    assert (anchor.timeout, anchor.retry_max) == (2.0, 60.0)
+    named = GOOD + ANCHOR + 'bastion = "db-bastion-7"\n'
+    assert config.load(write(tmp_path, named)).trail.anchor.bastion == "db-bastion-7"  # type: ignore[union-attr]
+    state = config.load(write(tmp_path, GOOD)).trail.anchor_state
+    assert state == tmp_path / "trail.db.anchor"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("dsn = ", "dsm = "), "trail.anchor.dsm: unknown key"),
+        (("timeout_seconds = 2", "timeout_seconds = 0"), "trail.anchor.timeout_seconds"),
+        (("timeout_seconds = 2", 'retry_max_seconds = "often"'), "trail.anchor.retry_max"),
+        (('passfile = "anchor.pgpass"', "passfile = 3"), "trail.anchor.passfile: expected a"),
+        (
+            ("dbname=witness", "dbname witness"),
+            "trail.anchor.dsn: expected a PostgreSQL connection string such as",
+        ),
+    ],
+)
+def test_anchor_errors_name_the_key_and_never_the_password(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, GOOD + ANCHOR.replace(*change, 1)))
+    assert message in str(info.value)
+    assert "s3cret" not in str(info.value)

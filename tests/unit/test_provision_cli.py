@@ -36,6 +36,21 @@ def test_check_accepts_a_good_file_and_says_what_it_holds(tmp_path: Path) -> Non
     code, out = _run("--config", str(_config(tmp_path)), "check")
     assert code == 0, out
     assert "is good" in out and "1 (pg)" in out and f"service user {SERVICE}" in out
+    assert "signed every 1 s or 1000 events" in out
+    assert "anchor:    none: checkpoints stay on this host only" in out
+
+
+def test_check_names_the_anchor_and_never_its_password(tmp_path: Path) -> None:
+    path = _config(tmp_path)
+    anchored = path.read_text().replace(
+        "\n\n[enforce]",
+        '\n[trail.anchor]\ndsn = "host=anchor.example.test user=b1 password=s3cret"\n\n[enforce]',
+    )
+    path.write_text(anchored)
+    code, out = _run("--config", str(path), "check")
+    assert code == 0, out
+    assert "anchor:    user=b1 host=anchor.example.test (bastion b1)" in out
+    assert "s3cret" not in out
 
 
 @pytest.mark.parametrize(

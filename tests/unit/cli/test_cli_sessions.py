@@ -253,7 +253,8 @@ def test_not_a_trail(cli: click.Group, tmp_path: Path, command: list[str]) -> No
 def test_a_corrupt_payload_is_an_error_not_a_traceback(cli: click.Group, path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DROP TRIGGER events_no_update")
-    conn.execute("UPDATE events SET payload = '{oops' WHERE seq IN (1, 2)")
+    # Alice's session_start and first command (events 1 and 2 are the trail's genesis).
+    conn.execute("UPDATE events SET payload = '{oops' WHERE seq IN (3, 4)")
     conn.close()
     for command in COMMANDS:
         result = run(cli, *command, "--trail", str(path))

@@ -52,7 +52,8 @@ class Listener:
 def events(path: Path) -> list[tuple[str, str | None, dict[str, Any]]]:
     db = sqlite3.connect(path)
     rows = db.execute(
-        "select type, session, payload from events where type != 'checkpoint' order by seq"
+        "select type, session, payload from events"
+        " where type not in ('checkpoint', 'trail') order by seq"
     )
     return [(t, s, json.loads(p)) for t, s, p in rows]
 

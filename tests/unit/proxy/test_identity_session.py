@@ -53,7 +53,9 @@ class Backend_:
 
 def events(path: Path) -> list[tuple[str, dict[str, Any]]]:
     db = sqlite3.connect(path)
-    rows = db.execute("select type, payload from events where type != 'checkpoint' order by seq")
+    rows = db.execute(
+        "select type, payload from events where type not in ('checkpoint', 'trail') order by seq"
+    )
     return [(t, json.loads(p)) for t, p in rows]
 
 

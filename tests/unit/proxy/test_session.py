@@ -91,7 +91,7 @@ def test_setup_that_breaks_fails_closed_with_a_native_error(tmp_path: Path) -> N
         db = sqlite3.connect(tmp_path / "trail.db")
         rows = [
             (row[0], json.loads(row[1]))
-            for row in db.execute("select type, payload from events order by seq")
+            for row in db.execute("select type, payload from events where seq > 2 order by seq")
         ]
         types = [t for t, _ in rows if t != "checkpoint"]
         assert types[:3] == ["session_start", "command", "result"]
@@ -118,5 +118,62 @@ def test_nothing_is_forwarded_when_the_trail_refuses(tmp_path: Path, chunks: lis
         assert server.written == []
         assert b"58030" in b"".join(client.written)
         assert client.closed
+
+    asyncio.run(scenario())
+
+
+def test_a_command_the_full_backlog_cannot_keep_is_refused_not_forwarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store failed long enough to fill the backlog, then recovered: the command that
+    found the backlog full must not ride out on the next good commit without its record."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
+        session, client, server = connected(relay_)
+        session.data_received(STARTUP)
+        session._maybe_start()
+        await asyncio.sleep(0)
+        session.from_server(message(b"R", b"\0\0\0\0") + message(b"Z", b"I"))
+        real = fail_inserts(trail)
+        trail.max_backlog = 2
+        for n in range(2):
+            relay_.recorder.record("error", None, {"where": "test", "message": f"backlog {n}"})
+        monkeypatch.setattr(trail, "_conn", real)  # the disk has room again
+        secret = message(b"Q", b"select 'never unrecorded'\x00")
+        session.data_received(secret)
+        await asyncio.sleep(0.01)
+        assert secret not in b"".join(server.written)
+        assert b"58030" in b"".join(client.written)
+        assert client.closed
+        trail.close()
+        with sqlite3.connect(tmp_path / "trail.db") as db:
+            texts = [p for (p,) in db.execute("select payload from events")]
+        assert not [t for t in texts if "never unrecorded" in t]
+        assert [t for t in texts if "backlog 1" in t]
+
+    asyncio.run(scenario())
+
+
+def test_an_early_command_the_full_backlog_cannot_keep_refuses_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command sent with the startup packet is recorded once the session is: same rule."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
+        session, client, server = connected(relay_)
+        real = fail_inserts(trail)
+        trail.max_backlog = 1
+        relay_.recorder.record("error", None, {"where": "test", "message": "backlog"})
+        monkeypatch.setattr(trail, "_conn", real)
+        session.data_received(STARTUP + QUERY)
+        session._maybe_start()
+        await asyncio.sleep(0.01)
+        assert server.written == []
+        assert b"58030" in b"".join(client.written)
+        trail.close()
 
     asyncio.run(scenario())

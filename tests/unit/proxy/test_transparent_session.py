@@ -68,7 +68,7 @@ def events(trail_path: Path) -> list[tuple[str, dict[str, Any]]]:
         rows = db.execute("select type, payload from events order by seq").fetchall()
     finally:
         db.close()
-    return [(t, json.loads(p)) for t, p in rows if t != "checkpoint"]
+    return [(t, json.loads(p)) for t, p in rows if t not in ("checkpoint", "trail")]
 
 
 def run(

@@ -16,7 +16,7 @@ from trailkit import Clock, fill
 
 from appliance.config import TrailSettings
 from appliance.trail import chain, checkpoint, keys, store
-from appliance.trail.store import Trail, TrailError, TrailWriteError
+from appliance.trail.store import Trail, TrailError, TrailFull, TrailWriteError
 from appliance.trail.verify import verify
 
 
@@ -25,13 +25,14 @@ def mode(path: Path) -> int:
 
 
 def rows(path: Path) -> list[tuple[int, str, str | None, dict[str, object]]]:
+    """The events after the genesis and its checkpoint (events 1 and 2 of every trail)."""
     with sqlite3.connect(path) as conn:
-        found = conn.execute("SELECT seq, type, session, payload FROM events ORDER BY seq")
+        found = conn.execute("SELECT seq, type, session, payload FROM events WHERE seq > 2")
         return [(seq, type_, session, json.loads(text)) for seq, type_, session, text in found]
 
 
 def check(settings: TrailSettings) -> None:
-    report = verify(settings.path, keys.load_public(settings.public_key))
+    report = verify(settings.path, keys.load_public(settings.public_key), settings.checkpoint_file)
     assert report.ok, report
 
 
@@ -70,14 +71,17 @@ def test_append_buffers_and_commit_writes_one_chain(settings: TrailSettings, clo
     trail.commit()
     assert trail.pending == 0
     found = rows(settings.path)
-    assert [r[0] for r in found] == [1, 2]
+    assert [r[0] for r in found] == [3, 4]
     assert found[0][3]["refused"] == "trail write failed"
     with sqlite3.connect(settings.path) as conn:
-        (ts1,), (ts2,) = conn.execute("SELECT ts FROM events ORDER BY seq").fetchall()
+        (ts1,), (ts2,) = conn.execute("SELECT ts FROM events WHERE seq > 2").fetchall()
         first_prev = conn.execute("SELECT prev_hash FROM events WHERE seq = 1").fetchone()[0]
+        after_genesis = conn.execute("SELECT prev_hash FROM events WHERE seq = 3").fetchone()[0]
+        (genesis_checkpoint,) = conn.execute("SELECT hash FROM events WHERE seq = 2").fetchone()
     assert ts1 == 1_700_000_000_000_000  # taken at append, not at commit
     assert ts2 == ts1 + 5_000_000
     assert first_prev == chain.GENESIS
+    assert after_genesis == genesis_checkpoint
     trail.close()
     check(settings)
 
@@ -109,11 +113,26 @@ def test_reopen_resumes_the_chain(settings: TrailSettings, clock: Clock) -> None
     head = trail.head
     trail.close()
     trail = Trail.open(settings, clock=clock)
-    assert trail.head[0] == head[0] + 1  # close added a checkpoint
+    # close added a checkpoint; the start, an event saying so and a checkpoint over it
+    assert trail.head[0] == head[0] + 3
     trail.append("error", None, {"where": "test", "message": "after restart"})
     trail.close()
-    seqs = [r[0] for r in rows(settings.path)]
-    assert seqs == list(range(1, len(seqs) + 1))
+    found = rows(settings.path)
+    assert [r[0] for r in found] == list(range(3, len(found) + 3))
+    opened = [r[3] for r in found if r[1] == "trail"]
+    assert opened == [
+        {
+            "action": "open",
+            "trail": trail.id,
+            "key": keys.fingerprint(keys.load_public(settings.public_key)),
+            "format": "2",
+            "checkpoint_events": 5,
+            "checkpoint_seconds": 3600,
+            "durability": "process",
+            "after": head[0] + 1,
+            "unsigned": 0,
+        }
+    ]
     check(settings)
 
 
@@ -145,14 +164,15 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert settings.path.with_name("trail.db-wal").exists()  # never checkpointed into the db
     commands = [r for r in rows(settings.path) if r[1] == "command"]
     assert [c[3]["n"] for c in commands] == list(range(1, 13))
-    report = verify(settings.path, keys.load_public(settings.public_key))
+    report = verify(settings.path, keys.load_public(settings.public_key), settings.checkpoint_file)
     assert report.ok
-    assert report.checkpoints == 2
+    assert report.checkpoints == 3
     assert report.uncovered == 2
     trail = Trail.open(settings)
-    assert trail.head[0] == 14
+    assert trail.head[0] == 18  # the two unsigned commands, then the start and its checkpoint
     trail.close()
     check(settings)
+    assert [r[3].get("unsigned") for r in rows(settings.path) if r[1] == "trail"] == [2]
 
 
 # --- failure and retry -------------------------------------------------------------------
@@ -186,7 +206,7 @@ def test_failed_commit_keeps_the_backlog_and_a_later_commit_retries_it(
     locked.execute("ROLLBACK")
     trail.commit()
     assert trail.pending == 0
-    assert [(r[0], r[3].get("n")) for r in rows(settings.path)] == [(1, 1), (2, 2), (3, 2), (4, 3)]
+    assert [(r[0], r[3].get("n")) for r in rows(settings.path)] == [(3, 1), (4, 2), (5, 2), (6, 3)]
     trail.close()
     check(settings)
 
@@ -197,10 +217,13 @@ def test_backlog_is_bounded_and_the_loss_is_recorded(
     trail = Trail.open(settings, clock=clock)
     trail.max_backlog = 3
     locked.execute("BEGIN EXCLUSIVE")
-    for n in range(1, 6):
+    for n in range(1, 4):
         clock.tick(1)
         trail.append("command", "s", {"n": n})
-    trail.append("result", "s", {"n": 5})
+    for n in range(4, 6):
+        clock.tick(1)
+        trail.append("result", "s", {"n": n})
+        trail.append("session_end", "s", {"n": n})
     assert trail.pending == 3
     with pytest.raises(TrailWriteError):
         trail.commit()
@@ -211,12 +234,30 @@ def test_backlog_is_bounded_and_the_loss_is_recorded(
     notice = found[3]
     assert notice[1] == "error"
     assert notice[3]["where"] == "trail"
-    assert notice[3]["dropped"] == 3
-    assert notice[3]["types"] == {"command": 2, "result": 1}
+    assert notice[3]["dropped"] == 4
+    assert notice[3]["types"] == {"result": 2, "session_end": 2}
     assert notice[3]["first_ts"] == 1_700_000_004_000_000
-    assert "3 later events were not recorded" in str(notice[3]["message"])
+    assert "4 later events were not recorded" in str(notice[3]["message"])
     trail.close()
     check(settings)
+
+
+def test_a_command_is_never_dropped_from_a_full_backlog(
+    settings: TrailSettings, locked: sqlite3.Connection
+) -> None:
+    trail = Trail.open(settings)
+    trail.max_backlog = 2
+    locked.execute("BEGIN EXCLUSIVE")
+    trail.append("command", "s", {"n": 1})
+    trail.append("result", "s", {"n": 1})
+    payload = {"n": 2, "text": "DROP TABLE orders"}
+    with pytest.raises(TrailFull, match="backlog of 2 events is full") as info:
+        trail.append("command", "s", payload)
+    assert isinstance(info.value, TrailWriteError)  # the relay's refusal path handles it
+    assert trail.pending == 2
+    locked.execute("ROLLBACK")
+    trail.close()
+    assert "DROP TABLE" not in str(rows(settings.path))
 
 
 def test_commit_failure_from_the_store_is_a_trail_write_error(
@@ -250,17 +291,20 @@ def test_checkpoint_after_checkpoint_events(settings: TrailSettings, clock: Cloc
     trail.append("command", "s", {"n": 5})
     trail.commit()
     [(seq, payload)] = checkpoints(settings.path)
-    assert seq == 6
-    assert payload["seq"] == 5
+    assert seq == 8
+    assert payload["seq"] == 7
+    public = keys.load_public(settings.public_key)
     with sqlite3.connect(settings.path) as conn:
-        (covered,) = conn.execute("SELECT hash FROM events WHERE seq = 5").fetchone()
+        (covered,) = conn.execute("SELECT hash FROM events WHERE seq = 7").fetchone()
+        (itself,) = conn.execute("SELECT hash FROM events WHERE seq = 8").fetchone()
     assert payload["hash"] == covered
-    assert payload["key"] == keys.fingerprint(keys.load_public(settings.public_key))
-    assert keys.signature_ok(
-        keys.load_public(settings.public_key), 5, covered, str(payload["signature"])
-    )
+    assert payload["key"] == keys.fingerprint(public)
+    assert keys.signature_ok(public, 7, covered, str(payload["signature"]))
+    # The file signs the checkpoint event itself, with a message of its own.
     published = checkpoint.read_file(settings.checkpoint_file)
-    assert published.as_dict() == payload
+    assert (published.seq, published.hash, published.key) == (8, itself, payload["key"])
+    assert published.valid(public)
+    assert not keys.signature_ok(public, 8, itself, published.signature)
     assert mode(settings.checkpoint_file) == 0o644
     trail.close()
 
@@ -275,7 +319,7 @@ def test_checkpoint_after_checkpoint_seconds(tmp_path: Path, clock: Clock) -> No
     assert checkpoints(settings.path) == []
     clock.tick(2)
     trail.commit()  # nothing pending, but an event is uncovered and the time is up
-    assert [p["seq"] for _, p in checkpoints(settings.path)] == [1]
+    assert [p["seq"] for _, p in checkpoints(settings.path)] == [3]
     clock.tick(60)
     trail.commit()  # nothing uncovered: no new checkpoint
     assert len(checkpoints(settings.path)) == 1
@@ -290,7 +334,7 @@ def test_forced_checkpoint_only_when_something_is_uncovered(
     assert rows(settings.path) == []
     trail.append("command", "s", {"n": 1})
     trail.checkpoint()  # the pending event is written and signed in one commit
-    assert [(r[0], r[1]) for r in rows(settings.path)] == [(1, "command"), (2, "checkpoint")]
+    assert [(r[0], r[1]) for r in rows(settings.path)] == [(3, "command"), (4, "checkpoint")]
     trail.checkpoint()
     assert len(rows(settings.path)) == 2
     trail.close()
@@ -338,7 +382,7 @@ def test_an_empty_file_becomes_a_trail(tmp_path: Path) -> None:
     trail = Trail.open(TrailSettings.beside(path))
     trail.append("error", None, {"message": "x"})
     trail.close()
-    assert len(rows(path)) == 2
+    assert len(rows(path)) == 2  # after the genesis and its checkpoint
 
 
 def test_another_key_is_refused(settings: TrailSettings, tmp_path: Path) -> None:

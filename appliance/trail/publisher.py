@@ -1,0 +1,214 @@
+"""Publishing each checkpoint to the anchor as it is made: off the write-before-forward path,
+retried with backoff, and resumed after a restart from a small state file beside the trail."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from appliance.config import AnchorSettings, TrailSettings
+from appliance.trail import anchor, chain, db, files
+from appliance.trail.anchor import AnchorError
+from appliance.trail.checkpoint import Checkpoint
+from appliance.trail.db import TrailError
+
+log = logging.getLogger(__name__)
+
+# Checkpoints wake the publisher as they are made; this catches anything a wake missed.
+POLL_SECONDS = 5.0
+# At most this many checkpoints in one transaction (a long outage leaves one a second).
+BATCH = 2000
+
+
+@dataclass(slots=True)
+class State:
+    """What the publisher has done for one trail: ``published`` is the seq of the last
+    checkpoint event the anchor acknowledged (times are unix seconds)."""
+
+    trail: str
+    published: int = 0
+    published_at: float | None = None
+    attempted_at: float | None = None
+    error: str | None = None
+    error_at: float | None = None
+
+    @classmethod
+    def load(cls, path: Path, trail: str) -> State:
+        """The state kept for ``trail``; a fresh one when there is none, or it is another
+        trail's (publishing again from the start is harmless)."""
+        try:
+            data = json.loads(path.read_bytes())
+            state = cls(**data)
+        except (OSError, ValueError, TypeError):
+            return cls(trail)
+        return state if state.trail == trail and isinstance(state.published, int) else cls(trail)
+
+    def save(self, path: Path) -> None:
+        data = json.dumps(asdict(self), sort_keys=True).encode() + b"\n"
+        files.write_atomic(path, data, 0o600, sync=False)
+
+
+def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int, Checkpoint]]:
+    """The checkpoints of the trail after event ``after`` (the first ``limit`` of them):
+    (event seq, made, checkpoint)."""
+    with db.reading(trail) as conn:
+        rows = conn.execute(
+            "SELECT seq, ts, payload FROM events WHERE seq > ? AND type = ? ORDER BY seq LIMIT ?",
+            (after, chain.CHECKPOINT, limit),
+        ).fetchall()
+    found = []
+    for seq, ts, payload in rows:
+        signed = Checkpoint.from_json(payload)
+        if signed is None:
+            raise TrailError(f"{trail}: checkpoint {seq} is malformed: run witness verify")
+        found.append((int(seq), int(ts), signed))
+    return found
+
+
+class Publisher:
+    """Publishes the trail's checkpoints to the anchor, from a thread of its own.
+
+    ``wake`` (called when a checkpoint is committed) starts a round at once; a failed round
+    is retried after 1, 2, 4... seconds, at most ``retry_max`` apart. What the anchor has
+    acknowledged is kept in the state file, so a restart resumes from there.
+    """
+
+    def __init__(
+        self,
+        trail: TrailSettings,
+        settings: AnchorSettings,
+        trail_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.trail = trail
+        self.settings = settings
+        self.clock = clock
+        self.state = State.load(trail.anchor_state, trail_id)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._wake = asyncio.Event()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="witness-anchor")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def publish(self) -> int:
+        """One round, in the calling thread: publish what the anchor lacks (up to BATCH
+        checkpoints); how many.
+
+        Raises AnchorError (or TrailError) when it cannot, and notes why in the state file.
+        """
+        state = self.state
+        state.attempted_at = now = self.clock()
+        try:
+            pending = unpublished(self.trail.path, state.published, BATCH)
+            if pending:
+                if self._conn is None or self._conn.closed:
+                    self._conn = anchor.connect(self.settings)
+                checkpoints = [(made, signed) for _, made, signed in pending]
+                anchor.publish(self._conn, self.settings, state.trail, checkpoints)
+        except (AnchorError, TrailError) as exc:
+            self._disconnect()
+            state.error, state.error_at = str(exc), now
+            self._save()
+            raise
+        if pending:
+            state.published, state.published_at = pending[-1][0], now
+        state.error = None
+        self._save()
+        return len(pending)
+
+    async def run(self) -> None:
+        """Publish until cancelled."""
+        loop = asyncio.get_running_loop()
+        self._wake.set()  # whatever the last run left unpublished, first
+        delay = 0.0
+        failing: str | None = None
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+            try:
+                count = await loop.run_in_executor(self._worker, self.publish)
+            except Exception as exc:  # whatever fails, the next round tries again
+                delay = min(self.settings.retry_max, max(1.0, delay * 2))
+                if str(exc) != failing:
+                    failing = str(exc)
+                    log.warning("cannot publish checkpoints: %s; retrying", failing)
+                continue
+            if failing is not None:
+                log.warning("the anchor has the checkpoints again (%d published)", count)
+                failing = None
+            delay = 0.0
+            if count == BATCH:
+                self._wake.set()  # more are waiting
+
+    async def finish(self) -> None:
+        """One last round, for the checkpoint made at shutdown, then let go of the anchor."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._worker, self.publish)
+        except Exception as exc:
+            log.warning("checkpoints left unpublished until the next start: %s", exc)
+        finally:
+            await loop.run_in_executor(self._worker, self._disconnect)
+            self._worker.shutdown()
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _save(self) -> None:
+        try:
+            self.state.save(self.trail.anchor_state)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.trail.anchor_state, exc.strerror)
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far the anchor is behind the trail, for ``witness status``."""
+
+    trail: str | None
+    published: int
+    unpublished: int
+    oldest: float | None  # when the oldest unpublished checkpoint was made
+    published_at: float | None
+    attempted_at: float | None
+    error: str | None
+    error_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lag(settings: TrailSettings) -> Lag:
+    """Read from the trail and the state file; TrailError when the trail cannot be read."""
+    with db.reading(settings.path) as conn:
+        trail = db.trail_id(conn)
+    state = State.load(settings.anchor_state, trail or "")
+    pending = unpublished(settings.path, state.published)
+    return Lag(
+        trail=trail,
+        published=state.published,
+        unpublished=len(pending),
+        oldest=pending[0][1] / 1e6 if pending else None,
+        published_at=state.published_at,
+        attempted_at=state.attempted_at,
+        error=state.error,
+        error_at=state.error_at,
+    )

@@ -1,0 +1,194 @@
+"""Walking the chain in order: each event's place, link, hash and payload, each signature."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from appliance.trail import chain, keys
+from appliance.trail.checkpoint import Checkpoint
+
+_COLUMNS = "seq, ts, type, session, payload, prev_hash, hash"
+TRAIL_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Fault(Exception):
+    """The first thing wrong, at event ``seq`` (None: a fault of no one event)."""
+
+    def __init__(self, seq: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.seq = seq
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """How often the recorder signed, as a trail event at ``seq`` said when it started."""
+
+    seq: int
+    events: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class Walk:
+    """What the walk has established so far, in seq order.
+
+    ``vouched`` holds what is known from outside the trail (the checkpoint file, the
+    anchor): the hash that event ``seq`` must have, and who says so.
+    """
+
+    public: Ed25519PublicKey
+    fingerprint: str = ""
+    vouched: dict[int, tuple[str, str]] = field(default_factory=dict)
+    seq: int = 0
+    prev: str = chain.GENESIS
+    covered: int = 0  # the highest seq a good checkpoint vouches for
+    signed: list[int] = field(default_factory=list)  # the seq each checkpoint covers
+    trail: str | None = None
+    intervals: list[Interval] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = keys.fingerprint(self.public)
+
+    def vouch(self, seq: int, hash: str, who: str) -> None:
+        known = self.vouched.get(seq)
+        if known is not None and known[0] != hash:
+            raise Fault(seq, f"{who} and {known[1]} disagree about event {seq}")
+        self.vouched.setdefault(seq, (hash, who))
+
+    def start_after(self, seq: int, hash: str) -> None:
+        """Resume after an event already vouched for (by a signature checked elsewhere)."""
+        self.seq, self.prev = seq, hash
+        self.covered = max(self.covered, seq)
+
+    def run(self, conn: sqlite3.Connection, until: int | None = None) -> None:
+        """Walk every event after ``seq`` (up to ``until``); raise Fault at the first bad one."""
+        query = f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq"
+        for row in conn.execute(query, (self.seq,)):
+            self.step(conn, row)
+            if until is not None and self.seq >= until:
+                return
+
+    def tail(self, conn: sqlite3.Connection) -> tuple[int, int | None, int | None]:
+        """The events walked that no checkpoint covers (checkpoints aside): how many, and
+        the first one's seq and time (microseconds)."""
+        args = (self.covered, self.seq, chain.CHECKPOINT)
+        where = "seq > ? AND seq <= ? AND type != ?"
+        (count,) = conn.execute(f"SELECT count(*) FROM events WHERE {where}", args).fetchone()
+        first = conn.execute(
+            f"SELECT seq, ts FROM events WHERE {where} ORDER BY seq LIMIT 1", args
+        ).fetchone()
+        if first is None:
+            return int(count), None, None
+        return int(count), int(first[0]), int(first[1])
+
+    def interval(self) -> Interval | None:
+        """The interval in force after the last checkpoint: the newest one signed."""
+        signed = [i for i in self.intervals if i.seq <= self.covered]
+        return signed[-1] if signed else None
+
+    def step(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        seq, ts, type, session, text, prev_hash, digest = row
+        expected = self.seq + 1
+        if seq != expected:
+            if isinstance(seq, int) and seq > expected:
+                raise Fault(expected, f"event {expected} is missing (the next event is {seq})")
+            raise Fault(seq, f"event {seq} is out of sequence (expected {expected})")
+        if not (
+            isinstance(ts, int)
+            and chain.valid_field(type)
+            and (session is None or chain.valid_field(session))
+            and isinstance(text, str)
+            and isinstance(prev_hash, str)
+            and isinstance(digest, str)
+        ):
+            raise Fault(seq, f"event {seq} has a malformed field")
+        if prev_hash != self.prev:
+            raise Fault(seq, f"event {seq} does not follow event {seq - 1} (its prev_hash differs)")
+        if chain.event_hash(prev_hash, seq, ts, type, session, text) != digest:
+            raise Fault(seq, f"event {seq} does not match its hash: it was changed")
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise Fault(seq, f"event {seq} has a payload that is not a JSON object")
+        if seq == 1 and not (type == chain.TRAIL and payload.get("action") == "create"):
+            raise Fault(
+                1,
+                "event 1 is not the trail's genesis: every Witness trail starts with one,"
+                " signed when it is created",
+            )
+        if seq == 2 and type != chain.CHECKPOINT:
+            raise Fault(2, "event 2 is not the checkpoint that signs the trail's genesis")
+        if type == chain.CHECKPOINT:
+            self._checkpoint(conn, seq, payload)
+        elif type == chain.TRAIL:
+            self._trail_event(seq, payload)
+        known = self.vouched.get(seq)
+        if known is not None and known[0] != digest:
+            raise Fault(
+                seq,
+                f"event {seq} differs from the one {known[1]} vouches for:"
+                " the trail was rewritten from there on",
+            )
+        self.seq, self.prev = seq, digest
+
+    def _checkpoint(self, conn: sqlite3.Connection, seq: int, payload: dict[str, Any]) -> None:
+        signed = Checkpoint.from_dict(payload)
+        if signed is None:
+            raise Fault(seq, f"checkpoint {seq} is malformed")
+        if not 0 < signed.seq < seq:
+            raise Fault(seq, f"checkpoint {seq} vouches for event {signed.seq}, not an earlier one")
+        if seq == 2 and signed.seq != 1:
+            raise Fault(2, f"checkpoint 2 signs event {signed.seq}, not the genesis")
+        if signed.seq == seq - 1:
+            covered: str | None = self.prev
+        else:
+            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (signed.seq,)).fetchone()
+            covered = None if row is None else row[0]
+        if covered != signed.hash:
+            raise Fault(
+                seq,
+                f"checkpoint {seq} signed a different event {signed.seq} than the trail holds:"
+                " events up to it were changed and rehashed",
+            )
+        if signed.key != self.fingerprint:
+            raise Fault(
+                seq, f"checkpoint {seq} was signed by key {signed.key}, not {self.fingerprint}"
+            )
+        if not signed.valid(self.public):
+            raise Fault(seq, f"the signature of checkpoint {seq} does not verify")
+        self.signed.append(signed.seq)
+        self.covered = max(self.covered, signed.seq)
+
+    def _trail_event(self, seq: int, payload: dict[str, Any]) -> None:
+        action, trail, key = payload.get("action"), payload.get("trail"), payload.get("key")
+        events, seconds = payload.get("checkpoint_events"), payload.get("checkpoint_seconds")
+        if not (
+            action in ("create", "open")
+            and isinstance(trail, str)
+            and TRAIL_ID.fullmatch(trail)
+            and isinstance(events, int)
+            and not isinstance(events, bool)
+            and events > 0
+            and isinstance(seconds, int | float)
+            and not isinstance(seconds, bool)
+            and seconds > 0
+        ):
+            raise Fault(seq, f"trail event {seq} is malformed")
+        if action == "create":
+            if seq != 1:
+                raise Fault(seq, f"event {seq} is a second genesis: trails are not spliced")
+            self.trail = trail
+        elif trail != self.trail:
+            raise Fault(seq, f"trail event {seq} names trail {trail}, not {self.trail}")
+        if key != self.fingerprint:
+            raise Fault(seq, f"trail event {seq} names key {key}, not {self.fingerprint}")
+        self.intervals.append(Interval(seq, events, float(seconds)))
