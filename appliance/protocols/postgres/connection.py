@@ -7,9 +7,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.model import Command, ErrorInfo, Result
+from appliance.model import Command, Decoding, ErrorInfo, Prepared, Reading, Result
 from appliance.protocols.errors import ProtocolError
-from appliance.protocols.postgres import decode
+from appliance.protocols.postgres import decode, sql
+from appliance.protocols.postgres.encodings import hexed
 from appliance.protocols.postgres.events import (
     BackendKey,
     CancelRequest,
@@ -24,26 +25,102 @@ from appliance.protocols.postgres.events import (
 )
 from appliance.protocols.postgres.framing import Framer, Phase, types
 from appliance.protocols.postgres.messages import CLIENT_MESSAGES, SERVER_MESSAGES
-from appliance.protocols.postgres.statements import AMBIGUOUS, Statement, Statements
+from appliance.protocols.postgres.reading import Reader
+from appliance.protocols.postgres.statements import Statement, Statements, key
 
 _PROTOCOL_3 = 3
 _CANCEL = 80877102
 _NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
 
 
-@dataclass(slots=True)
 class _Portal:
-    statement: str
-    text: str
-    params: tuple[str | None, ...]
-    formats: tuple[int, ...]  # result formats asked for in Bind
-    epoch: int  # how many transaction boundaries the client had sent before this Bind
+    """A portal bound on this connection: its statement's text and parameters, and what is
+    known about them (``doubt``: the statement's, at Bind; ``changed_by``: the first command
+    since the Bind that may have run code, which may have replaced a named portal)."""
+
+    __slots__ = (
+        "changed_by",
+        "decoding",
+        "defined",
+        "doubt",
+        "epoch",
+        "final",
+        "formats",
+        "oids",
+        "param_formats",
+        "params",
+        "source",
+        "statement",
+        "text",
+        "values",
+    )
+
+    def __init__(
+        self,
+        statement: str,
+        source: Statement | None,
+        doubt: Prepared | None,
+        params: tuple[str | None, ...],
+        formats: tuple[int, ...],
+        *,
+        epoch: int,
+        defined: int,
+    ) -> None:
+        self.statement = statement
+        self.source = source
+        self.text = doubt.describe() if doubt is not None else source.text if source else ""
+        self.doubt = doubt
+        self.params = params
+        self.formats = formats  # result formats asked for in Bind
+        self.epoch = epoch  # how many transaction boundaries the client had sent before the Bind
+        self.defined = defined
+        self.changed_by = 0
+        self.decoding: Decoding | None = None  # of the parameters, when not plain
+        # While the parameters' encoding is a guess: their bytes, formats and types.
+        self.values: list[bytes | None] | None = None
+        self.param_formats: tuple[int, ...] = ()
+        self.oids: tuple[int, ...] = ()
+        self.final = False
+
+
+class _Reread:
+    """What a command recorded in a guessed encoding needs to be read once the backend has
+    said which encoding its pipeline began in: a Query's or FunctionCall's bytes, or an
+    Execute's statement and portal."""
+
+    __slots__ = ("formats", "portal", "text", "values", "window")
+
+    def __init__(
+        self,
+        window: int,
+        *,
+        text: bytes | None = None,
+        values: list[bytes | None] | None = None,
+        formats: tuple[int, ...] = (),
+        portal: _Portal | None = None,
+    ) -> None:
+        self.window = window
+        self.text = text
+        self.values = values
+        self.formats = formats
+        self.portal = portal
 
 
 class _Command:
     """A command the server has not finished with."""
 
-    __slots__ = ("command", "formats", "mark", "n", "result", "room", "started", "until_ready")
+    __slots__ = (
+        "command",
+        "formats",
+        "mark",
+        "n",
+        "ops",
+        "reread",
+        "result",
+        "room",
+        "started",
+        "until_ready",
+    )
 
     def __init__(
         self,
@@ -54,6 +131,8 @@ class _Command:
         started: float,
         mark: int,
         room: int,
+        ops: list[int],
+        reread: _Reread | None,
     ):
         self.n = n
         self.mark = mark  # server bytes seen when it was sent
@@ -63,6 +142,8 @@ class _Command:
         self.until_ready = command.kind != "execute"  # simple Query and FunctionCall end at 'Z'
         self.formats = formats  # of the result columns, for row capture
         self.room = room  # capture bytes left; -1 once capture stopped
+        self.ops = ops  # the statements (by index) that define or drop prepared statements
+        self.reread = reread
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +192,13 @@ class PostgresConnection:
         self._answered_at = 0
         self._statements = Statements()
         self._portals: dict[str, _Portal] = {}
+        self._fresh_portals: list[_Portal] = []  # named portals bound since the last code
+        self._reader = Reader()
+        self._last_code = 0  # the latest command that may have run code
+        # The latest command that may have left code for its transaction's commit to run
+        # (deferred triggers, WITH HOLD cursors), and the pipeline it was sent in.
+        self._deferred = 0
+        self._deferred_window = 0
         self._n = 0
         # Sync, Query and FunctionCall end transactions, and with them portals; counted both
         # as sent and as answered, so a ReadyForQuery drops only the portals it outlived.
@@ -234,7 +322,13 @@ class PostgresConnection:
 
     # --- client: commands ------------------------------------------------------------------
 
-    def _start(self, command: Command, formats: tuple[int, ...] = ()) -> None:
+    def _start(
+        self,
+        command: Command,
+        formats: tuple[int, ...] = (),
+        ops: list[int] | None = None,
+        reread: _Reread | None = None,
+    ) -> None:
         self._n += 1
         self._queue.append(
             _Command(
@@ -244,74 +338,271 @@ class PostgresConnection:
                 started=self._clock(),
                 mark=self._server.seen,
                 room=self._capture_bytes,
+                ops=_NO_OPS if ops is None else ops,
+                reread=reread,
             )
         )
         self._events.append(CommandStarted(self._n, command))
 
     def _query(self, body: bytes) -> None:
-        text = decode.query(body)
+        raw = decode.query(body)
+        n = self._n + 1
+        text, decoding = self._reader.read(raw, self._bounds_done)
+        reread = self._reread(decoding, text=raw)  # before its own statements count
         self._statements.simple_query()
         self._portals.pop("", None)
+        script = sql.script(text) if decoding is None else sql.UNREADABLE
+        ops: list[int] = []
+        prepared = self._run(script, n, ops)
+        self._commit()  # the end of the Query's implicit transaction, if it had one
+        self._statements.sync()
         self._bounds_sent += 1
-        self._start(Command("query", text))
+        self._reader.boundary()
+        command = Command("query", text, (), prepared=prepared, decoding=decoding)
+        self._start(command, (), ops, reread)
+
+    def _run(self, script: sql.Script, n: int, ops: list[int]) -> tuple[Prepared, ...]:
+        """Follow what command ``n``'s SQL does, statement by statement: the prepared
+        statements it defines, drops and runs, and where it may run code. ``ops`` gets the
+        index of each statement that defines or drops one, to settle when the answer comes."""
+        if not script.readable:
+            self._code(n)  # it may run code, and define or drop any name
+            return ()
+        runs: list[Prepared] = []
+        for index, step in enumerate(script.steps):
+            op = step.op
+            if op == "execute":
+                runs.append(self._statement(step.name)[1])
+            elif op == "prepare":
+                made = Statement(step.body, (), sql.script(step.body), defined=n, how="prepared")
+                self._statements.parse(step.name, made)
+                ops.append(index)
+            elif op == "deallocate":
+                self._statements.close(step.name)
+                ops.append(index)
+            elif op == "deallocate all":
+                self._statements.deallocate_all()
+                ops.append(index)
+            effect = step.effect
+            if effect == sql.CODE:
+                self._code(n)
+            elif effect != sql.INERT:
+                if effect == sql.COMMIT:
+                    self._commit()
+                self._reader.changes(n, self._bounds_sent)  # SET, RESET, ROLLBACK, COMMIT
+        return tuple(runs)
+
+    def _code(self, n: int) -> None:
+        """Command ``n`` may run code: it may redefine statements and replace named portals
+        defined so far, leave code for its transaction's commit, and set client_encoding."""
+        self._statements.code(n)
+        for portal in self._fresh_portals:
+            if not portal.changed_by:
+                portal.changed_by = n
+        self._fresh_portals.clear()
+        self._last_code = n
+        self._deferred = n
+        self._deferred_window = self._bounds_sent
+        self._reader.changes(n, self._bounds_sent)
+
+    def _commit(self) -> None:
+        """A point where the transaction may commit, running code earlier commands left."""
+        if self._deferred:
+            self._statements.code(self._deferred)
+            for portal in self._fresh_portals:
+                if not portal.changed_by:
+                    portal.changed_by = self._deferred
+            self._fresh_portals.clear()
+
+    def _statement(self, name: str) -> tuple[Statement | None, Prepared]:
+        """The statement a Bind (or SQL EXECUTE) naming ``name`` gets now, and what the
+        record may say about it."""
+        statement = self._statements.get(name)
+        if statement is None:  # code can make any named statement, never the unnamed one
+            changed = (self._last_code or None) if name else None
+            return None, Prepared(name, None, doubt="unseen", changed_by=changed)
+        self._settle(statement)
+        how, defined = statement.how, statement.defined
+        if self._statements.unconfirmed(name):
+            return statement, Prepared(name, statement.text, how, defined, doubt="unconfirmed")
+        if statement.changed_by:
+            changed = statement.changed_by
+            return statement, Prepared(name, statement.text, how, defined, "changed", changed)
+        return statement, Prepared(name, statement.text, how, defined)
+
+    def _settle(self, statement: Statement) -> None:
+        """Read a statement's text again if the encoding of its pipeline is now known."""
+        raw = statement.raw
+        if raw is None or statement.final or statement.window > self._bounds_done:
+            return
+        codec = self._reader.at(statement.window)
+        text = codec.text(raw)
+        statement.raw = None
+        if text is None:
+            statement.text = hexed(raw)
+            statement.decoding = Decoding(codec.name, raw=True)
+        else:
+            statement.text = text
+            statement.script = sql.script(text)
+            statement.decoding = None
 
     def _parse(self, body: bytes) -> None:
-        name, text, oids = decode.parse(body)
-        self._statements.parse(name, Statement(text, oids))
+        parse = decode.parse(body, self._reader.codec)
+        text, decoding = self._reader.read(parse.text, self._bounds_done)
+        script = sql.script(text) if decoding is None else sql.UNREADABLE
+        statement = Statement(text, parse.oids, script, defined=self._n + 1)
+        if decoding is not None:
+            statement.decoding = decoding
+            if decoding.changed_by is not None:
+                statement.raw = parse.text
+                statement.window = self._bounds_sent
+                statement.final = self._reader.final()
+        self._statements.parse(parse.statement, statement)
         self._queue.append(_Marker("Parse", tracked=True))
 
     def _bind(self, body: bytes) -> None:
-        bind = decode.bind(body)
+        bind = decode.bind(body, self._reader.codec)
+        n = self._n + 1  # a Bind counts with the command sent next, usually its Execute
+        statement, prepared = self._statement(bind.statement)
+        doubt = None if prepared.known else prepared
+        oids = statement.oids if statement is not None else ()
+        codec = self._reader.codec
+        params, undecoded = decode.render_params(bind.formats, bind.values, oids, codec)
+        changer = self._reader.unsure(self._bounds_done)  # read before its planning runs
+        final = self._reader.final()
+        if doubt is not None or statement is None or statement.script.planned or bind.values:
+            # Planning runs the functions it can fold, and a parameter's input function runs
+            # its type's checks (a domain's CHECK may call anything): the agent's code, both.
+            self._code(n)
         # A Bind to a portal that is still open fails, and takes its transaction down with it,
         # so the old portal can never run again: replacing it is always safe.
-        statement = self._statements.get(bind.statement)
-        if statement is AMBIGUOUS:
-            raise ProtocolError(
-                "client",
-                f"Bind to statement {bind.statement!r} after a Parse that reuses its name, before"
-                " the server said whether that Parse succeeded: either text could run, and"
-                " Witness will not guess (Close a statement before reusing its name)",
-            )
-        text, oids = (statement.text, statement.oids) if statement else ("", ())
-        params = decode.render_params(bind.formats, bind.values, oids)
-        self._portals[bind.portal] = _Portal(
-            bind.statement, text, params, bind.result_formats, self._bounds_sent
+        portal = _Portal(
+            bind.statement,
+            statement,
+            doubt,
+            params,
+            bind.result_formats,
+            epoch=self._bounds_sent,
+            defined=n,
         )
+        texts = decode.texts(bind.formats, bind.values, oids) if changer >= 0 else []
+        if not all(raw.isascii() for raw in texts):
+            portal.decoding = Decoding(codec.name, raw=undecoded, changed_by=changer)
+            portal.values = bind.values
+            portal.param_formats = bind.formats
+            portal.oids = oids
+            portal.final = final
+        elif undecoded:
+            portal.decoding = Decoding(codec.name, raw=True)
+        if bind.portal:
+            self._fresh_portals.append(portal)
+        self._portals[key(bind.portal)] = portal
 
     def _describe(self, body: bytes) -> None:
-        kind, name = decode.target(body)
+        kind, name = decode.target(body, self._reader.codec)
         if kind == "S":  # answered by ParameterDescription, then RowDescription or NoData
             statement = self._statements.get(name)
-            self._queue.append(_Marker("Describe", None if statement is AMBIGUOUS else statement))
+            if statement is not None and self._statements.unconfirmed(name):
+                statement = None
+            self._queue.append(_Marker("Describe", statement))
 
     def _execute(self, body: bytes) -> None:
-        name = decode.execute(body)
-        portal = self._portals.get(name)
-        if portal is None:  # the server will say it does not exist
-            self._start(Command("execute", "", (), None, name))
+        name = decode.execute(body, self._reader.codec)
+        n = self._n + 1
+        portal = self._portals.get(key(name))
+        if portal is None:  # a cursor DECLAREd in SQL or opened by code, or none at all
+            changed = (self._last_code or None) if name else None
+            unseen = Prepared(name, None, doubt="unseen", changed_by=changed, kind="portal")
+            self._code(n)
+            self._start(Command("execute", unseen.describe(), (), None, name, (unseen,)))
+            return
+        self._settle_portal(portal)
+        statement = portal.source
+        prepared: tuple[Prepared, ...] = ()
+        text = portal.text
+        if portal.changed_by:
+            replaced = Prepared(
+                name, text, "bound", portal.defined, "changed", portal.changed_by, "portal"
+            )
+            prepared = (replaced,)
+            text = replaced.describe()
+        elif portal.doubt is not None:
+            prepared = (portal.doubt,)
+        ops: list[int] = []
+        if prepared or statement is None:
+            self._code(n)
         else:
-            command = Command("execute", portal.text, portal.params, portal.statement, name)
-            self._start(command, portal.formats)
+            prepared = self._run(statement.script, n, ops)
+        if name and portal.changed_by == n:  # a running portal cannot be dropped, so not by itself
+            portal.changed_by = 0
+            self._fresh_portals.append(portal)
+        decoding = _decoding(statement, portal)
+        reread = None
+        if decoding is not None and decoding.changed_by is not None:
+            reread = _Reread(portal.epoch, portal=portal)
+        command = Command(
+            "execute", text, portal.params, portal.statement, name, prepared, decoding
+        )
+        self._start(command, portal.formats, ops, reread)
+
+    def _settle_portal(self, portal: _Portal) -> None:
+        """Read a portal's statement and parameters again once their encoding is known."""
+        statement = portal.source
+        if statement is not None and statement.raw is not None:
+            self._settle(statement)
+            if statement.raw is None and portal.doubt is None:
+                portal.text = statement.text
+        values = portal.values
+        if values is None or portal.final or portal.epoch > self._bounds_done:
+            return
+        codec = self._reader.at(portal.epoch)
+        oids = portal.oids
+        portal.params, undecoded = decode.render_params(portal.param_formats, values, oids, codec)
+        portal.decoding = Decoding(codec.name, raw=True) if undecoded else None
+        portal.values = None
 
     def _sync(self, body: bytes) -> None:
         if self._copy_in is None:  # PostgreSQL ignores Sync during COPY FROM STDIN
+            self._commit()
             self._bounds_sent += 1
+            self._reader.boundary()
             self._queue.append(_SYNC)
             self._statements.sync()
 
     def _close(self, body: bytes) -> None:
-        kind, name = decode.target(body)
+        kind, name = decode.target(body, self._reader.codec)
         if kind == "S":
             self._statements.close(name)
         else:
-            self._portals.pop(name, None)
+            self._portals.pop(key(name), None)
         self._queue.append(_Marker("Close", tracked=kind == "S"))
 
     def _function_call(self, body: bytes) -> None:
         call = decode.function_call(body)
-        params = decode.render_params(call.formats, call.args, ())
+        n = self._n + 1
+        codec = self._reader.codec
+        params, undecoded = decode.render_params(call.formats, call.args, (), codec)
+        changer = self._reader.unsure(self._bounds_done)
+        texts = decode.texts(call.formats, call.args, ()) if changer >= 0 else []
+        decoding = None
+        reread = None
+        if not all(raw.isascii() for raw in texts):
+            decoding = Decoding(codec.name, raw=undecoded, changed_by=changer)
+            if not self._reader.final():
+                reread = _Reread(self._bounds_sent, values=call.args, formats=call.formats)
+        elif undecoded:
+            decoding = Decoding(codec.name, raw=True)
+        self._code(n)
+        self._commit()
         self._bounds_sent += 1
-        self._start(Command("function_call", f"function {call.oid}", params))
+        self._reader.boundary()
+        command = Command("function_call", f"function {call.oid}", params, decoding=decoding)
+        self._start(command, (), None, reread)
+
+    def _reread(self, decoding: Decoding | None, text: bytes) -> _Reread | None:
+        if decoding is None or decoding.changed_by is None or self._reader.final():
+            return None
+        return _Reread(self._bounds_sent, text=text)
 
     def _copy_end(self, body: bytes) -> None:
         self._copy_in = None
@@ -329,6 +620,13 @@ class PostgresConnection:
     def _auth_error(self, body: bytes) -> None:
         self._events.append(SessionError(decode.error_info(body)))
 
+    def _parameter_status(self, body: bytes) -> None:
+        name, value = decode.parameter_status(body)
+        # A change is reported just before the ReadyForQuery that ends the pipeline it
+        # happened in: the next pipeline is the first read in the new encoding.
+        window = self._bounds_done + 1 if self._server.phase is self._server_ready else 0
+        self._reader.reported(name, value, window)
+
     def _backend_key(self, body: bytes) -> None:
         self.backend_key = BackendKey(*decode.backend_key(body))
         self._events.append(self.backend_key)
@@ -339,6 +637,7 @@ class PostgresConnection:
         if self._client.phase is CLIENT_AUTHENTICATION:
             self._client.phase = CLIENT_READY
         self._answered_at = self._server.seen  # the login's bytes are no command's
+        self._reader.logged_in()
         self._events.append(_READY[status])
 
     # --- server: answers ---------------------------------------------------------------------
@@ -380,6 +679,10 @@ class PostgresConnection:
     def _finish(self, cmd: _Command, status: str, error: ErrorInfo | None = None) -> None:
         result = cmd.result
         result.status = status
+        if cmd.ops:
+            self._settle_ops(cmd, status)
+        if cmd.reread is not None:
+            result.reading = self._reading(cmd.command, cmd.reread)
         if error is not None and result.error is None:
             result.error = error
         result.duration_ms = (self._clock() - cmd.started) * 1000.0
@@ -392,14 +695,44 @@ class PostgresConnection:
         if self._capture_rows:
             self._server.row_room = self._capture_bytes
 
+    def _settle_ops(self, cmd: _Command, status: str) -> None:
+        """The answer to a command that defines or drops prepared statements: a Query's
+        statements ran up to its first error; an Execute's either ran or did not."""
+        if status in ("ok", "suspended"):
+            ran = len(cmd.ops)
+        elif status == "error" and cmd.until_ready:
+            ran = len(cmd.result.tags)
+        else:
+            ran = 0
+        for index in cmd.ops:
+            if index < ran:
+                self._statements.confirm()
+            else:
+                self._statements.fail()
+
+    def _reading(self, command: Command, reread: _Reread) -> Reading | None:
+        """A command recorded in a guessed encoding, read in the one its pipeline began in."""
+        portal = reread.portal
+        if portal is not None:
+            self._settle_portal(portal)
+            statement = portal.source
+            if portal.values is not None or (statement is not None and statement.raw is not None):
+                return None  # changed inside its own pipeline: never known
+            text = command.text if portal.doubt or portal.changed_by else portal.text
+            return Reading(self._reader.at(portal.epoch).name, text, portal.params)
+        codec = self._reader.at(reread.window)
+        text = command.text if reread.text is None else codec.show(reread.text)
+        params = command.params
+        if reread.values is not None:
+            params = decode.render_params(reread.formats, reread.values, (), codec)[0]
+        return Reading(codec.name, text, params)
+
     def _complete(self, body: bytes) -> None:
         tag, rows = decode.command_complete(body)
         cmd = self._head("CommandComplete")
         result = cmd.result
         result.tags.append(tag)
         result.rows += rows
-        if tag[:4] in ("DEAL", "DISC", "PREP"):
-            self._statements.sql(tag, cmd.command.text)
         if not cmd.until_ready:
             self._queue.popleft()
             self._finish(cmd, "ok")
@@ -446,7 +779,7 @@ class PostgresConnection:
         self._describing = self._capture_rows > 0
 
     def _error_response(self, body: bytes) -> None:
-        info = decode.error_info(body)
+        info = decode.error_info(body, self._reader.at(self._bounds_done))
         self._copy_in = None
         self._describing = False
         queue = self._queue
@@ -505,9 +838,12 @@ class PostgresConnection:
             queue.popleft()
             self._bounds_done += 1
             self._finish(cmd, "error" if cmd.result.error else "ok")
-        if status == "I" and self._portals:
+        if status == "I":
             done = self._bounds_done
-            self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}
+            if self._portals:
+                self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}
+            if self._deferred and self._deferred_window < done:
+                self._deferred = 0  # its transaction ended, and its commit with it
         self._copy_in = None
         self._describing = False
         self._answered_at = self._server.seen
@@ -519,7 +855,7 @@ class PostgresConnection:
         if self._describing:
             self._describing = False
             return
-        names, formats = decode.row_description(body)
+        names, formats = decode.row_description(body, self._reader.at(self._bounds_done))
         cmd = self._capturing()
         if cmd is None:
             return
@@ -542,7 +878,8 @@ class PostgresConnection:
             result.truncated = True
             self._stop_capture(cmd)
             return
-        result.captured.append(decode.data_row(body, cmd.formats))
+        codec = self._reader.at(self._bounds_done)
+        result.captured.append(decode.data_row(body, cmd.formats, codec))
         cmd.room -= len(body)
         # Once full, let the framer skip rows unread; it reports them, which sets truncated.
         full = len(result.captured) >= self._capture_rows
@@ -563,6 +900,21 @@ class PostgresConnection:
         self._server.row_room = -1
 
 
+def _decoding(statement: Statement | None, portal: _Portal) -> Decoding | None:
+    """An Execute's decoding: its statement's text's, and its portal's parameters'."""
+    text = statement.decoding if statement is not None else None
+    params = portal.decoding
+    if params is None:
+        return text
+    if text is None:
+        if params.changed_by is None and not params.raw:
+            return None
+        return Decoding(params.encoding, changed_by=params.changed_by)
+    changed = text.changed_by if text.changed_by is not None else params.changed_by
+    return Decoding(text.encoding, text.raw, changed)
+
+
+_NO_OPS: list[int] = []  # shared, never added to
 _C = PostgresConnection
 _CLIENT_COMMANDS = {
     b"Q": _C._query,
@@ -587,8 +939,13 @@ CLIENT_CLOSED: Phase[_C] = Phase("terminated", types(""), {})
 SERVER_STARTUP: Phase[_C] = Phase("startup", types(""), {})
 SERVER_AUTHENTICATION: Phase[_C] = Phase(
     "authentication",
-    types("RSNv"),
-    {b"E": _C._auth_error, b"K": _C._backend_key, b"Z": _C._first_ready},
+    types("RNv"),
+    {
+        b"E": _C._auth_error,
+        b"K": _C._backend_key,
+        b"S": _C._parameter_status,
+        b"Z": _C._first_ready,
+    },
 )
 _SERVER_ANSWERS = {
     b"C": _C._complete,
@@ -602,10 +959,11 @@ _SERVER_ANSWERS = {
     b"1": _C._parse_complete,
     b"3": _C._close_complete,
     b"t": _C._parameter_types,
+    b"S": _C._parameter_status,
 }
-SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NASVc"), _SERVER_ANSWERS)
+SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NAVc"), _SERVER_ANSWERS)
 SERVER_READY_CAPTURE: Phase[_C] = Phase(
     "ready",
-    types("d2NASVc"),
+    types("d2NAVc"),
     {**_SERVER_ANSWERS, b"T": _C._row_description, b"D": _C._data_row, b"n": _C._no_data},
 )
