@@ -199,6 +199,10 @@ class PostgresConnection:
         # (deferred triggers, WITH HOLD cursors), and the pipeline it was sent in.
         self._deferred = 0
         self._deferred_window = 0
+        # Known to be inside a transaction block where what is sent now will run: the last
+        # ReadyForQuery answered everything sent and said so, and nothing since ended it.
+        # A Sync or the end of a Query commits nothing there.
+        self._block = False
         self._n = 0
         # Sync, Query and FunctionCall end transactions, and with them portals; counted both
         # as sent and as answered, so a ReadyForQuery drops only the portals it outlived.
@@ -366,7 +370,8 @@ class PostgresConnection:
         statements it defines, drops and runs, and where it may run code. ``ops`` gets the
         index of each statement that defines or drops one, to settle when the answer comes."""
         if not script.readable:
-            self._code(n)  # it may run code, and define or drop any name
+            self._code(n)  # it may run code, define or drop any name, end a block
+            self._block = False
             return ()
         runs: list[Prepared] = []
         for index, step in enumerate(script.steps):
@@ -383,6 +388,8 @@ class PostgresConnection:
             elif op == "deallocate all":
                 self._statements.deallocate_all()
                 ops.append(index)
+            if step.ends:
+                self._block = False
             effect = step.effect
             if effect == sql.CODE:
                 self._code(n)
@@ -407,7 +414,7 @@ class PostgresConnection:
 
     def _commit(self) -> None:
         """A point where the transaction may commit, running code earlier commands left."""
-        if self._deferred:
+        if self._deferred and not self._block:
             self._statements.code(self._deferred)
             for portal in self._fresh_portals:
                 if not portal.changed_by:
@@ -423,11 +430,11 @@ class PostgresConnection:
             return None, Prepared(name, None, doubt="unseen", changed_by=changed)
         self._settle(statement)
         how, defined = statement.how, statement.defined
-        if self._statements.unconfirmed(name):
-            return statement, Prepared(name, statement.text, how, defined, doubt="unconfirmed")
         if statement.changed_by:
             changed = statement.changed_by
             return statement, Prepared(name, statement.text, how, defined, "changed", changed)
+        if self._statements.unconfirmed(name):
+            return statement, Prepared(name, statement.text, how, defined, doubt="unconfirmed")
         return statement, Prepared(name, statement.text, how, defined)
 
     def _settle(self, statement: Statement) -> None:
@@ -838,7 +845,10 @@ class PostgresConnection:
             queue.popleft()
             self._bounds_done += 1
             self._finish(cmd, "error" if cmd.result.error else "ok")
-        if status == "I":
+        if status != "I":
+            self._block = self._block or self._bounds_done == self._bounds_sent
+        else:
+            self._block = False
             done = self._bounds_done
             if self._portals:
                 self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}

@@ -48,18 +48,28 @@ class Step:
     ``DEALLOCATE ALL`` and ``DISCARD ALL``). ``planned``: the server plans it when a portal
     is bound to it, and planning evaluates the functions it can fold (utility statements such
     as ``DO``, ``CALL`` or ``EXECUTE`` are not planned; what they run is run when they are).
+    ``ends``: it ends a transaction block (``COMMIT``, ``END``, ``ROLLBACK`` and ``ABORT``,
+    ``PREPARE TRANSACTION``); code cannot (a procedure's ``COMMIT`` is refused inside one).
     """
 
-    __slots__ = ("body", "effect", "name", "op", "planned")
+    __slots__ = ("body", "effect", "ends", "name", "op", "planned")
 
     def __init__(
-        self, effect: int, op: str = "", name: str = "", body: str = "", *, planned: bool = False
+        self,
+        effect: int,
+        op: str = "",
+        name: str = "",
+        body: str = "",
+        *,
+        planned: bool = False,
+        ends: bool = False,
     ) -> None:
         self.effect = effect
         self.op = op
         self.name = name
         self.body = body
         self.planned = planned
+        self.ends = ends
 
 
 class Script:
@@ -283,15 +293,17 @@ def _step(tokens: list[_Token], text: str, end: int) -> Step | None:
         return Step(INERT)
     if first == "START":
         return Step(INERT if second == "TRANSACTION" else CODE)
-    if first in ("ROLLBACK", "ABORT", "RESET"):
+    if first in ("ROLLBACK", "ABORT"):
+        return Step(SETTING, ends=second not in ("TO", "PREPARED"))
+    if first == "RESET":
         return Step(SETTING)
     if first == "SET":
         return Step(CODE if "CONSTRAINTS" in words[1:3] else SETTING)
     if first in ("COMMIT", "END"):
-        return Step(CODE if second == "PREPARED" else COMMIT)
+        return Step(CODE) if second == "PREPARED" else Step(COMMIT, ends=True)
     if first == "PREPARE":
         if second == "TRANSACTION" and len(tokens) > 2 and tokens[2].kind == STRING:
-            return Step(COMMIT)
+            return Step(COMMIT, ends=True)
         return _prepare(tokens, text, end)
     if first == "DEALLOCATE":
         at = 2 if second == "PREPARE" and len(tokens) == 3 else 1

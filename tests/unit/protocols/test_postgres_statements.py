@@ -181,6 +181,58 @@ def test_once_idle_the_commit_has_run() -> None:
     )
 
 
+def test_inside_a_block_a_sync_commits_nothing() -> None:
+    # psycopg's way: BEGIN, then statements prepared and run inside the transaction.
+    insert = "insert into dt values (1)"
+    answer = (
+        pg.parse_complete(),
+        pg.bind_complete(),
+        pg.command_complete("INSERT 0 1"),
+        pg.parse_complete(),
+    )
+    play(
+        *LOGIN,
+        *_query(1, "BEGIN", "BEGIN", status="T"),
+        client(
+            pg.parse("", insert),
+            pg.bind("", ""),
+            pg.execute(),
+            pg.parse("s2", "select 2"),
+            pg.sync(),
+        )(started(2, "execute", insert, statement="", portal="")),
+        server(*answer, pg.ready_for_query("T"))(
+            finished(2, tags=["INSERT 0 1"], rows=1, bytes=pg.size(*answer[1:3])), Ready("T")
+        ),
+        _run(3, "s2")(started(3, "execute", "select 2", statement="s2", portal="")),
+    )
+
+
+def test_a_block_is_trusted_only_once_the_server_confirms_it() -> None:
+    # The BEGIN never runs (the division fails first), so the Sync does commit the INSERT's
+    # transaction, deferred triggers and all, after s2 was parsed.
+    insert = "insert into dt values (1)"
+    play(
+        *LOGIN,
+        client(
+            pg.query("select 1/0; begin"),
+            pg.parse("", insert),
+            pg.bind("", ""),
+            pg.execute(),
+            pg.parse("s2", "select 2"),
+            pg.sync(),
+            pg.bind("", "s2"),
+            pg.execute(),
+            pg.sync(),
+        )(
+            started(1, "query", "select 1/0; begin"),
+            started(2, "execute", insert, statement="", portal=""),
+            unknown(
+                3, Prepared("s2", "select 2", "parsed", 3, "changed", 2), statement="s2", portal=""
+            ),
+        ),
+    )
+
+
 def test_the_unnamed_statement_is_beyond_codes_reach() -> None:
     # SQL cannot name the unnamed statement, and DISCARD ALL keeps it.
     answer = (pg.parse_complete(), pg.bind_complete(), pg.command_complete("DO"))
