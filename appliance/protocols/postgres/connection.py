@@ -60,16 +60,17 @@ class _Portal:
         statement: str,
         source: Statement | None,
         doubt: Prepared | None,
+        text: str,
         params: tuple[str | None, ...],
-        formats: tuple[int, ...],
         *,
+        formats: tuple[int, ...],
         epoch: int,
         defined: int,
     ) -> None:
         self.statement = statement
         self.source = source
-        self.text = doubt.describe() if doubt is not None else source.text if source else ""
         self.doubt = doubt
+        self.text = text  # the statement's, or what the record says instead
         self.params = params
         self.formats = formats  # result formats asked for in Bind
         self.epoch = epoch  # how many transaction boundaries the client had sent before the Bind
@@ -352,12 +353,17 @@ class PostgresConnection:
         raw = decode.query(body)
         n = self._n + 1
         text, decoding = self._reader.read(raw, self._bounds_done)
-        reread = self._reread(decoding, text=raw)  # before its own statements count
+        reread = None if decoding is None else self._reread(decoding, text=raw)
         self._statements.simple_query()
         self._portals.pop("", None)
         script = sql.script(text) if decoding is None else sql.UNREADABLE
-        ops: list[int] = []
-        prepared = self._run(script, n, ops)
+        ops = _NO_OPS
+        prepared: tuple[Prepared, ...] = ()
+        if script.plain:
+            self._code(n)
+        else:
+            ops = []
+            prepared = self._run(script, n, ops)
         self._commit()  # the end of the Query's implicit transaction, if it had one
         self._statements.sync()
         self._bounds_sent += 1
@@ -369,6 +375,9 @@ class PostgresConnection:
         """Follow what command ``n``'s SQL does, statement by statement: the prepared
         statements it defines, drops and runs, and where it may run code. ``ops`` gets the
         index of each statement that defines or drops one, to settle when the answer comes."""
+        if script.plain:
+            self._code(n)
+            return ()
         if not script.readable:
             self._code(n)  # it may run code, define or drop any name, end a block
             self._block = False
@@ -377,7 +386,12 @@ class PostgresConnection:
         for index, step in enumerate(script.steps):
             op = step.op
             if op == "execute":
-                runs.append(self._statement(step.name)[1])
+                statement, doubt = self._statement(step.name)
+                if doubt is None and statement is not None:
+                    how, defined = statement.how, statement.defined
+                    doubt = Prepared(step.name, statement.text, how, defined)
+                if doubt is not None:
+                    runs.append(doubt)
             elif op == "prepare":
                 made = Statement(step.body, (), sql.script(step.body), defined=n, how="prepared")
                 self._statements.parse(step.name, made)
@@ -402,6 +416,13 @@ class PostgresConnection:
     def _code(self, n: int) -> None:
         """Command ``n`` may run code: it may redefine statements and replace named portals
         defined so far, leave code for its transaction's commit, and set client_encoding."""
+        if (
+            n == self._deferred == self._last_code
+            and self._deferred_window == self._bounds_sent
+            and not self._fresh_portals
+            and self._statements.settled()
+        ):
+            return  # its Bind said so already, in this pipeline
         self._statements.code(n)
         for portal in self._fresh_portals:
             if not portal.changed_by:
@@ -414,28 +435,39 @@ class PostgresConnection:
 
     def _commit(self) -> None:
         """A point where the transaction may commit, running code earlier commands left."""
-        if self._deferred and not self._block:
+        if (
+            self._deferred
+            and not self._block
+            and (self._fresh_portals or not self._statements.settled())
+        ):
             self._statements.code(self._deferred)
             for portal in self._fresh_portals:
                 if not portal.changed_by:
                     portal.changed_by = self._deferred
             self._fresh_portals.clear()
 
-    def _statement(self, name: str) -> tuple[Statement | None, Prepared]:
+    def _statement(self, name: str) -> tuple[Statement | None, Prepared | None]:
         """The statement a Bind (or SQL EXECUTE) naming ``name`` gets now, and what the
-        record may say about it."""
+        record must say about it instead of its text if that text is not known (else None)."""
         statement = self._statements.get(name)
         if statement is None:  # code can make any named statement, never the unnamed one
             changed = (self._last_code or None) if name else None
             return None, Prepared(name, None, doubt="unseen", changed_by=changed)
-        self._settle(statement)
-        how, defined = statement.how, statement.defined
+        if statement.raw is not None:
+            self._settle(statement)
         if statement.changed_by:
-            changed = statement.changed_by
-            return statement, Prepared(name, statement.text, how, defined, "changed", changed)
+            doubt = statement.doubt
+            if doubt is None or doubt.name != name or doubt.text != statement.text:
+                changed = statement.changed_by
+                how, defined = statement.how, statement.defined
+                doubt = Prepared(name, statement.text, how, defined, "changed", changed)
+                statement.doubt = doubt
+                statement.sentence = doubt.describe()
+            return statement, doubt
         if self._statements.unconfirmed(name):
+            how, defined = statement.how, statement.defined
             return statement, Prepared(name, statement.text, how, defined, doubt="unconfirmed")
-        return statement, Prepared(name, statement.text, how, defined)
+        return statement, None
 
     def _settle(self, statement: Statement) -> None:
         """Read a statement's text again if the encoding of its pipeline is now known."""
@@ -470,25 +502,31 @@ class PostgresConnection:
     def _bind(self, body: bytes) -> None:
         bind = decode.bind(body, self._reader.codec)
         n = self._n + 1  # a Bind counts with the command sent next, usually its Execute
-        statement, prepared = self._statement(bind.statement)
-        doubt = None if prepared.known else prepared
+        statement, doubt = self._statement(bind.statement)
         oids = statement.oids if statement is not None else ()
         codec = self._reader.codec
         params, undecoded = decode.render_params(bind.formats, bind.values, oids, codec)
         changer = self._reader.unsure(self._bounds_done)  # read before its planning runs
-        final = self._reader.final()
+        final = changer >= 0 and self._reader.final()
         if doubt is not None or statement is None or statement.script.planned or bind.values:
             # Planning runs the functions it can fold, and a parameter's input function runs
             # its type's checks (a domain's CHECK may call anything): the agent's code, both.
             self._code(n)
         # A Bind to a portal that is still open fails, and takes its transaction down with it,
         # so the old portal can never run again: replacing it is always safe.
+        if doubt is None:
+            text = "" if statement is None else statement.text
+        elif statement is not None and doubt is statement.doubt:
+            text = statement.sentence
+        else:
+            text = doubt.describe()
         portal = _Portal(
             bind.statement,
             statement,
             doubt,
+            text,
             params,
-            bind.result_formats,
+            formats=bind.result_formats,
             epoch=self._bounds_sent,
             defined=n,
         )
@@ -523,8 +561,9 @@ class PostgresConnection:
             self._code(n)
             self._start(Command("execute", unseen.describe(), (), None, name, (unseen,)))
             return
-        self._settle_portal(portal)
         statement = portal.source
+        if portal.values is not None or (statement is not None and statement.raw is not None):
+            self._settle_portal(portal)
         prepared: tuple[Prepared, ...] = ()
         text = portal.text
         if portal.changed_by:
@@ -543,10 +582,12 @@ class PostgresConnection:
         if name and portal.changed_by == n:  # a running portal cannot be dropped, so not by itself
             portal.changed_by = 0
             self._fresh_portals.append(portal)
-        decoding = _decoding(statement, portal)
+        decoding = None
         reread = None
-        if decoding is not None and decoding.changed_by is not None:
-            reread = _Reread(portal.epoch, portal=portal)
+        if portal.decoding is not None or (statement is not None and statement.decoding):
+            decoding = _decoding(statement, portal)
+            if decoding is not None and decoding.changed_by is not None:
+                reread = _Reread(portal.epoch, portal=portal)
         command = Command(
             "execute", text, portal.params, portal.statement, name, prepared, decoding
         )
@@ -606,8 +647,9 @@ class PostgresConnection:
         command = Command("function_call", f"function {call.oid}", params, decoding=decoding)
         self._start(command, (), None, reread)
 
-    def _reread(self, decoding: Decoding | None, text: bytes) -> _Reread | None:
-        if decoding is None or decoding.changed_by is None or self._reader.final():
+    def _reread(self, decoding: Decoding, text: bytes) -> _Reread | None:
+        """Bytes to read again once their encoding is known (not if it never will be)."""
+        if decoding.changed_by is None or self._reader.final():
             return None
         return _Reread(self._bounds_sent, text=text)
 

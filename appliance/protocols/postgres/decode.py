@@ -54,6 +54,8 @@ def name(raw: bytes, codec: Codec) -> str:
     No decoded name holds a NUL (the protocol ends names with one), so an undecodable name
     can never pass for a decodable one that happens to read like its hex.
     """
+    if not raw:
+        return ""  # the unnamed statement or portal: most names are
     text = codec.text(raw)
     return "\0" + hexed(raw) if text is None else text
 

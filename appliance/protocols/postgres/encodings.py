@@ -119,27 +119,32 @@ def hexed(raw: bytes) -> str:
 class Codec:
     """Decodes the bytes of one PostgreSQL encoding as the server reads them."""
 
-    __slots__ = ("fixes", "name", "python", "refuse")
+    __slots__ = ("fixes", "name", "plain", "python", "refuse")
 
     def __init__(self, name: str, python: str | None) -> None:
         self.name = name
         self.python = python
         fixes = _FIXES.get(name)
-        self.fixes = None if fixes is None else str.maketrans(fixes)
+        self.fixes = str.maketrans(fixes) if fixes else {}
         self.refuse = _REFUSE.get(name, ())
+        self.plain = python is not None and not fixes and not self.refuse
 
     def text(self, raw: bytes) -> str | None:
         """``raw`` as text, or None if it cannot be decoded exactly as the server would."""
-        python = self.python
-        if python is None:
+        if self.plain:  # UTF-8, and most others: the codec alone is right
+            try:
+                return raw.decode(self.python or "")
+            except UnicodeDecodeError:
+                return None
+        if self.python is None:
             return raw.decode("ascii") if raw.isascii() else None
         try:
-            text = raw.decode(python)
+            text = raw.decode(self.python)
         except UnicodeDecodeError:
             return None
         if self.refuse and any(seq in raw for seq in self.refuse):
             return None
-        return text if self.fixes is None else text.translate(self.fixes)
+        return text.translate(self.fixes) if self.fixes else text
 
     def show(self, raw: bytes) -> str:
         """``raw`` as text, or as ``\\x`` hex when it cannot be decoded."""

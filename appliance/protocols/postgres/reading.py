@@ -41,21 +41,18 @@ class Reader:
         "_server",
         "_window",
         "_window_changer",
+        "codec",
     )
 
     def __init__(self) -> None:
         self._client = "UTF8"
         self._server = "UTF8"
         self._history: list[tuple[int, Codec]] = [(0, UTF8)]  # (first pipeline, codec)
+        self.codec = UTF8  # the encoding last reported: the guess for what is sent now
         self._login = True  # the login has not reported the encoding yet
         self._changer = -1  # the pipeline being sent: the command that may change it (-1: none)
         self._window = -1  # the latest pipeline that may change it ...
         self._window_changer = 0  # ... and that command
-
-    @property
-    def codec(self) -> Codec:
-        """The encoding last reported: the guess for what is sent now."""
-        return self._history[-1][1]
 
     def unsure(self, done: int) -> int:
         """The command that may have changed the encoding before the backend reads what is
@@ -114,6 +111,7 @@ class Reader:
         if history[-1][0] >= window:
             history.pop()
         history.append((window, found))
+        self.codec = found
         if len(history) > 64:  # only pipelines still in flight ever look back
             del history[1:-32]
 

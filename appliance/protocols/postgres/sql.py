@@ -76,13 +76,15 @@ class Script:
     """A text's statements, in order; ``effect`` is the most any of them may do, ``planned``
     whether a Bind to it may run code while planning."""
 
-    __slots__ = ("effect", "planned", "readable", "steps")
+    __slots__ = ("effect", "plain", "planned", "readable", "steps")
 
     def __init__(self, steps: tuple[Step, ...], *, readable: bool = True) -> None:
         self.steps = steps
         self.readable = readable
         self.effect = CODE if not readable else max((s.effect for s in steps), default=INERT)
         self.planned = not readable or any(s.planned for s in steps)
+        # One statement that may run code and does nothing else to follow: most texts.
+        self.plain = readable and len(steps) == 1 and steps[0].effect == CODE and not steps[0].op
 
 
 UNREADABLE = Script((), readable=False)
@@ -137,8 +139,22 @@ class _Token:
         self.depth = depth  # parentheses around it
 
 
+_SEEN: dict[str, Script] = {}  # texts repeat (unnamed statements, ORMs): read each once
+
+
 def script(text: str) -> Script:
     """What ``text`` (a Query's, or a Parse's) may do, statement by statement."""
+    found = _SEEN.get(text)
+    if found is None:
+        found = _read(text)
+        if len(text) <= 4096:
+            if len(_SEEN) >= 1024:
+                _SEEN.clear()
+            _SEEN[text] = found
+    return found
+
+
+def _read(text: str) -> Script:
     first = _first_word(text)
     if first is not None and first not in _SPECIAL:
         end = text.find(";")

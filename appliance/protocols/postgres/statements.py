@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from appliance.model import Decoding
+from appliance.model import Decoding, Prepared
 from appliance.protocols.postgres.sql import Script
 
 _NAME_BYTES = 63
@@ -62,11 +62,13 @@ class Statement:
         "changed_by",
         "decoding",
         "defined",
+        "doubt",
         "final",
         "how",
         "oids",
         "raw",
         "script",
+        "sentence",
         "text",
         "window",
     )
@@ -86,6 +88,10 @@ class Statement:
         self.defined = defined
         self.how = how
         self.changed_by = 0
+        # Once changed_by is set, what a record says instead of its text, kept: it is made
+        # for every run of a prepared statement.
+        self.doubt: Prepared | None = None
+        self.sentence = ""
         self.decoding: Decoding | None = None
         self.raw: bytes | None = None
         self.window = 0
@@ -136,6 +142,10 @@ class Statements:
     def deallocate_all(self) -> None:
         """SQL DEALLOCATE ALL or DISCARD ALL: every named statement goes."""
         self._add(_Op("", None, self._code, everything=True))
+
+    def settled(self) -> bool:
+        """Whether every statement defined so far has been marked since the last code."""
+        return not self._fresh
 
     def code(self, n: int) -> None:
         """Command ``n`` may run code: statements defined so far may have changed."""
