@@ -1,12 +1,15 @@
 """The prepared statements a server holds: as its answers confirmed them, as predicted since,
-and how sure each prediction is.
+and whether the wire can vouch for each.
 
 An Execute is recorded before the server sees it, so the text it will run is predicted from
 what was sent before it: Parse and Close, and the PREPARE, DEALLOCATE and DISCARD ALL that
-SQL (``sql.script``) shows. Each is assumed to do what PostgreSQL does with it when nothing
-fails; the answers (ParseComplete, CloseComplete, a command's completion, or an error that
-skips the rest of the pipeline) move each into the confirmed table, and the prediction is
-rebuilt from it whenever an answer contradicts it.
+SQL shows (``sql.script``; statement by statement inside a simple Query). Each is assumed to
+do what PostgreSQL does with it when nothing fails; the answers (ParseComplete,
+CloseComplete, a command's completion, an error that skips the rest of the pipeline, a
+Query's error after which its later statements did not run) move each into the confirmed
+table, and the prediction is rebuilt from it whenever an answer contradicts it. A failed
+Parse or PREPARE leaves the name as it was; a Parse of the unnamed statement drops the old
+one even when it fails, and a simple Query drops it too.
 
 A definition that reuses a name the server may still hold is *contested*: PostgreSQL refuses
 it if the name is taken. Until the answer comes, the new text is right for the rest of its own
@@ -15,12 +18,36 @@ Sync either text could run: the name is *unconfirmed*, and a command that uses i
 as unknown. Without this, a client could redefine a name in a Parse the server rejects and
 have the old text run under the new text's record.
 
-What the wire cannot show is code. A command that may run user code (``code``) may also
-prepare, deallocate or redefine any named statement through dynamic SQL: from then on, every
-statement defined before it is marked ``changed_by`` that command, and every name may be taken
-(so every later named definition is contested). The unnamed statement is the exception:
-server-side code cannot reach it (SQL names it no way, and DISCARD ALL keeps it), so only
-Parse and a simple Query change it.
+What the wire cannot show is code, and the agent owns the schema: a function in a SELECT, a
+trigger on an INSERT, a view over a function, an operator found on its search_path may all
+run dynamic SQL that deallocates, prepares or redefines any named statement (DO blocks and
+procedures plainly can). So the connection calls ``code`` wherever the server may run user
+code, and every named statement defined before that point is marked ``changed_by`` it; a
+later Bind of one is recorded as unknown (its last text, where it was defined, and the
+command that may have changed it). Such points (the connection decides them) are:
+
+- a simple Query, or an Execute, with any statement not on ``sql``'s short list of
+  statements that cannot run user code (BEGIN, SAVEPOINT, RELEASE, SHOW, SET but not SET
+  CONSTRAINTS, RESET, ROLLBACK, PREPARE, DEALLOCATE, and the commits below), or that Witness
+  cannot read; an EXECUTE, SQL or protocol, of a statement or portal it does not know;
+- a Bind of a statement the planner sees (planning evaluates the functions it can fold) or
+  with parameters (their types' input functions run a domain's CHECK constraints);
+- a FunctionCall;
+- a commit after any of these in the same transaction, for it runs what they deferred
+  (deferred constraint triggers, the queries of WITH HOLD cursors): COMMIT, END, PREPARE
+  TRANSACTION, and a Sync or the end of a simple Query unless the server has confirmed that
+  a transaction block is open (then they commit nothing).
+
+So a named statement's text is certain only while nothing of the kind was sent between its
+definition and the Bind: within one pipeline, Parse, Bind and Execute with nothing else
+between them are; the second run of a prepared SELECT is not, since its first run may have
+redefined it. After code, every name may be held by a statement the code prepared, so every
+later named definition is contested. The unnamed statement is never marked: code cannot
+reach it (SQL has no name for it, and DISCARD ALL keeps it). Portals follow the same rules
+(a named one may be closed and reopened as a cursor by code; the unnamed one cannot, and a
+running portal cannot be dropped, so its own run leaves it alone). A certain text is the
+text the backend parses; what its names resolve to (a search_path, a replaced function) is
+not part of it.
 
 Names are keys as the server compares them: statement (and portal) names are looked up in a
 hash keyed by their first 63 bytes (measured here in UTF-8, the usual server encoding), so
