@@ -67,6 +67,9 @@ class Identity:
         return self.email or self.subject
 
 
+_SHOWN = 500  # characters of a statement's last text that ``Prepared.describe`` shows
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A prepared statement (or portal) a command runs by name, as far as the wire tells.
@@ -101,7 +104,10 @@ class Prepared:
         if self.doubt is None:
             return str(self.text)
         label = f"{self.kind} {self.name!r}" if self.name else f"the unnamed {self.kind}"
-        last = f"last {self.how} at command {self.defined} as: {self.text}"
+        text = str(self.text)
+        if len(text) > _SHOWN:  # the whole of it is in ``text``, beside
+            text = text[:_SHOWN] + "..."
+        last = f"last {self.how} at command {self.defined} as: {text}"
         if self.doubt == "changed":
             again = "replaced" if self.kind == "portal" else "redefined"
             return f"unknown: {label} may have been {again} by command {self.changed_by}; {last}"

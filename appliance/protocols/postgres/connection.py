@@ -540,7 +540,11 @@ class PostgresConnection:
         elif undecoded:
             portal.decoding = Decoding(codec.name, raw=True)
         if bind.portal:
-            self._fresh_portals.append(portal)
+            fresh = self._fresh_portals
+            fresh.append(portal)
+            if len(fresh) > _FRESH_LIMIT:  # bound and closed again and again, with no code
+                open_ = {id(p) for p in self._portals.values()}
+                self._fresh_portals = [p for p in fresh if id(p) in open_ or p is portal]
         self._portals[key(bind.portal)] = portal
 
     def _describe(self, body: bytes) -> None:
@@ -967,6 +971,7 @@ def _decoding(statement: Statement | None, portal: _Portal) -> Decoding | None:
 
 
 _NO_OPS: list[int] = []  # shared, never added to
+_FRESH_LIMIT = 4096
 _C = PostgresConnection
 _CLIENT_COMMANDS = {
     b"Q": _C._query,

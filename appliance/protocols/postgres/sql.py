@@ -7,7 +7,9 @@ module does not understand for certain is CODE, and a text it cannot split for c
 *unreadable* (``Script.readable`` False): a backslash inside a quoted string (its meaning hangs
 on ``standard_conforming_strings`` and the ``E`` prefix), ``BEGIN ATOMIC`` bodies, ``U&``
 identifiers, unbalanced parentheses, an unterminated quote or comment, an unquoted name with
-letters beyond ASCII. An unreadable text may run code and make or drop any statement.
+letters beyond ASCII, and any text over 256 KiB that would need splitting at all (a single
+statement led by an ordinary keyword never does). An unreadable text may run code and make
+or drop any statement.
 
 Effects, from least to most:
 
@@ -123,6 +125,7 @@ _DOLLAR = re.compile(r"\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?
 _PARAM = re.compile(r"\$[0-9]+")
 _SPACE = re.compile(r"(?:\s+|--[^\n\r]*)+")
 _NAME_BYTES = 63  # NAMEDATALEN - 1: longer identifiers are cut
+_SPLIT_LIMIT = 256 * 1024  # characters: a longer text that needs splitting is unreadable
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 WORD, NAME, STRING, OTHER = "w", "q", "s", "o"
@@ -187,17 +190,17 @@ def _first_word(text: str) -> str | None:
 def _split(text: str) -> list[tuple[list[_Token], int]] | None:
     """The statements of ``text``: their tokens and where each ends; None when the text cannot
     be split for certain."""
+    size = len(text)
+    if size > _SPLIT_LIMIT:
+        return None  # reading it would cost the event loop too much: it may do anything
     out: list[tuple[list[_Token], int]] = []
     tokens: list[_Token] = []
     pos = depth = 0
-    size = len(text)
     while pos < size:
         c = text[pos]
-        if c.isspace():
-            pos += 1
-        elif text.startswith("--", pos):
-            newline = _SPACE.match(text, pos)
-            pos = size if newline is None else newline.end()
+        if c.isspace() or text.startswith("--", pos):
+            space = _SPACE.match(text, pos)
+            pos = size if space is None else space.end()
         elif text.startswith("/*", pos):
             end = _comment_end(text, pos)
             if end < 0:

@@ -62,6 +62,7 @@ from appliance.model import Decoding, Prepared
 from appliance.protocols.postgres.sql import Script
 
 _NAME_BYTES = 63
+_FRESH_LIMIT = 4096
 
 
 def key(name: str) -> str:
@@ -220,7 +221,12 @@ class Statements:
     def _add(self, op: _Op) -> None:
         self._pending.append(op)
         if op.name and op.statement is not None:
-            self._fresh.append(op.statement)
+            fresh = self._fresh
+            fresh.append(op.statement)
+            if len(fresh) > _FRESH_LIMIT:  # a client that parses and closes without end
+                held = {id(s) for s in (*self._predicted.values(), *self._confirmed.values())}
+                held.update(id(o.statement) for o in self._pending if o.statement is not None)
+                self._fresh = [s for s in fresh if id(s) in held]
         self._predict(op)
 
     def _predict(self, op: _Op) -> None:

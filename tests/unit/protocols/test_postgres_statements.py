@@ -461,3 +461,26 @@ def test_a_failed_prepare_in_a_pipeline_is_settled_by_its_error() -> None:
         server(*answer)(finished(1, "error", error=broken, bytes=pg.size(*answer)), READY),
         _run(2, "s1")(unknown(2, Prepared("s1", None, doubt="unseen"), statement="s1", portal="")),
     )
+
+
+def test_statements_parsed_and_closed_without_end_are_not_all_kept() -> None:
+    # Memory must not grow with every statement ever parsed while no code runs; the ones
+    # still defined must still be marked when code comes.
+    conn = PostgresConnection()
+    conn.receive_client(pg.startup(user="alice"))
+    conn.receive_server(b"".join(pg.WELCOME))
+    conn.receive_client(pg.parse("keep", "select 1") + pg.sync())
+    conn.receive_server(pg.parse_complete() + pg.ready_for_query())
+    for i in range(3):
+        churn = b"".join(
+            pg.parse(f"s{i}_{j}", "select 2") + pg.close("S", f"s{i}_{j}") for j in range(2000)
+        )
+        conn.receive_client(churn + pg.sync())
+        conn.receive_server(
+            (pg.parse_complete() + pg.close_complete()) * 2000 + pg.ready_for_query()
+        )
+    assert len(conn._statements._fresh) <= 4097
+    conn.receive_client(pg.query(DO))
+    (event,) = conn.receive_client(pg.bind("", "keep") + pg.execute() + pg.sync())
+    assert isinstance(event, CommandStarted)
+    assert event.command.prepared == (Prepared("keep", "select 1", "parsed", 1, "changed", 1),)
