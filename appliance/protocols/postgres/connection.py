@@ -357,13 +357,7 @@ class PostgresConnection:
         self._statements.simple_query()
         self._portals.pop("", None)
         script = sql.script(text) if decoding is None else sql.UNREADABLE
-        ops = _NO_OPS
-        prepared: tuple[Prepared, ...] = ()
-        if script.plain:
-            self._code(n)
-        else:
-            ops = []
-            prepared = self._run(script, n, ops)
+        prepared, ops = self._run(script, n)
         self._commit()  # the end of the Query's implicit transaction, if it had one
         self._statements.sync()
         self._bounds_sent += 1
@@ -371,18 +365,19 @@ class PostgresConnection:
         command = Command("query", text, (), prepared=prepared, decoding=decoding)
         self._start(command, (), ops, reread)
 
-    def _run(self, script: sql.Script, n: int, ops: list[int]) -> tuple[Prepared, ...]:
-        """Follow what command ``n``'s SQL does, statement by statement: the prepared
-        statements it defines, drops and runs, and where it may run code. ``ops`` gets the
-        index of each statement that defines or drops one, to settle when the answer comes."""
+    def _run(self, script: sql.Script, n: int) -> tuple[tuple[Prepared, ...], list[int]]:
+        """Follow what command ``n``'s SQL does, statement by statement: where it may run
+        code, and the prepared statements it defines, drops and runs. Returns those it runs,
+        and the index of each statement that defines or drops one, to settle on the answer."""
         if script.plain:
             self._code(n)
-            return ()
+            return (), _NO_OPS
         if not script.readable:
             self._code(n)  # it may run code, define or drop any name, end a block
             self._block = False
-            return ()
+            return (), _NO_OPS
         runs: list[Prepared] = []
+        ops: list[int] = []
         for index, step in enumerate(script.steps):
             op = step.op
             if op == "execute":
@@ -411,7 +406,7 @@ class PostgresConnection:
                 if effect == sql.COMMIT:
                     self._commit()
                 self._reader.changes(n, self._bounds_sent)  # SET, RESET, ROLLBACK, COMMIT
-        return tuple(runs)
+        return tuple(runs), ops
 
     def _code(self, n: int) -> None:
         """Command ``n`` may run code: it may redefine statements and replace named portals
@@ -578,11 +573,11 @@ class PostgresConnection:
             text = replaced.describe()
         elif portal.doubt is not None:
             prepared = (portal.doubt,)
-        ops: list[int] = []
+        ops = _NO_OPS
         if prepared or statement is None:
             self._code(n)
         else:
-            prepared = self._run(statement.script, n, ops)
+            prepared, ops = self._run(statement.script, n)
         if name and portal.changed_by == n:  # a running portal cannot be dropped, so not by itself
             portal.changed_by = 0
             self._fresh_portals.append(portal)
