@@ -11,6 +11,7 @@ from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.events import CommandStarted, Ready
 
 DO = "DO $$ BEGIN EXECUTE 'DEALLOCATE s1'; EXECUTE 'PREPARE s1 AS DELETE FROM t'; END $$"
+INSERT = "insert into dt values (1)"  # dt has a deferred constraint trigger running such SQL
 
 
 def _done(*tags: str, status: str = "I") -> tuple[bytes, ...]:
@@ -126,7 +127,7 @@ def test_commit_may_run_code_left_by_an_earlier_command() -> None:
     play(
         *LOGIN,
         *_query(1, "begin", "BEGIN", status="T"),
-        *_query(2, "insert into dt values (1)", "INSERT 0 1", status="T"),
+        *_query(2, INSERT, "INSERT 0 1", status="T"),
         *_query(3, prepare, "PREPARE", status="T"),
         *_query(4, "commit", "COMMIT"),
         client(pg.query("execute s4"))(
@@ -135,27 +136,33 @@ def test_commit_may_run_code_left_by_an_earlier_command() -> None:
     )
 
 
-def test_a_sync_may_commit_code_left_by_a_command_before_a_parse() -> None:
-    # A deferred trigger queued by the INSERT runs at the Sync's commit, after s2's Parse.
-    insert = "insert into dt values (1)"
+def _insert_then_parse(n: int, status: str = "I") -> tuple[Step, Step]:
+    """An INSERT (a deferred trigger on dt may run at commit), then s2 parsed, one pipeline."""
     answer = (
         pg.parse_complete(),
         pg.bind_complete(),
         pg.command_complete("INSERT 0 1"),
         pg.parse_complete(),
     )
-    play(
-        *LOGIN,
+    return (
         client(
-            pg.parse("", insert),
+            pg.parse("", INSERT),
             pg.bind("", ""),
             pg.execute(),
             pg.parse("s2", "select 2"),
             pg.sync(),
-        )(started(1, "execute", insert, statement="", portal="")),
-        server(*answer, pg.ready_for_query())(
-            finished(1, tags=["INSERT 0 1"], rows=1, bytes=pg.size(*answer[1:3])), READY
+        )(started(n, "execute", INSERT, statement="", portal="")),
+        server(*answer, pg.ready_for_query(status))(
+            finished(n, tags=["INSERT 0 1"], rows=1, bytes=pg.size(*answer[1:3])), Ready(status)
         ),
+    )
+
+
+def test_a_sync_may_commit_code_left_by_a_command_before_a_parse() -> None:
+    # A deferred trigger queued by the INSERT runs at the Sync's commit, after s2's Parse.
+    play(
+        *LOGIN,
+        *_insert_then_parse(1),
         client(pg.bind("", "s2"), pg.execute(), pg.sync())(
             unknown(
                 2, Prepared("s2", "select 2", "parsed", 2, "changed", 1), statement="s2", portal=""
@@ -166,12 +173,11 @@ def test_a_sync_may_commit_code_left_by_a_command_before_a_parse() -> None:
 
 def test_once_idle_the_commit_has_run() -> None:
     # ReadyForQuery 'I' after the INSERT: its transaction is over, and a later Parse is safe.
-    insert = "insert into dt values (1)"
     answer = (pg.parse_complete(), pg.bind_complete(), pg.command_complete("INSERT 0 1"))
     play(
         *LOGIN,
-        client(pg.parse("", insert), pg.bind("", ""), pg.execute(), pg.sync())(
-            started(1, "execute", insert, statement="", portal="")
+        client(pg.parse("", INSERT), pg.bind("", ""), pg.execute(), pg.sync())(
+            started(1, "execute", INSERT, statement="", portal="")
         ),
         server(*answer, pg.ready_for_query())(
             finished(1, tags=["INSERT 0 1"], rows=1, bytes=pg.size(*answer[1:])), READY
@@ -183,26 +189,10 @@ def test_once_idle_the_commit_has_run() -> None:
 
 def test_inside_a_block_a_sync_commits_nothing() -> None:
     # psycopg's way: BEGIN, then statements prepared and run inside the transaction.
-    insert = "insert into dt values (1)"
-    answer = (
-        pg.parse_complete(),
-        pg.bind_complete(),
-        pg.command_complete("INSERT 0 1"),
-        pg.parse_complete(),
-    )
     play(
         *LOGIN,
         *_query(1, "BEGIN", "BEGIN", status="T"),
-        client(
-            pg.parse("", insert),
-            pg.bind("", ""),
-            pg.execute(),
-            pg.parse("s2", "select 2"),
-            pg.sync(),
-        )(started(2, "execute", insert, statement="", portal="")),
-        server(*answer, pg.ready_for_query("T"))(
-            finished(2, tags=["INSERT 0 1"], rows=1, bytes=pg.size(*answer[1:3])), Ready("T")
-        ),
+        *_insert_then_parse(2, "T"),
         _run(3, "s2")(started(3, "execute", "select 2", statement="s2", portal="")),
     )
 
@@ -210,12 +200,11 @@ def test_inside_a_block_a_sync_commits_nothing() -> None:
 def test_a_block_is_trusted_only_once_the_server_confirms_it() -> None:
     # The BEGIN never runs (the division fails first), so the Sync does commit the INSERT's
     # transaction, deferred triggers and all, after s2 was parsed.
-    insert = "insert into dt values (1)"
     play(
         *LOGIN,
         client(
             pg.query("select 1/0; begin"),
-            pg.parse("", insert),
+            pg.parse("", INSERT),
             pg.bind("", ""),
             pg.execute(),
             pg.parse("s2", "select 2"),
@@ -225,7 +214,7 @@ def test_a_block_is_trusted_only_once_the_server_confirms_it() -> None:
             pg.sync(),
         )(
             started(1, "query", "select 1/0; begin"),
-            started(2, "execute", insert, statement="", portal=""),
+            started(2, "execute", INSERT, statement="", portal=""),
             unknown(
                 3, Prepared("s2", "select 2", "parsed", 3, "changed", 2), statement="s2", portal=""
             ),
