@@ -84,7 +84,9 @@ class Prepared:
     - ``unconfirmed``: its last Parse reused a name the backend may still hold, and the
       backend had not answered: had it refused the Parse, an older statement runs;
     - ``unseen``: it was never defined on this connection's wire. Code run by command
-      ``changed_by`` may have defined it; if nothing did, the backend refuses the command.
+      ``changed_by`` may have defined it; if nothing did, the backend refuses the command;
+    - ``name``: its name is not ASCII, and command ``changed_by`` may have changed
+      ``client_encoding`` before the backend read it: the backend may read another name.
     """
 
     name: str
@@ -111,6 +113,11 @@ class Prepared:
         if self.doubt == "changed":
             again = "replaced" if self.kind == "portal" else "redefined"
             return f"unknown: {label} may have been {again} by command {self.changed_by}; {last}"
+        if self.doubt == "name":
+            return (
+                f"unknown: {label} may not be the one the backend reads its name as (command"
+                f" {self.changed_by} may have changed client_encoding first); {last}"
+            )
         if self.doubt == "unconfirmed":
             return (
                 f"unknown: {label} may still be an older one (the backend had not accepted the"

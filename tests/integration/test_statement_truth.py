@@ -214,3 +214,29 @@ def test_a_change_of_encoding_inside_a_pipeline_stays_unsure(
 
 def _env(encoding: str) -> dict[str, str]:
     return {**os.environ, "PGCLIENTENCODING": encoding}
+
+
+def test_a_statement_name_read_in_another_encoding_names_another_statement(
+    pg: PostgresServer, witness: Witness, table: None
+) -> None:
+    # C3 A9 is "é" in UTF-8, "ﾃｩ" in SJIS. Sent just after a change to SJIS that the backend
+    # has not reported yet, the name leads the backend to the statement that deletes.
+    e_acute, katakana = "é".encode(), "ﾃｩ".encode()
+    with RawClient(witness.port) as client:
+        client.send(
+            wire.message(b"P", e_acute + b"\0select 1\0\0\0"),
+            wire.message(b"P", katakana + b"\0delete from t\0\0\0"),
+            wire.sync(),
+        )
+        client.until_ready()
+        client.send(
+            wire.query("set client_encoding to 'SJIS'"),
+            wire.message(b"B", b"\0" + e_acute + b"\0" + b"\0" * 6),
+            wire.execute(),
+            wire.sync(),
+        )
+        assert client.tags(2) == ["SET", "DELETE 2"]
+    execute = _commands(witness.trail)[-1]
+    assert execute["text_known"] is False
+    assert execute["prepared"][0]["doubt"] == "name"
+    assert execute["prepared"][0]["changed_by"] == 1

@@ -448,6 +448,10 @@ class PostgresConnection:
         if statement is None:  # code can make any named statement, never the unnamed one
             changed = (self._last_code or None) if name else None
             return None, Prepared(name, None, doubt="unseen", changed_by=changed)
+        guessed = self._guessed(name)
+        if guessed >= 0:
+            how, defined = statement.how, statement.defined
+            return statement, Prepared(name, statement.text, how, defined, "name", guessed)
         if statement.raw is not None:
             self._settle(statement)
         if statement.changed_by:
@@ -463,6 +467,13 @@ class PostgresConnection:
             how, defined = statement.how, statement.defined
             return statement, Prepared(name, statement.text, how, defined, doubt="unconfirmed")
         return statement, None
+
+    def _guessed(self, name: str) -> int:
+        """The command that may have changed client_encoding before the backend reads a name
+        sent now, when the name is not ASCII (so the backend may read another name), or -1."""
+        if name.isascii() and not name.startswith("\0"):  # the NUL form: undecodable bytes
+            return -1
+        return self._reader.unsure(self._bounds_done)
 
     def _settle(self, statement: Statement) -> None:
         """Read a statement's text again if the encoding of its pipeline is now known."""
@@ -491,6 +502,8 @@ class PostgresConnection:
                 statement.raw = parse.text
                 statement.window = self._bounds_sent
                 statement.final = self._reader.final()
+        if self._guessed(parse.statement) >= 0:
+            self._code(self._n + 1)  # the backend may file it under another name
         self._statements.parse(parse.statement, statement)
         self._queue.append(_Marker("Parse", tracked=True))
 
@@ -534,7 +547,10 @@ class PostgresConnection:
             portal.final = final
         elif undecoded:
             portal.decoding = Decoding(codec.name, raw=True)
-        if bind.portal:
+        guessed = self._guessed(bind.portal)
+        if guessed >= 0:
+            portal.changed_by = guessed  # the backend may have bound another name
+        elif bind.portal:
             fresh = self._fresh_portals
             fresh.append(portal)
             if len(fresh) > _FRESH_LIMIT:  # bound and closed again and again, with no code
@@ -554,6 +570,13 @@ class PostgresConnection:
         name = decode.execute(body, self._reader.codec)
         n = self._n + 1
         portal = self._portals.get(key(name))
+        guessed = self._guessed(name)
+        if portal is not None and guessed >= 0:
+            doubt = Prepared(name, portal.text, "bound", portal.defined, "name", guessed, "portal")
+            self._code(n)
+            text = doubt.describe()
+            self._start(Command("execute", text, portal.params, portal.statement, name, (doubt,)))
+            return
         if portal is None:  # a cursor DECLAREd in SQL or opened by code, or none at all
             changed = (self._last_code or None) if name else None
             unseen = Prepared(name, None, doubt="unseen", changed_by=changed, kind="portal")
@@ -618,6 +641,8 @@ class PostgresConnection:
 
     def _close(self, body: bytes) -> None:
         kind, name = decode.target(body, self._reader.codec)
+        if self._guessed(name) >= 0:
+            self._code(self._n + 1)  # the backend may close another statement or portal
         if kind == "S":
             self._statements.close(name)
         else:

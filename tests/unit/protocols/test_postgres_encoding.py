@@ -312,3 +312,27 @@ def test_every_encoding_reads_ascii(encoding: str) -> None:
 def test_sql_ascii_reads_in_the_server_encoding() -> None:
     assert codec("SQL_ASCII", "LATIN1").show(b"caf\xe9") == "café"
     assert codec("SQL_ASCII", "SQL_ASCII").show(b"caf\xe9") == "\\x636166e9"
+
+
+def _named(name: bytes, text: str) -> bytes:
+    return pg.message(b"P", name + b"\0" + text.encode() + b"\0\0\0")
+
+
+def test_a_name_read_in_a_guessed_encoding_may_be_another_name() -> None:
+    # C3 A9 is "é" in UTF-8 and "ﾃｩ" in SJIS: after the change, the backend binds the
+    # statement named "ﾃｩ", which deletes.
+    e_acute, katakana = "é".encode(), "ﾃｩ".encode()
+    bind = pg.message(b"B", b"\0" + e_acute + b"\0" + b"\0\0\0\0\0\0")
+    doubt = Prepared("é", "select 1", "parsed", 1, "name", 1)
+    play(
+        *_login("UTF8"),
+        client(_named(e_acute, "select 1"), _named(katakana, "delete from t"), pg.sync())(),
+        server(pg.parse_complete(), pg.parse_complete(), pg.ready_for_query())(READY),
+        client(pg.query("set client_encoding to 'SJIS'"), bind, pg.execute(), pg.sync())(
+            started(1, "query", "set client_encoding to 'SJIS'"),
+            CommandStarted(
+                2,
+                Command("execute", doubt.describe(), statement="é", portal="", prepared=(doubt,)),
+            ),
+        ),
+    )
