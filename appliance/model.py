@@ -75,8 +75,9 @@ class Prepared:
     """A prepared statement (or portal) a command runs by name, as far as the wire tells.
 
     ``text`` is its text when last defined on this connection, ``how`` that definition
-    (``parsed``, ``prepared`` by SQL, or, for a portal, ``bound``) and ``defined`` the command
-    it happened at (a Parse or Bind counts at the command sent next). ``doubt`` is None when
+    (``parsed``, ``prepared`` by SQL, or, for a portal, ``bound``) and ``defined`` where: the
+    command whose SQL prepared it, or, for a Parse or Bind, the last command sent before it
+    (0: none was). ``doubt`` is None when
     ``text`` is what the backend runs; otherwise it says why it may not be:
 
     - ``changed``: command ``changed_by`` could run code (itself, through its Bind's planning,
@@ -109,7 +110,12 @@ class Prepared:
         text = str(self.text)
         if len(text) > _SHOWN:  # the whole of it is in ``text``, beside
             text = text[:_SHOWN] + "..."
-        last = f"last {self.how} at command {self.defined} as: {text}"
+        if self.how == "prepared":
+            last = f"last prepared by command {self.defined} as: {text}"
+        elif self.defined:
+            last = f"last {self.how} after command {self.defined} as: {text}"
+        else:
+            last = f"last {self.how} before any command as: {text}"
         if self.doubt == "changed":
             again = "replaced" if self.kind == "portal" else "redefined"
             return f"unknown: {label} may have been {again} by command {self.changed_by}; {last}"

@@ -69,7 +69,7 @@ def test_a_statement_redefined_by_a_do_block_is_not_recorded_as_its_old_text(
             "name": "s1",
             "text": "select 1",
             "how": "parsed",
-            "defined": 1,
+            "defined": 0,
             "doubt": "changed",
             "changed_by": do_n,
         }

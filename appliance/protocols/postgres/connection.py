@@ -495,7 +495,7 @@ class PostgresConnection:
         parse = decode.parse(body, self._reader.codec)
         text, decoding = self._reader.read(parse.text, self._bounds_done)
         script = sql.script(text) if decoding is None else sql.UNREADABLE
-        statement = Statement(text, parse.oids, script, defined=self._n + 1)
+        statement = Statement(text, parse.oids, script, defined=self._n)
         if decoding is not None:
             statement.decoding = decoding
             if decoding.changed_by is not None:
@@ -536,7 +536,7 @@ class PostgresConnection:
             params,
             formats=bind.result_formats,
             epoch=self._bounds_sent,
-            defined=n,
+            defined=self._n,
         )
         texts = decode.texts(bind.formats, bind.values, oids) if changer >= 0 else []
         if not all(raw.isascii() for raw in texts):

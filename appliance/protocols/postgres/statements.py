@@ -77,8 +77,8 @@ def key(name: str) -> str:
 class Statement:
     """A statement's text as sent, and what is known about it since.
 
-    ``defined`` is the command it was defined at (a Parse counts at the command sent after
-    it), ``how`` says by what (``parsed`` or ``prepared``). ``changed_by`` is the first
+    ``defined`` is where it was defined (``model.Prepared``), ``how`` by what (``parsed`` or
+    ``prepared``). ``changed_by`` is the first
     command since then that may have run code (0: none). ``decoding`` says how its text was
     decoded when that was not plain; while the encoding is only guessed, ``raw`` keeps the
     bytes and ``window`` the pipeline they were sent in, to read them again once the backend

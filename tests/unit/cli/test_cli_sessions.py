@@ -463,7 +463,7 @@ def test_show_says_what_is_not_known(cli: click.Group, truth_path: Path) -> None
 
     out = run(cli, "sessions", "show", "c0ffee", "--trail", str(truth_path)).stdout
     for text in (
-        "unknown: statement 's1' may have been redefined by command 1; last parsed at command",
+        "unknown: statement 's1' may have been redefined by command 1; last parsed before any",
         "runs statement 'wipe': delete from orders",
         "(encoding unsure: not valid UTF8, kept as hex, but command 5 may have changed",
         f"read by the backend as SJIS: {SJIS_TEXT}",

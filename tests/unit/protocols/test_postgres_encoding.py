@@ -323,7 +323,7 @@ def test_a_name_read_in_a_guessed_encoding_may_be_another_name() -> None:
     # statement named "ﾃｩ", which deletes.
     e_acute, katakana = "é".encode(), "ﾃｩ".encode()
     bind = pg.message(b"B", b"\0" + e_acute + b"\0" + b"\0\0\0\0\0\0")
-    doubt = Prepared("é", "select 1", "parsed", 1, "name", 1)
+    doubt = Prepared("é", "select 1", "parsed", 0, "name", 1)
     play(
         *_login("UTF8"),
         client(_named(e_acute, "select 1"), _named(katakana, "delete from t"), pg.sync())(),

@@ -50,7 +50,7 @@ def test_named_statement_executed_twice() -> None:
     # SQL), so the second is recorded as unknown, with the text it was parsed with.
     sql = "update accounts set balance = balance + $1 where id = $2"
     answer = (pg.bind_complete(), pg.command_complete("UPDATE 1"))
-    again = Prepared("s1", sql, "parsed", 1, "changed", 1)
+    again = Prepared("s1", sql, "parsed", 0, "changed", 1)
     play(
         *LOGIN,
         client(pg.parse("s1", sql), pg.sync())(),
@@ -219,7 +219,7 @@ def test_unknown_statement_and_portal_are_recorded_as_far_as_known() -> None:
     )
 
 
-INSERTED = Prepared("ins", "insert into t values ($1)", "parsed", 1, "changed", 1)
+INSERTED = Prepared("ins", "insert into t values ($1)", "parsed", 0, "changed", 1)
 
 
 def test_error_in_a_pipeline_skips_the_rest_until_sync() -> None:
@@ -371,7 +371,7 @@ def test_an_unreadable_query_makes_every_named_text_unknown() -> None:
         server(*done)(finished(1, tags=["DEALLOCATE"], bytes=pg.size(*done)), READY),
         client(pg.bind("", "s1"), pg.execute(), pg.sync())(
             unknown(
-                2, Prepared("s1", "select 1", "parsed", 1, "changed", 1), statement="s1", portal=""
+                2, Prepared("s1", "select 1", "parsed", 0, "changed", 1), statement="s1", portal=""
             )
         ),
     )
@@ -389,7 +389,7 @@ def test_a_reused_name_means_the_new_text_within_its_own_pipeline() -> None:
 
 def test_a_reused_name_is_unconfirmed_beyond_its_pipeline_until_answered() -> None:
     # Either text could run: the record says so rather than guess.
-    doubt = Prepared("s1", "drop table accounts", "parsed", 1, "unconfirmed")
+    doubt = Prepared("s1", "drop table accounts", "parsed", 0, "unconfirmed")
     play(
         *_login_with("s1", "select 1"),
         client(pg.parse("s1", "drop table accounts"), pg.sync())(),
@@ -438,7 +438,7 @@ def test_after_code_every_new_name_is_contested() -> None:
     # statement runs instead, unless the answer says the Parse took.
     text = "do $$ begin execute 'prepare b as delete from t'; end $$"
     done = (pg.command_complete("DO"), pg.ready_for_query())
-    doubt = Prepared("b", "select 3", "parsed", 2, "unconfirmed")
+    doubt = Prepared("b", "select 3", "parsed", 1, "unconfirmed")
     play(
         *LOGIN,
         client(pg.query(text))(started(1, "query", text)),

@@ -54,7 +54,7 @@ def test_a_do_block_may_redefine_a_named_statement() -> None:
         *_query(1, DO, "DO"),
         _run(2, "s1")(
             unknown(
-                2, Prepared("s1", "select 1", "parsed", 1, "changed", 1), statement="s1", portal=""
+                2, Prepared("s1", "select 1", "parsed", 0, "changed", 1), statement="s1", portal=""
             )
         ),
     )
@@ -71,7 +71,7 @@ def test_any_statement_that_may_run_code_may_redefine_it() -> None:
             _run(2, "s1")(
                 unknown(
                     2,
-                    Prepared("s1", "select 1", "parsed", 1, "changed", 1),
+                    Prepared("s1", "select 1", "parsed", 0, "changed", 1),
                     statement="s1",
                     portal="",
                 )
@@ -114,7 +114,7 @@ def test_set_constraints_may_fire_deferred_triggers() -> None:
         client(pg.query(text))(started(1, "query", text)),
         _run(2, "s1")(
             unknown(
-                2, Prepared("s1", "select 1", "parsed", 1, "changed", 1), statement="s1", portal=""
+                2, Prepared("s1", "select 1", "parsed", 0, "changed", 1), statement="s1", portal=""
             )
         ),
     )
@@ -165,7 +165,7 @@ def test_a_sync_may_commit_code_left_by_a_command_before_a_parse() -> None:
         *_insert_then_parse(1),
         client(pg.bind("", "s2"), pg.execute(), pg.sync())(
             unknown(
-                2, Prepared("s2", "select 2", "parsed", 2, "changed", 1), statement="s2", portal=""
+                2, Prepared("s2", "select 2", "parsed", 1, "changed", 1), statement="s2", portal=""
             )
         ),
     )
@@ -216,7 +216,7 @@ def test_a_block_is_trusted_only_once_the_server_confirms_it() -> None:
             started(1, "query", "select 1/0; begin"),
             started(2, "execute", INSERT, statement="", portal=""),
             unknown(
-                3, Prepared("s2", "select 2", "parsed", 3, "changed", 2), statement="s2", portal=""
+                3, Prepared("s2", "select 2", "parsed", 2, "changed", 2), statement="s2", portal=""
             ),
         ),
     )
@@ -247,7 +247,7 @@ def test_a_bind_alone_may_run_code_while_planning() -> None:
         client(pg.bind("pe", "e"), pg.sync())(),
         _run(1, "s3")(
             unknown(
-                1, Prepared("s3", "select 3", "parsed", 1, "changed", 1), statement="s3", portal=""
+                1, Prepared("s3", "select 3", "parsed", 0, "changed", 1), statement="s3", portal=""
             )
         ),
     )
@@ -256,7 +256,7 @@ def test_a_bind_alone_may_run_code_while_planning() -> None:
 def test_a_named_portal_may_be_replaced_before_its_execute() -> None:
     # swap() closes portal p1 and opens a cursor of the same name: the server returns its rows.
     original = "select 'original'"
-    replaced = Prepared("p1", original, "bound", 1, "changed", 1, "portal")
+    replaced = Prepared("p1", original, "bound", 0, "changed", 1, "portal")
     play(
         *LOGIN,
         client(
@@ -424,7 +424,7 @@ def test_the_record_never_states_an_unknown_text() -> None:
     assert not command.text_known
     assert command.text == (
         "unknown: statement 's1' may have been redefined by command 1;"
-        " last parsed at command 1 as: select 1"
+        " last parsed before any command as: select 1"
     )
     assert command.as_dict()["prepared"] == [
         {
@@ -432,7 +432,7 @@ def test_the_record_never_states_an_unknown_text() -> None:
             "name": "s1",
             "text": "select 1",
             "how": "parsed",
-            "defined": 1,
+            "defined": 0,
             "doubt": "changed",
             "changed_by": 1,
         }
@@ -472,4 +472,4 @@ def test_statements_parsed_and_closed_without_end_are_not_all_kept() -> None:
     conn.receive_client(pg.query(DO))
     (event,) = conn.receive_client(pg.bind("", "keep") + pg.execute() + pg.sync())
     assert isinstance(event, CommandStarted)
-    assert event.command.prepared == (Prepared("keep", "select 1", "parsed", 1, "changed", 1),)
+    assert event.command.prepared == (Prepared("keep", "select 1", "parsed", 0, "changed", 1),)
