@@ -588,20 +588,22 @@ class PostgresConnection:
             self._settle_portal(portal)
         prepared: tuple[Prepared, ...] = ()
         text = portal.text
-        if portal.changed_by:
+        replaced_by = portal.changed_by
+        if portal.doubt is not None:
+            prepared = (portal.doubt,)
+        elif replaced_by:
             replaced = Prepared(
-                name, text, "bound", portal.defined, "changed", portal.changed_by, "portal"
+                name, text, "bound", portal.defined, "changed", replaced_by, "portal"
             )
             prepared = (replaced,)
             text = replaced.describe()
-        elif portal.doubt is not None:
-            prepared = (portal.doubt,)
         ops = _NO_OPS
         if prepared or statement is None:
             self._code(n)
         else:
             prepared, ops = self._run(statement.script, n)
-        if name and portal.changed_by == n:  # a running portal cannot be dropped, so not by itself
+        if name and not replaced_by and portal.changed_by == n:
+            # Marked by its own run alone: a running portal cannot be dropped.
             portal.changed_by = 0
             self._fresh_portals.append(portal)
         decoding = None

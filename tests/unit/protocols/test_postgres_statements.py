@@ -473,3 +473,25 @@ def test_statements_parsed_and_closed_without_end_are_not_all_kept() -> None:
     (event,) = conn.receive_client(pg.bind("", "keep") + pg.execute() + pg.sync())
     assert isinstance(event, CommandStarted)
     assert event.command.prepared == (Prepared("keep", "select 1", "parsed", 0, "changed", 1),)
+
+
+def test_a_portal_replaced_by_another_bind_stays_unknown_after_its_run() -> None:
+    # p2's planning (a Bind counts with the next command, here p's Execute) may replace p;
+    # p's own run must not clear that for its next Execute.
+    original = "select n from generate_series(1, 3) n"
+    replaced = Prepared("p", original, "bound", 0, "changed", 1, "portal")
+    play(
+        *LOGIN,
+        client(
+            pg.parse("", original),
+            pg.bind("p", ""),
+            pg.parse("", "select swap()"),
+            pg.bind("p2", ""),
+            pg.execute("p", 1),
+            pg.execute("p", 1),
+            pg.sync(),
+        )(
+            unknown(1, replaced, portal="p", statement=""),
+            unknown(2, replaced, portal="p", statement=""),
+        ),
+    )
