@@ -7,10 +7,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.model import Command, Decoding, ErrorInfo, Prepared, Reading, Result
+from appliance.model import Command, Decoding, ErrorInfo, Prepared, Result
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.postgres import decode, sql
-from appliance.protocols.postgres.encodings import hexed
+from appliance.protocols.postgres.certainty import NO_OPS, Certainty
 from appliance.protocols.postgres.events import (
     BackendKey,
     CancelRequest,
@@ -25,86 +25,13 @@ from appliance.protocols.postgres.events import (
 )
 from appliance.protocols.postgres.framing import Framer, Phase, types
 from appliance.protocols.postgres.messages import CLIENT_MESSAGES, SERVER_MESSAGES
+from appliance.protocols.postgres.portals import Portal, Reread
 from appliance.protocols.postgres.reading import Reader
-from appliance.protocols.postgres.statements import Statement, Statements, key
+from appliance.protocols.postgres.statements import Statement, key
 
 _PROTOCOL_3 = 3
 _CANCEL = 80877102
 _NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
-
-
-class _Portal:
-    """A portal bound on this connection: its statement's text and parameters, and what is
-    known about them (``doubt``: the statement's, at Bind; ``changed_by``: the first command
-    since the Bind that may have run code, which may have replaced a named portal)."""
-
-    __slots__ = (
-        "changed_by",
-        "decoding",
-        "defined",
-        "doubt",
-        "epoch",
-        "final",
-        "formats",
-        "oids",
-        "param_formats",
-        "params",
-        "source",
-        "statement",
-        "text",
-        "values",
-    )
-
-    def __init__(
-        self,
-        statement: str,
-        source: Statement | None,
-        doubt: Prepared | None,
-        text: str,
-        params: tuple[str | None, ...],
-        *,
-        formats: tuple[int, ...],
-        epoch: int,
-        defined: int,
-    ) -> None:
-        self.statement = statement
-        self.source = source
-        self.doubt = doubt
-        self.text = text  # the statement's, or what the record says instead
-        self.params = params
-        self.formats = formats  # result formats asked for in Bind
-        self.epoch = epoch  # how many transaction boundaries the client had sent before the Bind
-        self.defined = defined
-        self.changed_by = 0
-        self.decoding: Decoding | None = None  # of the parameters, when not plain
-        # While the parameters' encoding is a guess: their bytes, formats and types.
-        self.values: list[bytes | None] | None = None
-        self.param_formats: tuple[int, ...] = ()
-        self.oids: tuple[int, ...] = ()
-        self.final = False
-
-
-class _Reread:
-    """What a command recorded in a guessed encoding needs to be read once the backend has
-    said which encoding its pipeline began in: a Query's or FunctionCall's bytes, or an
-    Execute's statement and portal."""
-
-    __slots__ = ("formats", "portal", "text", "values", "window")
-
-    def __init__(
-        self,
-        window: int,
-        *,
-        text: bytes | None = None,
-        values: list[bytes | None] | None = None,
-        formats: tuple[int, ...] = (),
-        portal: _Portal | None = None,
-    ) -> None:
-        self.window = window
-        self.text = text
-        self.values = values
-        self.formats = formats
-        self.portal = portal
 
 
 class _Command:
@@ -133,7 +60,7 @@ class _Command:
         mark: int,
         room: int,
         ops: list[int],
-        reread: _Reread | None,
+        reread: Reread | None,
     ):
         self.n = n
         self.mark = mark  # server bytes seen when it was sent
@@ -191,19 +118,10 @@ class PostgresConnection:
         # A command's bytes are the server's while it heads the queue: from the later of its
         # sending and the last answer to what came before it, up to its own last answer.
         self._answered_at = 0
-        self._statements = Statements()
-        self._portals: dict[str, _Portal] = {}
-        self._fresh_portals: list[_Portal] = []  # named portals bound since the last code
         self._reader = Reader()
-        self._last_code = 0  # the latest command that may have run code
-        # The latest command that may have left code for its transaction's commit to run
-        # (deferred triggers, WITH HOLD cursors), and the pipeline it was sent in.
-        self._deferred = 0
-        self._deferred_window = 0
-        # Known to be inside a transaction block where what is sent now will run: the last
-        # ReadyForQuery answered everything sent and said so, and nothing since ended it.
-        # A Sync or the end of a Query commits nothing there.
-        self._block = False
+        self._certain = Certainty(self._reader)
+        self._statements = self._certain.statements
+        self._portals: dict[str, Portal] = {}
         self._n = 0
         # Sync, Query and FunctionCall end transactions, and with them portals; counted both
         # as sent and as answered, so a ReadyForQuery drops only the portals it outlived.
@@ -332,7 +250,7 @@ class PostgresConnection:
         command: Command,
         formats: tuple[int, ...] = (),
         ops: list[int] | None = None,
-        reread: _Reread | None = None,
+        reread: Reread | None = None,
     ) -> None:
         self._n += 1
         self._queue.append(
@@ -343,7 +261,7 @@ class PostgresConnection:
                 started=self._clock(),
                 mark=self._server.seen,
                 room=self._capture_bytes,
-                ops=_NO_OPS if ops is None else ops,
+                ops=NO_OPS if ops is None else ops,
                 reread=reread,
             )
         )
@@ -357,139 +275,13 @@ class PostgresConnection:
         self._statements.simple_query()
         self._portals.pop("", None)
         script = sql.script(text) if decoding is None else sql.UNREADABLE
-        prepared, ops = self._run(script, n)
-        self._commit()  # the end of the Query's implicit transaction, if it had one
+        prepared, ops = self._certain.run(script, n, self._bounds_sent, self._bounds_done)
+        self._certain.commit()  # the end of the Query's implicit transaction, if it had one
         self._statements.sync()
         self._bounds_sent += 1
         self._reader.boundary()
         command = Command("query", text, (), prepared=prepared, decoding=decoding)
         self._start(command, (), ops, reread)
-
-    def _run(self, script: sql.Script, n: int) -> tuple[tuple[Prepared, ...], list[int]]:
-        """Follow what command ``n``'s SQL does, statement by statement: where it may run
-        code, and the prepared statements it defines, drops and runs. Returns those it runs,
-        and the index of each statement that defines or drops one, to settle on the answer."""
-        if script.plain:
-            self._code(n)
-            return (), _NO_OPS
-        if not script.readable:
-            self._code(n)  # it may run code, define or drop any name, end a block
-            self._block = False
-            return (), _NO_OPS
-        runs: list[Prepared] = []
-        ops: list[int] = []
-        for index, step in enumerate(script.steps):
-            op = step.op
-            if op == "execute":
-                statement, doubt = self._statement(step.name)
-                if doubt is None and statement is not None:
-                    how, defined = statement.how, statement.defined
-                    doubt = Prepared(step.name, statement.text, how, defined)
-                if doubt is not None:
-                    runs.append(doubt)
-            elif op == "prepare":
-                made = Statement(step.body, (), sql.script(step.body), defined=n, how="prepared")
-                self._statements.parse(step.name, made)
-                ops.append(index)
-            elif op == "deallocate":
-                self._statements.close(step.name)
-                ops.append(index)
-            elif op == "deallocate all":
-                self._statements.deallocate_all()
-                ops.append(index)
-            if step.ends:
-                self._block = False
-            effect = step.effect
-            if effect == sql.CODE:
-                self._code(n)
-            elif effect != sql.INERT:
-                if effect == sql.COMMIT:
-                    self._commit()
-                self._reader.changes(n, self._bounds_sent)  # SET, RESET, ROLLBACK, COMMIT
-        return tuple(runs), ops
-
-    def _code(self, n: int) -> None:
-        """Command ``n`` may run code: it may redefine statements and replace named portals
-        defined so far, leave code for its transaction's commit, and set client_encoding."""
-        if (
-            n == self._deferred == self._last_code
-            and self._deferred_window == self._bounds_sent
-            and not self._fresh_portals
-            and self._statements.settled()
-        ):
-            return  # its Bind said so already, in this pipeline
-        self._statements.code(n)
-        for portal in self._fresh_portals:
-            if not portal.changed_by:
-                portal.changed_by = n
-        self._fresh_portals.clear()
-        self._last_code = n
-        self._deferred = n
-        self._deferred_window = self._bounds_sent
-        self._reader.changes(n, self._bounds_sent)
-
-    def _commit(self) -> None:
-        """A point where the transaction may commit, running code earlier commands left."""
-        if (
-            self._deferred
-            and not self._block
-            and (self._fresh_portals or not self._statements.settled())
-        ):
-            self._statements.code(self._deferred)
-            for portal in self._fresh_portals:
-                if not portal.changed_by:
-                    portal.changed_by = self._deferred
-            self._fresh_portals.clear()
-
-    def _statement(self, name: str) -> tuple[Statement | None, Prepared | None]:
-        """The statement a Bind (or SQL EXECUTE) naming ``name`` gets now, and what the
-        record must say about it instead of its text if that text is not known (else None)."""
-        statement = self._statements.get(name)
-        if statement is None:  # code can make any named statement, never the unnamed one
-            changed = (self._last_code or None) if name else None
-            return None, Prepared(name, None, doubt="unseen", changed_by=changed)
-        guessed = self._guessed(name)
-        if guessed >= 0:
-            how, defined = statement.how, statement.defined
-            return statement, Prepared(name, statement.text, how, defined, "name", guessed)
-        if statement.raw is not None:
-            self._settle(statement)
-        if statement.changed_by:
-            doubt = statement.doubt
-            if doubt is None or doubt.name != name or doubt.text != statement.text:
-                changed = statement.changed_by
-                how, defined = statement.how, statement.defined
-                doubt = Prepared(name, statement.text, how, defined, "changed", changed)
-                statement.doubt = doubt
-                statement.sentence = doubt.describe()
-            return statement, doubt
-        if self._statements.unconfirmed(name):
-            how, defined = statement.how, statement.defined
-            return statement, Prepared(name, statement.text, how, defined, doubt="unconfirmed")
-        return statement, None
-
-    def _guessed(self, name: str) -> int:
-        """The command that may have changed client_encoding before the backend reads a name
-        sent now, when the name is not ASCII (so the backend may read another name), or -1."""
-        if name.isascii() and not name.startswith("\0"):  # the NUL form: undecodable bytes
-            return -1
-        return self._reader.unsure(self._bounds_done)
-
-    def _settle(self, statement: Statement) -> None:
-        """Read a statement's text again if the encoding of its pipeline is now known."""
-        raw = statement.raw
-        if raw is None or statement.final or statement.window > self._bounds_done:
-            return
-        codec = self._reader.at(statement.window)
-        text = codec.text(raw)
-        statement.raw = None
-        if text is None:
-            statement.text = hexed(raw)
-            statement.decoding = Decoding(codec.name, raw=True)
-        else:
-            statement.text = text
-            statement.script = sql.script(text)
-            statement.decoding = None
 
     def _parse(self, body: bytes) -> None:
         parse = decode.parse(body, self._reader.codec)
@@ -502,15 +294,15 @@ class PostgresConnection:
                 statement.raw = parse.text
                 statement.window = self._bounds_sent
                 statement.final = self._reader.final()
-        if self._guessed(parse.statement) >= 0:
-            self._code(self._n + 1)  # the backend may file it under another name
+        if self._certain.guessed(parse.statement, self._bounds_done) >= 0:
+            self._certain.code(self._n + 1, self._bounds_sent)  # it may be filed under another name
         self._statements.parse(parse.statement, statement)
         self._queue.append(_Marker("Parse", tracked=True))
 
     def _bind(self, body: bytes) -> None:
         bind = decode.bind(body, self._reader.codec)
         n = self._n + 1  # a Bind counts with the command sent next, usually its Execute
-        statement, doubt = self._statement(bind.statement)
+        statement, doubt = self._certain.statement(bind.statement, self._bounds_done)
         oids = statement.oids if statement is not None else ()
         codec = self._reader.codec
         params, undecoded = decode.render_params(bind.formats, bind.values, oids, codec)
@@ -519,7 +311,7 @@ class PostgresConnection:
         if doubt is not None or statement is None or statement.script.planned or bind.values:
             # Planning runs the functions it can fold, and a parameter's input function runs
             # its type's checks (a domain's CHECK may call anything): the agent's code, both.
-            self._code(n)
+            self._certain.code(n, self._bounds_sent)
         # A Bind to a portal that is still open fails, and takes its transaction down with it,
         # so the old portal can never run again: replacing it is always safe.
         if doubt is None:
@@ -528,7 +320,7 @@ class PostgresConnection:
             text = statement.sentence
         else:
             text = doubt.describe()
-        portal = _Portal(
+        portal = Portal(
             bind.statement,
             statement,
             doubt,
@@ -547,15 +339,11 @@ class PostgresConnection:
             portal.final = final
         elif undecoded:
             portal.decoding = Decoding(codec.name, raw=True)
-        guessed = self._guessed(bind.portal)
+        guessed = self._certain.guessed(bind.portal, self._bounds_done)
         if guessed >= 0:
             portal.changed_by = guessed  # the backend may have bound another name
         elif bind.portal:
-            fresh = self._fresh_portals
-            fresh.append(portal)
-            if len(fresh) > _FRESH_LIMIT:  # bound and closed again and again, with no code
-                open_ = {id(p) for p in self._portals.values()}
-                self._fresh_portals = [p for p in fresh if id(p) in open_ or p is portal]
+            self._certain.bound(portal, self._portals)
         self._portals[key(bind.portal)] = portal
 
     def _describe(self, body: bytes) -> None:
@@ -569,23 +357,25 @@ class PostgresConnection:
     def _execute(self, body: bytes) -> None:
         name = decode.execute(body, self._reader.codec)
         n = self._n + 1
+        certain = self._certain
+        window = self._bounds_sent
         portal = self._portals.get(key(name))
-        guessed = self._guessed(name)
+        guessed = certain.guessed(name, self._bounds_done)
         if portal is not None and guessed >= 0:
             doubt = Prepared(name, portal.text, "bound", portal.defined, "name", guessed, "portal")
-            self._code(n)
+            certain.code(n, window)
             text = doubt.describe()
             self._start(Command("execute", text, portal.params, portal.statement, name, (doubt,)))
             return
         if portal is None:  # a cursor DECLAREd in SQL or opened by code, or none at all
-            changed = (self._last_code or None) if name else None
+            changed = certain.unseen(name)
             unseen = Prepared(name, None, doubt="unseen", changed_by=changed, kind="portal")
-            self._code(n)
+            certain.code(n, window)
             self._start(Command("execute", unseen.describe(), (), None, name, (unseen,)))
             return
         statement = portal.source
         if portal.values is not None or (statement is not None and statement.raw is not None):
-            self._settle_portal(portal)
+            portal.settle(self._reader, self._bounds_done)
         prepared: tuple[Prepared, ...] = ()
         text = portal.text
         replaced_by = portal.changed_by
@@ -597,45 +387,29 @@ class PostgresConnection:
             )
             prepared = (replaced,)
             text = replaced.describe()
-        ops = _NO_OPS
+        ops = NO_OPS
         if prepared or statement is None:
-            self._code(n)
+            certain.code(n, window)
         else:
-            prepared, ops = self._run(statement.script, n)
+            prepared, ops = certain.run(statement.script, n, window, self._bounds_done)
         if name and not replaced_by and portal.changed_by == n:
             # Marked by its own run alone: a running portal cannot be dropped.
             portal.changed_by = 0
-            self._fresh_portals.append(portal)
+            certain.fresh.append(portal)
         decoding = None
         reread = None
         if portal.decoding is not None or (statement is not None and statement.decoding):
-            decoding = _decoding(statement, portal)
+            decoding = portal.decoding_with(statement)
             if decoding is not None and decoding.changed_by is not None:
-                reread = _Reread(portal.epoch, portal=portal)
+                reread = Reread(portal.epoch, portal=portal)
         command = Command(
             "execute", text, portal.params, portal.statement, name, prepared, decoding
         )
         self._start(command, portal.formats, ops, reread)
 
-    def _settle_portal(self, portal: _Portal) -> None:
-        """Read a portal's statement and parameters again once their encoding is known."""
-        statement = portal.source
-        if statement is not None and statement.raw is not None:
-            self._settle(statement)
-            if statement.raw is None and portal.doubt is None:
-                portal.text = statement.text
-        values = portal.values
-        if values is None or portal.final or portal.epoch > self._bounds_done:
-            return
-        codec = self._reader.at(portal.epoch)
-        oids = portal.oids
-        portal.params, undecoded = decode.render_params(portal.param_formats, values, oids, codec)
-        portal.decoding = Decoding(codec.name, raw=True) if undecoded else None
-        portal.values = None
-
     def _sync(self, body: bytes) -> None:
         if self._copy_in is None:  # PostgreSQL ignores Sync during COPY FROM STDIN
-            self._commit()
+            self._certain.commit()
             self._bounds_sent += 1
             self._reader.boundary()
             self._queue.append(_SYNC)
@@ -643,8 +417,9 @@ class PostgresConnection:
 
     def _close(self, body: bytes) -> None:
         kind, name = decode.target(body, self._reader.codec)
-        if self._guessed(name) >= 0:
-            self._code(self._n + 1)  # the backend may close another statement or portal
+        if self._certain.guessed(name, self._bounds_done) >= 0:
+            # The backend may close another statement or portal.
+            self._certain.code(self._n + 1, self._bounds_sent)
         if kind == "S":
             self._statements.close(name)
         else:
@@ -663,21 +438,21 @@ class PostgresConnection:
         if not all(raw.isascii() for raw in texts):
             decoding = Decoding(codec.name, raw=undecoded, changed_by=changer)
             if not self._reader.final():
-                reread = _Reread(self._bounds_sent, values=call.args, formats=call.formats)
+                reread = Reread(self._bounds_sent, values=call.args, formats=call.formats)
         elif undecoded:
             decoding = Decoding(codec.name, raw=True)
-        self._code(n)
-        self._commit()
+        self._certain.code(n, self._bounds_sent)
+        self._certain.commit()
         self._bounds_sent += 1
         self._reader.boundary()
         command = Command("function_call", f"function {call.oid}", params, decoding=decoding)
         self._start(command, (), None, reread)
 
-    def _reread(self, decoding: Decoding, text: bytes) -> _Reread | None:
+    def _reread(self, decoding: Decoding, text: bytes) -> Reread | None:
         """Bytes to read again once their encoding is known (not if it never will be)."""
         if decoding.changed_by is None or self._reader.final():
             return None
-        return _Reread(self._bounds_sent, text=text)
+        return Reread(self._bounds_sent, text=text)
 
     def _copy_end(self, body: bytes) -> None:
         self._copy_in = None
@@ -757,7 +532,7 @@ class PostgresConnection:
         if cmd.ops:
             self._settle_ops(cmd, status)
         if cmd.reread is not None:
-            result.reading = self._reading(cmd.command, cmd.reread)
+            result.reading = cmd.reread.reading(cmd.command, self._reader, self._bounds_done)
         if error is not None and result.error is None:
             result.error = error
         result.duration_ms = (self._clock() - cmd.started) * 1000.0
@@ -784,23 +559,6 @@ class PostgresConnection:
                 self._statements.confirm()
             else:
                 self._statements.fail()
-
-    def _reading(self, command: Command, reread: _Reread) -> Reading | None:
-        """A command recorded in a guessed encoding, read in the one its pipeline began in."""
-        portal = reread.portal
-        if portal is not None:
-            self._settle_portal(portal)
-            statement = portal.source
-            if portal.values is not None or (statement is not None and statement.raw is not None):
-                return None  # changed inside its own pipeline: never known
-            text = command.text if portal.doubt or portal.changed_by else portal.text
-            return Reading(self._reader.at(portal.epoch).name, text, portal.params)
-        codec = self._reader.at(reread.window)
-        text = command.text if reread.text is None else codec.show(reread.text)
-        params = command.params
-        if reread.values is not None:
-            params = decode.render_params(reread.formats, reread.values, (), codec)[0]
-        return Reading(codec.name, text, params)
 
     def _complete(self, body: bytes) -> None:
         tag, rows = decode.command_complete(body)
@@ -913,15 +671,10 @@ class PostgresConnection:
             queue.popleft()
             self._bounds_done += 1
             self._finish(cmd, "error" if cmd.result.error else "ok")
-        if status != "I":
-            self._block = self._block or self._bounds_done == self._bounds_sent
-        else:
-            self._block = False
+        self._certain.ready(status, self._bounds_done, self._bounds_sent)
+        if status == "I" and self._portals:
             done = self._bounds_done
-            if self._portals:
-                self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}
-            if self._deferred and self._deferred_window < done:
-                self._deferred = 0  # its transaction ended, and its commit with it
+            self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}
         self._copy_in = None
         self._describing = False
         self._answered_at = self._server.seen
@@ -978,22 +731,6 @@ class PostgresConnection:
         self._server.row_room = -1
 
 
-def _decoding(statement: Statement | None, portal: _Portal) -> Decoding | None:
-    """An Execute's decoding: its statement's text's, and its portal's parameters'."""
-    text = statement.decoding if statement is not None else None
-    params = portal.decoding
-    if params is None:
-        return text
-    if text is None:
-        if params.changed_by is None and not params.raw:
-            return None
-        return Decoding(params.encoding, changed_by=params.changed_by)
-    changed = text.changed_by if text.changed_by is not None else params.changed_by
-    return Decoding(text.encoding, text.raw, changed)
-
-
-_NO_OPS: list[int] = []  # shared, never added to
-_FRESH_LIMIT = 4096
 _C = PostgresConnection
 _CLIENT_COMMANDS = {
     b"Q": _C._query,

@@ -21,10 +21,10 @@ have the old text run under the new text's record.
 What the wire cannot show is code, and the agent owns the schema: a function in a SELECT, a
 trigger on an INSERT, a view over a function, an operator found on its search_path may all
 run dynamic SQL that deallocates, prepares or redefines any named statement (DO blocks and
-procedures plainly can). So the connection calls ``code`` wherever the server may run user
+procedures plainly can). So ``code`` is called wherever the server may run user
 code, and every named statement defined before that point is marked ``changed_by`` it; a
 later Bind of one is recorded as unknown (its last text, where it was defined, and the
-command that may have changed it). Such points (the connection decides them) are:
+command that may have changed it). Such points (``certainty`` applies them) are:
 
 - a simple Query, or an Execute, with any statement not on ``sql``'s short list of
   statements that cannot run user code (BEGIN, SAVEPOINT, RELEASE, SHOW, SET but not SET
