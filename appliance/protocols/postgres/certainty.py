@@ -49,7 +49,10 @@ class Certainty:
             and self.statements.settled()
         ):
             return  # its Bind said so already, in this pipeline
-        self._mark(n)
+        if self.fresh or not self.statements.settled():
+            self._mark(n)
+        else:
+            self.statements.code(n)  # nothing to mark: any name may now be taken, though
         self.last_code = n
         self.deferred = n
         self.window = window

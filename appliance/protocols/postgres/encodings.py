@@ -119,7 +119,7 @@ def hexed(raw: bytes) -> str:
 class Codec:
     """Decodes the bytes of one PostgreSQL encoding as the server reads them."""
 
-    __slots__ = ("fixes", "name", "plain", "python", "refuse")
+    __slots__ = ("fixes", "name", "plain", "python", "refuse", "utf8")
 
     def __init__(self, name: str, python: str | None) -> None:
         self.name = name
@@ -128,10 +128,16 @@ class Codec:
         self.fixes = str.maketrans(fixes) if fixes else {}
         self.refuse = _REFUSE.get(name, ())
         self.plain = python is not None and not fixes and not self.refuse
+        self.utf8 = python == "utf-8"
 
     def text(self, raw: bytes) -> str | None:
         """``raw`` as text, or None if it cannot be decoded exactly as the server would."""
-        if self.plain:  # UTF-8, and most others: the codec alone is right
+        if self.utf8:  # the common case, with the codec named where the compiler sees it
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if self.plain:  # most others: the codec alone is right
             try:
                 return raw.decode(self.python or "")
             except UnicodeDecodeError:

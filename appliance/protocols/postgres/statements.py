@@ -177,14 +177,17 @@ class Statements:
 
     def code(self, n: int) -> None:
         """Command ``n`` may run code: statements defined so far may have changed."""
-        for statement in self._fresh:
-            if not statement.changed_by:
-                statement.changed_by = n
-        self._fresh.clear()
+        if self._fresh:
+            for statement in self._fresh:
+                if not statement.changed_by:
+                    statement.changed_by = n
+            self._fresh.clear()
         self._code = True
 
     def sync(self) -> None:
         """A Sync ends the pipeline: contested redefinitions before it become unconfirmed."""
+        if not self._pending:
+            return
         contested = False
         for op in self._pending:
             if not op.synced:
