@@ -96,6 +96,10 @@ class PostgresConnection:
     raise ProtocolError on malformed input, after which every further call raises too. The
     events of a failed call are not returned: the commands it started are forgotten (their
     bytes must not be forwarded), and the commands it finished are reported by ``close``.
+
+    A command's record states a text only where the wire vouches for it: what is and is not
+    certain about prepared statements is in ``statements`` (and applied by ``certainty``),
+    about client encodings in ``reading``.
     """
 
     def __init__(
