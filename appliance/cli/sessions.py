@@ -373,18 +373,27 @@ def _command_text(
 
 
 def _prepared(entry: dict[str, Any]) -> str:
+    # Built from the trail's JSON, typed as the record is (a damaged trail must not crash it).
     prepared = Prepared(
         str(entry.get("name", "")),
-        entry.get("text"),
+        _optional_str(entry.get("text")),
         str(entry.get("how", "parsed")),
-        entry.get("defined"),
-        entry.get("doubt"),
-        entry.get("changed_by"),
+        _optional_int(entry.get("defined")),
+        _optional_str(entry.get("doubt")),
+        _optional_int(entry.get("changed_by")),
         str(entry.get("kind", "statement")),
     )
     if prepared.known:
         return f"{prepared.kind} {prepared.name!r}: {prepared.text}"
     return prepared.describe()
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _decoding(decoding: dict[str, Any]) -> str:

@@ -381,3 +381,14 @@ def truth_path(tmp_path: Path) -> Path:
     at(10, "session_end", sid, {"reason": "client closed", "commands": 6})
     t.close()
     return settings.path
+
+
+@pytest.fixture
+def damaged_path(tmp_path: Path) -> Path:
+    """A command whose prepared entry has the wrong types (a trail damaged, or forged)."""
+    settings, t, at = _writer(tmp_path)
+    at(0, "session_start", "d1", start("alice", 1000, MAIN))
+    entry = {"name": 7, "text": ["x"], "defined": "one", "doubt": "changed", "changed_by": True}
+    at(1, "command", "d1", {"n": 1, "kind": "query", "text": "execute x", "prepared": [entry]})
+    t.close()
+    return settings.path

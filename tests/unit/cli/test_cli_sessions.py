@@ -493,3 +493,9 @@ def test_replay_shows_corrections(
     assert "-> #2 execute: unknown: statement 's1' may have been redefined by command 1" in out
     assert "runs statement 'wipe': delete from orders" in out
     assert f"read by the backend as SJIS: {SJIS_TEXT}" in out
+
+
+def test_a_damaged_prepared_entry_is_shown_not_fatal(cli: click.Group, damaged_path: Path) -> None:
+    result = run(cli, "sessions", "show", "d1", "--trail", str(damaged_path))
+    assert result.exit_code == 0, result.output
+    assert "unknown: statement '7' may have been redefined" in result.stdout
