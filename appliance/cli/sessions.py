@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.model import Prepared
 from appliance.trail import db, query
 from appliance.trail.db import TrailError
 from appliance.trail.query import CommandView, Event, SessionInfo
@@ -348,12 +349,73 @@ def _identity_rows(identity: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return rows
 
 
-def _command_text(payload: dict[str, Any]) -> str:
-    text = str(payload.get("text", ""))
-    params = payload.get("params")
-    if params:
-        text += "\nparams: " + json.dumps(params, ensure_ascii=False)
-    return text
+def _command_text(
+    payload: dict[str, Any], result: dict[str, Any] | None = None, *, params: bool = True
+) -> str:
+    """A command as the record has it, with what is not known said on lines of its own: the
+    prepared statements an EXECUTE ran, how its bytes were decoded, and how the backend read
+    them when that was learned later."""
+    lines = [str(payload.get("text", ""))]
+    values = payload.get("params")
+    if values and params:
+        lines.append("params: " + json.dumps(values, ensure_ascii=False))
+    if payload.get("kind") == "query":
+        lines += [
+            f"runs {_prepared(p)}" for p in payload.get("prepared") or () if isinstance(p, dict)
+        ]
+    decoding = payload.get("decoding")
+    if isinstance(decoding, dict):
+        lines.append(_decoding(decoding))
+    reading = (result or {}).get("reading")
+    if isinstance(reading, dict):
+        lines.append(_reading(reading, params=params))
+    return "\n".join(lines)
+
+
+def _prepared(entry: dict[str, Any]) -> str:
+    # Built from the trail's JSON, typed as the record is (a damaged trail must not crash it).
+    prepared = Prepared(
+        str(entry.get("name", "")),
+        _optional_str(entry.get("text")),
+        str(entry.get("how", "parsed")),
+        _optional_int(entry.get("defined")),
+        _optional_str(entry.get("doubt")),
+        _optional_int(entry.get("changed_by")),
+        str(entry.get("kind", "statement")),
+    )
+    if prepared.known:
+        return f"{prepared.kind} {prepared.name!r}: {prepared.text}"
+    return prepared.describe()
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _decoding(decoding: dict[str, Any]) -> str:
+    encoding = decoding.get("encoding")
+    changed = decoding.get("changed_by")
+    read = f"not valid {encoding}, kept as hex" if decoding.get("raw") else f"read as {encoding}"
+    if changed is None:
+        if decoding.get("raw"):
+            return f"(bytes {read})"
+        return f"(parameters not valid {encoding} are kept as hex)"
+    who = (
+        "the login had not yet reported" if changed == 0 else f"command {changed} may have changed"
+    )
+    return f"(encoding unsure: {read}, but {who} client_encoding before the backend read it)"
+
+
+def _reading(reading: dict[str, Any], *, params: bool = True) -> str:
+    line = f"read by the backend as {reading.get('encoding')}: {reading.get('text')}"
+    values = reading.get("params")
+    if values and params:
+        line += "\nparams: " + json.dumps(values, ensure_ascii=False)
+    return line
 
 
 def _error_line(payload: dict[str, Any]) -> str:
@@ -381,7 +443,7 @@ def _commands_table(commands: Iterable[CommandView]) -> Table:
                 (
                     c.get("n"),
                     c.get("kind"),
-                    _command_text(c),
+                    _command_text(c, r),
                     r.get("status", "-"),
                     r.get("rows", "-"),
                     r.get("bytes", "-"),
@@ -439,7 +501,9 @@ def _replay_line(event: Event) -> str:
             f"<- #{p.get('n')} {p.get('status')} rows={p.get('rows')} bytes={p.get('bytes')}"
             f" {p.get('duration_ms')}ms"
         )
-        return line + (f" {_error_line(p)}" if isinstance(p.get("error"), dict) else "")
+        line += f" {_error_line(p)}" if isinstance(p.get("error"), dict) else ""
+        reading = p.get("reading")
+        return line + (f"\n   {_reading(reading)}" if isinstance(reading, dict) else "")
     if event.type == "session_end":
         return (
             f"session end: {p.get('reason')}, {p.get('commands')} commands,"
@@ -474,7 +538,8 @@ def search_command(ctx: click.Context, text: str, trail: Path | None, as_json: b
         d = match.as_dict()
         status = d["status"] or ("refused" if d["refused"] else "-")
         when, who = _when(match.command.ts), d["identity"] or "-"
-        table.add_row(*map(_cell, (d["session"], when, who, d["n"], d["text"], status)))
+        text = _command_text(match.command.payload, match.result, params=False)
+        table.add_row(*map(_cell, (d["session"], when, who, d["n"], text, status)))
     _print(table)
 
 

@@ -152,16 +152,19 @@ class SessionDetail:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A command whose text matched a search."""
+    """A command whose text (or a prepared statement it ran, or its corrected reading)
+    matched a search."""
 
     command: Event
     status: str | None
     identity: str | None = None
     """The label (email, else subject) of the identity the command ran under, if any."""
+    result: dict[str, Any] | None = None
+    """The payload of the result that answered the command, if one was recorded."""
 
     def as_dict(self) -> dict[str, Any]:
         payload = self.command.payload
-        return {
+        out = {
             "session": self.command.session,
             "identity": self.identity,
             "seq": self.command.seq,
@@ -169,9 +172,22 @@ class Match:
             "n": payload.get("n"),
             "kind": payload.get("kind"),
             "text": payload.get("text"),
+            "text_known": text_known(payload),
             "status": self.status,
             "refused": payload.get("refused"),
         }
+        for key in ("prepared", "decoding"):
+            if key in payload:
+                out[key] = payload[key]
+        reading = None if self.result is None else self.result.get("reading")
+        if reading is not None:
+            out["reading"] = reading
+        return out
+
+
+def text_known(payload: dict[str, Any]) -> bool:
+    """Whether a command's record vouches for what the backend ran (older trails always do)."""
+    return payload.get("text_known", True) is not False
 
 
 def _json(text: Any, seq: Any) -> dict[str, Any]:
@@ -312,18 +328,53 @@ def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
 
 
 def search(conn: sqlite3.Connection, text: str) -> list[Match]:
-    """Commands whose text contains ``text``, ignoring case (full Unicode case folding)."""
+    """Commands whose text contains ``text``, ignoring case (full Unicode case folding); also
+    those whose prepared statements' texts do, or whose text as read again in the encoding the
+    backend reported (a result's ``reading``) does."""
     needle = text.casefold()
 
     def contains(haystack: object) -> bool:
         return isinstance(haystack, str) and needle in haystack.casefold()
 
     conn.create_function("witness_contains", 1, contains, deterministic=True)
+    found = {
+        row[0]
+        for row in conn.execute(
+            """
+            SELECT c.seq FROM events c
+            WHERE c.type = 'command'
+              AND (witness_contains(json_extract(c.payload, '$.text'))
+                   OR EXISTS (SELECT 1 FROM json_each(c.payload, '$.prepared') p
+                               WHERE witness_contains(json_extract(p.value, '$.text'))))
+            """
+        )
+    }
+    for session, n, seq in conn.execute(
+        """
+        SELECT session, json_extract(payload, '$.n'), seq FROM events
+        WHERE type = 'result' AND witness_contains(json_extract(payload, '$.reading.text'))
+        """
+    ).fetchall():
+        # Its command: the latest one numbered n before it, in its session's range of seqs.
+        row = conn.execute(
+            """
+            SELECT c.seq FROM events c, sessions x
+            WHERE x.id = :session AND c.seq >= x.start_seq AND c.seq < :seq
+              AND c.session = :session AND c.type = 'command'
+              AND json_extract(c.payload, '$.n') = :n
+            ORDER BY c.seq DESC LIMIT 1
+            """,
+            {"session": session, "seq": seq, "n": n},
+        ).fetchone()
+        if row is not None:
+            found.add(row[0])
+    if not found:
+        return []
     # A command's own identity, else (older commands) its session's, found by primary key.
     rows = conn.execute(
         f"""
         SELECT {_COLUMNS},
-               (SELECT json_extract(r.payload, '$.status') FROM events r
+               (SELECT r.payload FROM events r
                  WHERE r.session = c.session AND r.seq > c.seq AND r.type = 'result'
                    AND json_extract(r.payload, '$.n') = json_extract(c.payload, '$.n')
                  ORDER BY r.seq LIMIT 1),
@@ -333,14 +384,18 @@ def search(conn: sqlite3.Connection, text: str) -> list[Match]:
                            WHERE x.id = c.session)
                     ELSE json_extract(c.payload, '$.identity') END
         FROM events c
-        WHERE c.type = 'command' AND witness_contains(json_extract(c.payload, '$.text'))
+        WHERE c.seq IN (SELECT value FROM json_each(:seqs))
         ORDER BY c.seq
-        """
+        """,
+        {"seqs": json.dumps(sorted(found))},
     )
-    return [
-        Match(Event.from_row(row[:5]), row[5], identity_label(_identity_json(row[6])))
-        for row in rows
-    ]
+    out = []
+    for row in rows:
+        result = None if row[5] is None else _json(row[5], row[0])
+        status = None if result is None else result.get("status")
+        identity = identity_label(_identity_json(row[6]))
+        out.append(Match(Event.from_row(row[:5]), status, identity, result))
+    return out
 
 
 def _identity_json(text: Any) -> dict[str, Any] | None:

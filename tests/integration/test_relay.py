@@ -87,9 +87,12 @@ def test_extended_protocol_binary_parameters_and_prepared_statements(witness: Wi
     executes = [c for c in entry["commands"] if c["kind"] == "execute"]
     first = next(c for c in executes if c["text"].startswith("select $1::int + 1"))
     assert first["params"] == ["41", "héllo"]
-    prepared = [c for c in executes if c["text"] == "select $1::bigint * 2"]
+    prepared = [c for c in executes if "select $1::bigint * 2" in c["text"]]
     assert [c["params"] for c in prepared] == [["0"], ["1"], ["2"]]
     assert prepared[-1]["statement"] != ""  # ran from a named, server-side prepared statement
+    # Its first run may have redefined it (see test_statement_truth): the later runs say so.
+    assert prepared[0]["text"] == "select $1::bigint * 2"
+    assert [c["prepared"][0]["text"] for c in prepared[1:]] == ["select $1::bigint * 2"] * 2
     last = next(c for c in executes if c["text"].startswith("select $1::bytea"))
     assert last["params"] == ["\\x00ff", "t", None]
     assert all(entry["results"][c["n"]]["status"] == "ok" for c in executes)

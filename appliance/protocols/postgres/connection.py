@@ -8,9 +8,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.model import Command, ErrorInfo, Result
+from appliance.model import Command, Decoding, ErrorInfo, Prepared, Result
 from appliance.protocols.errors import ProtocolError
-from appliance.protocols.postgres import decode
+from appliance.protocols.postgres import decode, sql
+from appliance.protocols.postgres.certainty import NO_OPS, Certainty
 from appliance.protocols.postgres.events import (
     BackendKey,
     CancelRequest,
@@ -29,26 +30,30 @@ from appliance.protocols.postgres.messages import (
     NO_ENCRYPTION,
     SERVER_MESSAGES,
 )
-from appliance.protocols.postgres.statements import AMBIGUOUS, Statement, Statements
+from appliance.protocols.postgres.portals import Portal, Reread
+from appliance.protocols.postgres.reading import Reader
+from appliance.protocols.postgres.statements import Statement, key
 
 _PROTOCOL_3 = 3
 _CANCEL = 80877102
 _NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
 
 
-@dataclass(slots=True)
-class _Portal:
-    statement: str
-    text: str
-    params: tuple[str | None, ...]
-    formats: tuple[int, ...]  # result formats asked for in Bind
-    epoch: int  # how many transaction boundaries the client had sent before this Bind
-
-
 class _Command:
     """A command the server has not finished with."""
 
-    __slots__ = ("command", "formats", "mark", "n", "result", "room", "started", "until_ready")
+    __slots__ = (
+        "command",
+        "formats",
+        "mark",
+        "n",
+        "ops",
+        "reread",
+        "result",
+        "room",
+        "started",
+        "until_ready",
+    )
 
     def __init__(
         self,
@@ -59,6 +64,8 @@ class _Command:
         started: float,
         mark: int,
         room: int,
+        ops: list[int],
+        reread: Reread | None,
     ):
         self.n = n
         self.mark = mark  # server bytes seen when it was sent
@@ -68,6 +75,8 @@ class _Command:
         self.until_ready = command.kind != "execute"  # simple Query and FunctionCall end at 'Z'
         self.formats = formats  # of the result columns, for row capture
         self.room = room  # capture bytes left; -1 once capture stopped
+        self.ops = ops  # the statements (by index) that define or drop prepared statements
+        self.reread = reread
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +101,10 @@ class PostgresConnection:
     raise ProtocolError on malformed input, after which every further call raises too. The
     events of a failed call are not returned: the commands it started are forgotten (their
     bytes must not be forwarded), and the commands it finished are reported by ``close``.
+
+    A command's record states a text only where the wire vouches for it: what is and is not
+    certain about prepared statements is in ``statements`` (and applied by ``certainty``),
+    about client encodings in ``reading``.
     """
 
     def __init__(
@@ -114,8 +127,10 @@ class PostgresConnection:
         # A command's bytes are the server's while it heads the queue: from the later of its
         # sending and the last answer to what came before it, up to its own last answer.
         self._answered_at = 0
-        self._statements = Statements()
-        self._portals: dict[str, _Portal] = {}
+        self._reader = Reader()
+        self._certain = Certainty(self._reader)
+        self._statements = self._certain.statements
+        self._portals: dict[str, Portal] = {}
         self._n = 0
         # Sync, Query and FunctionCall end transactions, and with them portals; counted both
         # as sent and as answered, so a ReadyForQuery drops only the portals it outlived.
@@ -268,7 +283,13 @@ class PostgresConnection:
 
     # --- client: commands ------------------------------------------------------------------
 
-    def _start(self, command: Command, formats: tuple[int, ...] = ()) -> None:
+    def _start(
+        self,
+        command: Command,
+        formats: tuple[int, ...] = (),
+        ops: list[int] | None = None,
+        reread: Reread | None = None,
+    ) -> None:
         self._n += 1
         self._queue.append(
             _Command(
@@ -278,74 +299,198 @@ class PostgresConnection:
                 started=self._clock(),
                 mark=self._server.seen,
                 room=self._capture_bytes,
+                ops=NO_OPS if ops is None else ops,
+                reread=reread,
             )
         )
         self._events.append(CommandStarted(self._n, command))
 
     def _query(self, body: bytes) -> None:
-        text = decode.query(body)
+        raw = decode.query(body)
+        n = self._n + 1
+        text, decoding = self._reader.read(raw, self._bounds_done)
+        reread = None if decoding is None else self._reread(decoding, text=raw)
         self._statements.simple_query()
         self._portals.pop("", None)
+        script = sql.script(text) if decoding is None else sql.UNREADABLE
+        prepared, ops = self._certain.run(script, n, self._bounds_sent, self._bounds_done)
+        self._certain.commit()  # the end of the Query's implicit transaction, if it had one
+        self._statements.sync()
         self._bounds_sent += 1
-        self._start(Command("query", text))
+        self._reader.boundary()
+        command = Command("query", text, (), prepared=prepared, decoding=decoding)
+        self._start(command, (), ops, reread)
 
     def _parse(self, body: bytes) -> None:
-        name, text, oids = decode.parse(body)
-        self._statements.parse(name, Statement(text, oids))
+        parse = decode.parse(body, self._reader.codec)
+        text, decoding = self._reader.read(parse.text, self._bounds_done)
+        script = sql.script(text) if decoding is None else sql.UNREADABLE
+        statement = Statement(text, parse.oids, script, defined=self._n)
+        if decoding is not None:
+            statement.decoding = decoding
+            if decoding.changed_by is not None:
+                statement.raw = parse.text
+                statement.window = self._bounds_sent
+                statement.final = self._reader.final()
+        if self._certain.guessed(parse.statement, self._bounds_done) >= 0:
+            self._certain.code(self._n + 1, self._bounds_sent)  # it may be filed under another name
+        self._statements.parse(parse.statement, statement)
         self._queue.append(_Marker("Parse", tracked=True))
 
     def _bind(self, body: bytes) -> None:
-        bind = decode.bind(body)
+        bind = decode.bind(body, self._reader.codec)
+        n = self._n + 1  # a Bind counts with the command sent next, usually its Execute
+        statement, doubt = self._certain.statement(bind.statement, self._bounds_done)
+        oids = statement.oids if statement is not None else ()
+        codec = self._reader.codec
+        params, undecoded = decode.render_params(bind.formats, bind.values, oids, codec)
+        changer = self._reader.unsure(self._bounds_done)  # read before its planning runs
+        final = changer >= 0 and self._reader.final()
+        if doubt is not None or statement is None or statement.script.planned or bind.values:
+            # Planning runs the functions it can fold, and a parameter's input function runs
+            # its type's checks (a domain's CHECK may call anything): the agent's code, both.
+            self._certain.code(n, self._bounds_sent)
         # A Bind to a portal that is still open fails, and takes its transaction down with it,
         # so the old portal can never run again: replacing it is always safe.
-        statement = self._statements.get(bind.statement)
-        if statement is AMBIGUOUS:
-            raise ProtocolError(
-                "client",
-                f"Bind to statement {bind.statement!r} after a Parse that reuses its name, before"
-                " the server said whether that Parse succeeded: either text could run, and"
-                " Witness will not guess (Close a statement before reusing its name)",
-            )
-        text, oids = (statement.text, statement.oids) if statement else ("", ())
-        params = decode.render_params(bind.formats, bind.values, oids)
-        self._portals[bind.portal] = _Portal(
-            bind.statement, text, params, bind.result_formats, self._bounds_sent
+        if doubt is None:
+            text = "" if statement is None else statement.text
+        elif statement is not None and doubt is statement.doubt:
+            text = statement.sentence
+        else:
+            text = doubt.describe()
+        portal = Portal(
+            bind.statement,
+            statement,
+            doubt,
+            text,
+            params,
+            formats=bind.result_formats,
+            epoch=self._bounds_sent,
+            defined=self._n,
         )
+        texts = decode.texts(bind.formats, bind.values, oids) if changer >= 0 else []
+        if not all(raw.isascii() for raw in texts):
+            portal.decoding = Decoding(codec.name, raw=undecoded, changed_by=changer)
+            portal.values = bind.values
+            portal.param_formats = bind.formats
+            portal.oids = oids
+            portal.final = final
+        elif undecoded:
+            portal.decoding = Decoding(codec.name, raw=True)
+        guessed = self._certain.guessed(bind.portal, self._bounds_done)
+        if guessed >= 0:
+            portal.changed_by = guessed  # the backend may have bound another name
+        elif bind.portal:
+            self._certain.bound(portal, self._portals)
+        self._portals[key(bind.portal)] = portal
 
     def _describe(self, body: bytes) -> None:
-        kind, name = decode.target(body)
+        kind, name = decode.target(body, self._reader.codec)
         if kind == "S":  # answered by ParameterDescription, then RowDescription or NoData
             statement = self._statements.get(name)
-            self._queue.append(_Marker("Describe", None if statement is AMBIGUOUS else statement))
+            if statement is not None and self._statements.unconfirmed(name):
+                statement = None
+            self._queue.append(_Marker("Describe", statement))
 
     def _execute(self, body: bytes) -> None:
-        name = decode.execute(body)
-        portal = self._portals.get(name)
-        if portal is None:  # the server will say it does not exist
-            self._start(Command("execute", "", (), None, name))
+        name = decode.execute(body, self._reader.codec)
+        n = self._n + 1
+        certain = self._certain
+        window = self._bounds_sent
+        portal = self._portals.get(key(name))
+        guessed = certain.guessed(name, self._bounds_done)
+        if portal is not None and guessed >= 0:
+            doubt = Prepared(name, portal.text, "bound", portal.defined, "name", guessed, "portal")
+            certain.code(n, window)
+            text = doubt.describe()
+            self._start(Command("execute", text, portal.params, portal.statement, name, (doubt,)))
+            return
+        if portal is None:  # a cursor DECLAREd in SQL or opened by code, or none at all
+            changed = certain.unseen(name)
+            unseen = Prepared(name, None, doubt="unseen", changed_by=changed, kind="portal")
+            certain.code(n, window)
+            self._start(Command("execute", unseen.describe(), (), None, name, (unseen,)))
+            return
+        statement = portal.source
+        if portal.values is not None or (statement is not None and statement.raw is not None):
+            portal.settle(self._reader, self._bounds_done)
+        prepared: tuple[Prepared, ...] = ()
+        text = portal.text
+        replaced_by = portal.changed_by
+        if portal.doubt is not None:
+            prepared = (portal.doubt,)
+        elif replaced_by:
+            replaced = Prepared(
+                name, text, "bound", portal.defined, "changed", replaced_by, "portal"
+            )
+            prepared = (replaced,)
+            text = replaced.describe()
+        ops = NO_OPS
+        if prepared or statement is None:
+            certain.code(n, window)
         else:
-            command = Command("execute", portal.text, portal.params, portal.statement, name)
-            self._start(command, portal.formats)
+            prepared, ops = certain.run(statement.script, n, window, self._bounds_done)
+        if name and not replaced_by and portal.changed_by == n:
+            # Marked by its own run alone: a running portal cannot be dropped.
+            portal.changed_by = 0
+            certain.fresh.append(portal)
+        decoding = None
+        reread = None
+        if portal.decoding is not None or (statement is not None and statement.decoding):
+            decoding = portal.decoding_with(statement)
+            if decoding is not None and decoding.changed_by is not None:
+                reread = Reread(portal.epoch, portal=portal)
+        command = Command(
+            "execute", text, portal.params, portal.statement, name, prepared, decoding
+        )
+        self._start(command, portal.formats, ops, reread)
 
     def _sync(self, body: bytes) -> None:
         if self._copy_in is None:  # PostgreSQL ignores Sync during COPY FROM STDIN
+            self._certain.commit()
             self._bounds_sent += 1
+            self._reader.boundary()
             self._queue.append(_SYNC)
             self._statements.sync()
 
     def _close(self, body: bytes) -> None:
-        kind, name = decode.target(body)
+        kind, name = decode.target(body, self._reader.codec)
+        if self._certain.guessed(name, self._bounds_done) >= 0:
+            # The backend may close another statement or portal.
+            self._certain.code(self._n + 1, self._bounds_sent)
         if kind == "S":
             self._statements.close(name)
         else:
-            self._portals.pop(name, None)
+            self._portals.pop(key(name), None)
         self._queue.append(_Marker("Close", tracked=kind == "S"))
 
     def _function_call(self, body: bytes) -> None:
         call = decode.function_call(body)
-        params = decode.render_params(call.formats, call.args, ())
+        n = self._n + 1
+        codec = self._reader.codec
+        params, undecoded = decode.render_params(call.formats, call.args, (), codec)
+        changer = self._reader.unsure(self._bounds_done)
+        texts = decode.texts(call.formats, call.args, ()) if changer >= 0 else []
+        decoding = None
+        reread = None
+        if not all(raw.isascii() for raw in texts):
+            decoding = Decoding(codec.name, raw=undecoded, changed_by=changer)
+            if not self._reader.final():
+                reread = Reread(self._bounds_sent, values=call.args, formats=call.formats)
+        elif undecoded:
+            decoding = Decoding(codec.name, raw=True)
+        self._certain.code(n, self._bounds_sent)
+        self._certain.commit()
         self._bounds_sent += 1
-        self._start(Command("function_call", f"function {call.oid}", params))
+        self._reader.boundary()
+        command = Command("function_call", f"function {call.oid}", params, decoding=decoding)
+        self._start(command, (), None, reread)
+
+    def _reread(self, decoding: Decoding, text: bytes) -> Reread | None:
+        """Bytes to read again once their encoding is known (not if it never will be)."""
+        if decoding.changed_by is None or self._reader.final():
+            return None
+        return Reread(self._bounds_sent, text=text)
 
     def _copy_end(self, body: bytes) -> None:
         self._copy_in = None
@@ -363,6 +508,13 @@ class PostgresConnection:
     def _auth_error(self, body: bytes) -> None:
         self._events.append(SessionError(decode.error_info(body)))
 
+    def _parameter_status(self, body: bytes) -> None:
+        name, value = decode.parameter_status(body)
+        # A change is reported just before the ReadyForQuery that ends the pipeline it
+        # happened in: the next pipeline is the first read in the new encoding.
+        window = self._bounds_done + 1 if self._server.phase is self._server_ready else 0
+        self._reader.reported(name, value, window)
+
     def _backend_key(self, body: bytes) -> None:
         self.backend_key = BackendKey(*decode.backend_key(body))
         self._events.append(self.backend_key)
@@ -373,6 +525,7 @@ class PostgresConnection:
         if self._client.phase is CLIENT_AUTHENTICATION:
             self._client.phase = CLIENT_READY
         self._answered_at = self._server.seen  # the login's bytes are no command's
+        self._reader.logged_in()
         self._events.append(_READY[status])
 
     # --- server: answers ---------------------------------------------------------------------
@@ -414,6 +567,10 @@ class PostgresConnection:
     def _finish(self, cmd: _Command, status: str, error: ErrorInfo | None = None) -> None:
         result = cmd.result
         result.status = status
+        if cmd.ops:
+            self._settle_ops(cmd, status)
+        if cmd.reread is not None:
+            result.reading = cmd.reread.reading(cmd.command, self._reader, self._bounds_done)
         if error is not None and result.error is None:
             result.error = error
         result.duration_ms = (self._clock() - cmd.started) * 1000.0
@@ -426,14 +583,27 @@ class PostgresConnection:
         if self._capture_rows:
             self._server.row_room = self._capture_bytes
 
+    def _settle_ops(self, cmd: _Command, status: str) -> None:
+        """The answer to a command that defines or drops prepared statements: a Query's
+        statements ran up to its first error; an Execute's either ran or did not."""
+        if status in ("ok", "suspended"):
+            ran = len(cmd.ops)
+        elif status == "error" and cmd.until_ready:
+            ran = len(cmd.result.tags)
+        else:
+            ran = 0
+        for index in cmd.ops:
+            if index < ran:
+                self._statements.confirm()
+            else:
+                self._statements.fail()
+
     def _complete(self, body: bytes) -> None:
         tag, rows = decode.command_complete(body)
         cmd = self._head("CommandComplete")
         result = cmd.result
         result.tags.append(tag)
         result.rows += rows
-        if tag[:4] in ("DEAL", "DISC", "PREP"):
-            self._statements.sql(tag, cmd.command.text)
         if not cmd.until_ready:
             self._queue.popleft()
             self._finish(cmd, "ok")
@@ -480,7 +650,7 @@ class PostgresConnection:
         self._describing = self._capture_rows > 0
 
     def _error_response(self, body: bytes) -> None:
-        info = decode.error_info(body)
+        info = decode.error_info(body, self._reader.at(self._bounds_done))
         self._copy_in = None
         self._describing = False
         queue = self._queue
@@ -539,6 +709,7 @@ class PostgresConnection:
             queue.popleft()
             self._bounds_done += 1
             self._finish(cmd, "error" if cmd.result.error else "ok")
+        self._certain.ready(status, self._bounds_done, self._bounds_sent)
         if status == "I" and self._portals:
             done = self._bounds_done
             self._portals = {k: p for k, p in self._portals.items() if p.epoch >= done}
@@ -553,7 +724,7 @@ class PostgresConnection:
         if self._describing:
             self._describing = False
             return
-        names, formats = decode.row_description(body)
+        names, formats = decode.row_description(body, self._reader.at(self._bounds_done))
         cmd = self._capturing()
         if cmd is None:
             return
@@ -576,7 +747,8 @@ class PostgresConnection:
             result.truncated = True
             self._stop_capture(cmd)
             return
-        result.captured.append(decode.data_row(body, cmd.formats))
+        codec = self._reader.at(self._bounds_done)
+        result.captured.append(decode.data_row(body, cmd.formats, codec))
         cmd.room -= len(body)
         # Once full, let the framer skip rows unread; it reports them, which sets truncated.
         full = len(result.captured) >= self._capture_rows
@@ -621,8 +793,13 @@ CLIENT_CLOSED: Phase[_C] = Phase("terminated", types(""), {})
 SERVER_STARTUP: Phase[_C] = Phase("startup", types(""), {})
 SERVER_AUTHENTICATION: Phase[_C] = Phase(
     "authentication",
-    types("RSNv"),
-    {b"E": _C._auth_error, b"K": _C._backend_key, b"Z": _C._first_ready},
+    types("RNv"),
+    {
+        b"E": _C._auth_error,
+        b"K": _C._backend_key,
+        b"S": _C._parameter_status,
+        b"Z": _C._first_ready,
+    },
 )
 _SERVER_ANSWERS = {
     b"C": _C._complete,
@@ -636,10 +813,11 @@ _SERVER_ANSWERS = {
     b"1": _C._parse_complete,
     b"3": _C._close_complete,
     b"t": _C._parameter_types,
+    b"S": _C._parameter_status,
 }
-SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NASVc"), _SERVER_ANSWERS)
+SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NAVc"), _SERVER_ANSWERS)
 SERVER_READY_CAPTURE: Phase[_C] = Phase(
     "ready",
-    types("d2NASVc"),
+    types("d2NAVc"),
     {**_SERVER_ANSWERS, b"T": _C._row_description, b"D": _C._data_row, b"n": _C._no_data},
 )

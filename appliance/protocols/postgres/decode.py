@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 from appliance.model import ErrorInfo
+from appliance.protocols.postgres.encodings import UTF8, Codec, hexed
 
 
 class DecodeError(ValueError):
@@ -26,20 +27,37 @@ Value = str | None
 Raw = bytes | None
 
 
-def _cstring(body: bytes, pos: int, what: str) -> tuple[str, int]:
+def _cbytes(body: bytes, pos: int, what: str) -> tuple[bytes, int]:
     end = body.find(b"\0", pos)
     if end < 0:
         raise DecodeError(f"the {what} has no NUL terminator")
-    return body[pos:end].decode("utf-8", "replace"), end + 1
+    return body[pos:end], end + 1
 
 
-def _only_cstring(body: bytes, what: str) -> str:
+def _cstring(body: bytes, pos: int, what: str, codec: Codec = UTF8) -> tuple[str, int]:
+    raw, pos = _cbytes(body, pos, what)
+    return codec.show(raw), pos
+
+
+def _only_cbytes(body: bytes, what: str) -> bytes:
     end = body.find(b"\0")
     if end < 0:
         raise DecodeError(f"the {what} has no NUL terminator")
     if end != len(body) - 1:
         raise DecodeError(f"{len(body) - end - 1} bytes follow the NUL that ends the {what}")
-    return body[:end].decode("utf-8", "replace")
+    return body[:end]
+
+
+def name(raw: bytes, codec: Codec) -> str:
+    """A statement or portal name as a key: its text, or NUL and its hex when undecodable.
+
+    No decoded name holds a NUL (the protocol ends names with one), so an undecodable name
+    can never pass for a decodable one that happens to read like its hex.
+    """
+    if not raw:
+        return ""  # the unnamed statement or portal: most names are
+    text = codec.text(raw)
+    return "\0" + hexed(raw) if text is None else text
 
 
 def _end(body: bytes, pos: int) -> None:
@@ -95,7 +113,7 @@ def _values(body: bytes, pos: int, what: str) -> tuple[list[Raw], int]:
 
 class Parse(NamedTuple):
     statement: str
-    text: str
+    text: bytes  # decoded by the caller, which knows whether the encoding is sure
     oids: tuple[int, ...]
 
 
@@ -113,27 +131,28 @@ class FunctionCall(NamedTuple):
     args: list[Raw]
 
 
-def query(body: bytes) -> str:
-    return _only_cstring(body, "query text")
+def query(body: bytes) -> bytes:
+    """The query text's bytes, decoded by the caller."""
+    return _only_cbytes(body, "query text")
 
 
-def parse(body: bytes) -> Parse:
-    name, pos = _cstring(body, 0, "statement name")
-    text, pos = _cstring(body, pos, "query text")
+def parse(body: bytes, codec: Codec) -> Parse:
+    raw, pos = _cbytes(body, 0, "statement name")
+    text, pos = _cbytes(body, pos, "query text")
     n, pos = _count(body, pos, 4, "parameter type")
     oids = struct.unpack_from(f"!{n}I", body, pos)
     _end(body, pos + 4 * n)
-    return Parse(name, text, oids)
+    return Parse(name(raw, codec), text, oids)
 
 
-def bind(body: bytes) -> Bind:
+def bind(body: bytes, codec: Codec) -> Bind:
     # Bind is on the hot path of prepared statements, hence the two names read in one go.
     end = body.find(b"\0")
     pos = body.find(b"\0", end + 1) + 1
     if end < 0 or not pos:
         raise DecodeError("the portal and statement names are not both NUL-terminated")
-    portal = body[:end].decode("utf-8", "replace")
-    statement = body[end + 1 : pos - 1].decode("utf-8", "replace")
+    portal = name(body[:end], codec)
+    statement = name(body[end + 1 : pos - 1], codec)
     formats, pos = _codes(body, pos, "parameter format")
     values, pos = _values(body, pos, "parameter")
     result_formats, pos = _codes(body, pos, "result format")
@@ -141,9 +160,10 @@ def bind(body: bytes) -> Bind:
     return Bind(portal, statement, formats, values, result_formats)
 
 
-def execute(body: bytes) -> str:
+def execute(body: bytes, codec: Codec) -> str:
     """The portal name; the row limit that follows it does not change what is recorded."""
-    portal, pos = _cstring(body, 0, "portal name")
+    raw, pos = _cbytes(body, 0, "portal name")
+    portal = name(raw, codec)
     if pos + 4 != len(body):
         raise DecodeError(
             f"expected a 4-byte row limit after the portal name, got {len(body) - pos}"
@@ -151,14 +171,14 @@ def execute(body: bytes) -> str:
     return portal
 
 
-def target(body: bytes) -> tuple[str, str]:
+def target(body: bytes, codec: Codec) -> tuple[str, str]:
     """Describe and Close: ``S`` (statement) or ``P`` (portal), then a name."""
     kind = body[:1]
     if kind not in (b"S", b"P"):
         raise DecodeError(f"target kind {kind!r}; expected 'S' (statement) or 'P' (portal)")
-    name, pos = _cstring(body, 1, "name")
+    raw, pos = _cbytes(body, 1, "name")
     _end(body, pos)
-    return kind.decode(), name
+    return kind.decode(), name(raw, codec)
 
 
 def function_call(body: bytes) -> FunctionCall:
@@ -210,7 +230,7 @@ def command_complete(body: bytes) -> tuple[str, int]:
     """The tag and the rows it reports. Tags repeat ("SELECT 1"), so short ones are cached."""
     known = _TAGS.get(body)
     if known is None:
-        tag = _only_cstring(body, "command tag")
+        tag = _only_cbytes(body, "command tag").decode("utf-8", "replace")
         known = (tag, tag_rows(tag))
         if len(body) <= 64:
             if len(_TAGS) >= 4096:
@@ -229,7 +249,7 @@ def tag_rows(tag: str) -> int:
     return 0
 
 
-def error_info(body: bytes) -> ErrorInfo:
+def error_info(body: bytes, codec: Codec = UTF8) -> ErrorInfo:
     fields: dict[int, str] = {}
     pos = 0
     while True:
@@ -238,7 +258,7 @@ def error_info(body: bytes) -> ErrorInfo:
         code = body[pos]
         if code == 0:
             break
-        fields[code], pos = _cstring(body, pos + 1, f"field {chr(code)!r}")
+        fields[code], pos = _cstring(body, pos + 1, f"field {chr(code)!r}", codec)
     _end(body, pos + 1)
     # V is the untranslated severity (9.6+); S may be localized.
     severity = fields.get(ord("V")) or fields.get(ord("S"), "")
@@ -266,27 +286,35 @@ def parameter_types(body: bytes) -> tuple[int, ...]:
     return oids
 
 
-def row_description(body: bytes) -> tuple[list[str], tuple[int, ...]]:
+def parameter_status(body: bytes) -> tuple[str, str]:
+    """ParameterStatus: a setting's name and its new value."""
+    key, pos = _cstring(body, 0, "parameter name")
+    value, pos = _cstring(body, pos, f"value of parameter {key!r}")
+    _end(body, pos)
+    return key, value
+
+
+def row_description(body: bytes, codec: Codec) -> tuple[list[str], tuple[int, ...]]:
     """Column names and format codes; each field is a name and 18 bytes of attributes."""
     n, pos = _count(body, 0, 19, "field")
     names: list[str] = []
     formats: list[int] = []
     for i in range(n):
-        name, pos = _cstring(body, pos, f"name of field {i + 1}")
+        column, pos = _cstring(body, pos, f"name of field {i + 1}", codec)
         if pos + 18 > len(body):
-            raise DecodeError(f"field {i + 1} ({name!r}) is cut short")
-        names.append(name)
+            raise DecodeError(f"field {i + 1} ({column!r}) is cut short")
+        names.append(column)
         formats.append(_I16.unpack_from(body, pos + 16)[0])
         pos += 18
     _end(body, pos)
     return names, tuple(formats)
 
 
-def data_row(body: bytes, formats: Sequence[int]) -> list[Value]:
+def data_row(body: bytes, formats: Sequence[int], codec: Codec) -> list[Value]:
     values, pos = _values(body, 0, "column")
     _end(body, pos)
     return [
-        None if raw is None else raw.decode("utf-8", "replace") if fmt == 0 else "\\x" + raw.hex()
+        None if raw is None else codec.show(raw) if fmt == 0 else hexed(raw)
         for raw, fmt in zip(values, expand_formats(formats, len(values)), strict=True)
     ]
 
@@ -310,24 +338,61 @@ def expand_formats(formats: Sequence[int], n: int) -> Sequence[int]:
 
 
 def render_params(
-    formats: Sequence[int], values: Sequence[Raw], oids: Sequence[int]
-) -> tuple[Value, ...]:
+    formats: Sequence[int], values: Sequence[Raw], oids: Sequence[int], codec: Codec
+) -> tuple[tuple[Value, ...], bool]:
+    """Parameters as the record shows them, and whether any text among them could not be
+    decoded in ``codec`` (it is then ``\\x`` hex, like any value of unknown type)."""
     if not formats:
-        return tuple(None if raw is None else raw.decode("utf-8", "replace") for raw in values)
+        out: list[Value] = []
+        undecoded = False
+        for raw in values:
+            if raw is None:
+                out.append(None)
+                continue
+            text = codec.text(raw)
+            if text is None:
+                undecoded = True
+                out.append(hexed(raw))
+            else:
+                out.append(text)
+        return tuple(out), undecoded
     n_oids = len(oids)
-    return tuple(
-        None if raw is None else render_value(raw, fmt, oids[i] if i < n_oids else 0)
+    rendered = tuple(
+        None if raw is None else render_value(raw, fmt, oids[i] if i < n_oids else 0, codec)
         for i, (raw, fmt) in enumerate(
             zip(values, expand_formats(formats, len(values)), strict=True)
         )
     )
+    undecoded = any(
+        raw is not None and codec.text(raw) is None for raw in texts(formats, values, oids)
+    )
+    return rendered, undecoded
 
 
-def render_value(raw: bytes, fmt: int, oid: int) -> str:
+def texts(formats: Sequence[int], values: Sequence[Raw], oids: Sequence[int]) -> list[bytes]:
+    """The values among ``values`` that are text in the client encoding."""
+    if not formats:
+        return [raw for raw in values if raw is not None]
+    n_oids = len(oids)
+    return [
+        raw
+        for i, (raw, fmt) in enumerate(
+            zip(values, expand_formats(formats, len(values)), strict=True)
+        )
+        if raw is not None
+        and (fmt == 0 or (fmt == 1 and (oids[i] if i < n_oids else 0) in _ENCODED))
+    ]
+
+
+def render_value(raw: bytes, fmt: int, oid: int, codec: Codec) -> str:
     """Text format as text; binary by its type OID when known; anything else as ``\\x`` hex."""
     if fmt == 0:
-        return raw.decode("utf-8", "replace")
+        return codec.show(raw)
     if fmt == 1:
+        if oid in _BINARY_TEXT:  # text travels in the client encoding in binary format too
+            return codec.show(raw)
+        if oid == _JSONB and raw[:1] == b"\x01":  # a version byte, then the text
+            return codec.show(raw[1:])
         render = _BINARY.get(oid)
         if render is not None:
             try:
@@ -336,11 +401,7 @@ def render_value(raw: bytes, fmt: int, oid: int) -> str:
                 text = None  # out of Python's date range, say: hex still says exactly what was sent
             if text is not None:
                 return text
-    return "\\x" + raw.hex()
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+    return hexed(raw)
 
 
 def _sized(size: int, unpacker: struct.Struct) -> Callable[[bytes], str | None]:
@@ -408,26 +469,20 @@ def _uuid(raw: bytes) -> str | None:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _jsonb(raw: bytes) -> str | None:
-    return _text(raw[1:]) if raw[:1] == b"\x01" else None
-
-
 _BINARY: dict[int, Callable[[bytes], str | None]] = {
     16: lambda raw: ("t" if raw[0] else "f") if len(raw) == 1 else None,  # bool
-    17: lambda raw: "\\x" + raw.hex(),  # bytea
+    17: hexed,  # bytea
     20: _sized(8, _I64),  # int8
     21: _sized(2, _I16),  # int2
     23: _sized(4, _I32),  # int4
-    25: _text,  # text
     26: _sized(4, _U32),  # oid
-    114: _text,  # json
     700: _float4,
     701: _float8,
-    1042: _text,  # bpchar
-    1043: _text,  # varchar
     1082: _date,
     1114: _timestamp(""),
     1184: _timestamp("+00"),  # timestamptz travels in UTC
     2950: _uuid,
-    3802: _jsonb,
 }
+_JSONB = 3802
+_BINARY_TEXT = frozenset({25, 114, 1042, 1043})  # text, json, bpchar, varchar
+_ENCODED = _BINARY_TEXT | {_JSONB}

@@ -6,10 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import pgwire as pg
 import pytest
 
 from appliance.cli import sessions, trail
 from appliance.config import TrailSettings
+from appliance.protocols.postgres.connection import PostgresConnection
+from appliance.protocols.postgres.events import CommandFinished, CommandStarted
 from appliance.trail.store import Trail
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -324,5 +327,68 @@ def identity_path(tmp_path: Path) -> Path:
             "backend_pid": 903,
         },
     )
+    t.close()
+    return settings.path
+
+
+SJIS_TEXT = "insert into t values ('ソ')"
+
+
+@pytest.fixture
+def truth_path(tmp_path: Path) -> Path:
+    """A session recorded by the real parser: a statement a DO block may have redefined, a
+    SQL EXECUTE, and a query sent before the backend reported its new client_encoding."""
+    settings, t, at = _writer(tmp_path)
+    sid = "c0ffee-truth"
+    at(0, "session_start", sid, start("alice", 1000, MAIN))
+    conn = PostgresConnection(clock=lambda: 0.0)
+    conn.receive_client(pg.startup(user="alice"))
+    conn.receive_server(b"".join(pg.WELCOME))
+    conversation = [
+        ("client", pg.parse("s1", "select 1") + pg.sync()),
+        ("server", pg.parse_complete() + pg.ready_for_query()),
+        ("client", pg.query("do $$ begin execute 'select 1'; end $$")),
+        ("server", pg.command_complete("DO") + pg.ready_for_query()),
+        ("client", pg.bind("", "s1") + pg.execute() + pg.sync()),
+        ("server", pg.bind_complete() + pg.command_complete("DELETE 2") + pg.ready_for_query()),
+        ("client", pg.query("prepare wipe as delete from orders")),
+        ("server", pg.command_complete("PREPARE") + pg.ready_for_query()),
+        ("client", pg.query("execute wipe")),
+        ("server", pg.command_complete("DELETE 3") + pg.ready_for_query()),
+        (
+            "client",
+            pg.query("set client_encoding to 'SJIS'")
+            + pg.message(b"Q", SJIS_TEXT.encode("cp932") + b"\0"),
+        ),
+        (
+            "server",
+            pg.command_complete("SET")
+            + pg.parameter_status("client_encoding", "SJIS")
+            + pg.ready_for_query()
+            + pg.command_complete("INSERT 0 1")
+            + pg.ready_for_query(),
+        ),
+    ]
+    when = 1.0
+    for side, data in conversation:
+        receive = conn.receive_client if side == "client" else conn.receive_server
+        for event in receive(data):
+            when += 0.25
+            if isinstance(event, CommandStarted):
+                at(when, "command", sid, {**event.command.as_dict(), "n": event.n})
+            elif isinstance(event, CommandFinished):
+                at(when, "result", sid, {**event.result.as_dict(), "n": event.n})
+    at(10, "session_end", sid, {"reason": "client closed", "commands": 6})
+    t.close()
+    return settings.path
+
+
+@pytest.fixture
+def damaged_path(tmp_path: Path) -> Path:
+    """A command whose prepared entry has the wrong types (a trail damaged, or forged)."""
+    settings, t, at = _writer(tmp_path)
+    at(0, "session_start", "d1", start("alice", 1000, MAIN))
+    entry = {"name": 7, "text": ["x"], "defined": "one", "doubt": "changed", "changed_by": True}
+    at(1, "command", "d1", {"n": 1, "kind": "query", "text": "execute x", "prepared": [entry]})
     t.close()
     return settings.path

@@ -436,3 +436,67 @@ def test_search_carries_the_identity(cli: click.Group, identity_path: Path) -> N
     ]
     result = run(cli, "search", "select 3", "--trail", str(identity_path))
     assert "sub-dave" in result.stdout
+
+
+# --- what the record cannot vouch for ---------------------------------------------------------
+
+SJIS_TEXT = "insert into t values ('ソ')"  # as truth_path's session sent it, in SJIS
+
+
+def test_show_says_what_is_not_known(cli: click.Group, truth_path: Path) -> None:
+    shown = run_json(cli, "sessions", "show", "c0ffee", "--trail", str(truth_path))
+    commands = {c["n"]: c for c in shown["commands"]}
+    redefined = commands[2]
+    assert redefined["text_known"] is False
+    assert redefined["prepared"][0]["text"] == "select 1"
+    assert redefined["prepared"][0]["changed_by"] == 1
+    assert commands[4]["prepared"] == [
+        {
+            "kind": "statement",
+            "name": "wipe",
+            "text": "delete from orders",
+            "how": "prepared",
+            "defined": 3,
+        }
+    ]
+    assert commands[6]["decoding"] == {"encoding": "UTF8", "raw": True, "changed_by": 5}
+    assert commands[6]["result"]["reading"] == {"encoding": "SJIS", "text": SJIS_TEXT}
+
+    out = run(cli, "sessions", "show", "c0ffee", "--trail", str(truth_path)).stdout
+    for text in (
+        "unknown: statement 's1' may have been redefined by command 1; last parsed before any",
+        "runs statement 'wipe': delete from orders",
+        "(encoding unsure: not valid UTF8, kept as hex, but command 5 may have changed",
+        f"read by the backend as SJIS: {SJIS_TEXT}",
+    ):
+        assert text in out, text
+
+
+def test_search_finds_prepared_texts_and_readings(cli: click.Group, truth_path: Path) -> None:
+    found = run_json(cli, "search", "DELETE FROM ORDERS", "--trail", str(truth_path))
+    assert [m["text"] for m in found] == ["prepare wipe as delete from orders", "execute wipe"]
+    assert found[1]["text_known"] is True
+    (sjis,) = run_json(cli, "search", "ソ", "--trail", str(truth_path))
+    assert sjis["text"].startswith("\\x")  # as recorded, before the backend said SJIS
+    assert sjis["text_known"] is False
+    assert sjis["reading"]["text"] == SJIS_TEXT
+    (redefined,) = run_json(cli, "search", "last parsed", "--trail", str(truth_path))
+    assert redefined["text_known"] is False
+    out = run(cli, "search", "ソ", "--trail", str(truth_path)).stdout
+    assert f"read by the backend as SJIS: {SJIS_TEXT}" in out
+
+
+def test_replay_shows_corrections(
+    cli: click.Group, truth_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sessions.time, "sleep", lambda _: None)
+    out = run(cli, "sessions", "replay", "c0ffee", "--trail", str(truth_path)).stdout
+    assert "-> #2 execute: unknown: statement 's1' may have been redefined by command 1" in out
+    assert "runs statement 'wipe': delete from orders" in out
+    assert f"read by the backend as SJIS: {SJIS_TEXT}" in out
+
+
+def test_a_damaged_prepared_entry_is_shown_not_fatal(cli: click.Group, damaged_path: Path) -> None:
+    result = run(cli, "sessions", "show", "d1", "--trail", str(damaged_path))
+    assert result.exit_code == 0, result.output
+    assert "unknown: statement '7' may have been redefined" in result.stdout

@@ -1,4 +1,5 @@
-"""The PostgreSQL parser tests share pgwire (encoders) and playbook (the runner) as siblings."""
+"""The PostgreSQL parser tests share playbook (the runner) as a sibling; pgwire (the encoders)
+is in tests/support, for the integration tests too."""
 
 from __future__ import annotations
 

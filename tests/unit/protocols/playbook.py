@@ -8,7 +8,7 @@ from typing import Any
 
 import pgwire as pg
 
-from appliance.model import Command, Result
+from appliance.model import Command, Prepared, Result
 from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.events import (
     BackendKey,
@@ -102,6 +102,12 @@ def closed(*events: Event) -> Step:
 
 def started(n: int, kind: str, text: str, *params: str | None, **names: str | None) -> Event:
     return CommandStarted(n, Command(kind, text, tuple(params), **names))
+
+
+def unknown(n: int, prepared: Prepared, *params: str | None, **names: str | None) -> Event:
+    """An Execute whose statement or portal is not known: the record says what is."""
+    text = prepared.describe()
+    return CommandStarted(n, Command("execute", text, tuple(params), prepared=(prepared,), **names))
 
 
 def finished(n: int, status: str = "ok", **fields: Any) -> Event:

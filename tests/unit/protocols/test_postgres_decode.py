@@ -10,6 +10,7 @@ import pytest
 
 from appliance.model import ErrorInfo
 from appliance.protocols.postgres import decode, messages
+from appliance.protocols.postgres.encodings import UTF8
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ from appliance.protocols.postgres import decode, messages
         (21, struct.pack("!h", -7), "-7"),
         (23, struct.pack("!i", 2**31 - 1), "2147483647"),
         (25, "žluťoučký".encode(), "žluťoučký"),
-        (25, b"\xff\xfe", "\ufffd\ufffd"),
+        (25, b"\xff\xfe", "\\xfffe"),
         (26, struct.pack("!I", 4_000_000_000), "4000000000"),
         (114, b'{"a": 1}', '{"a": 1}'),
         (700, struct.pack("!f", 0.1), "0.1"),
@@ -48,26 +49,26 @@ from appliance.protocols.postgres import decode, messages
     ],
 )
 def test_binary_values(oid: int, raw: bytes, text: str) -> None:
-    assert decode.render_value(raw, 1, oid) == text
+    assert decode.render_value(raw, 1, oid, UTF8) == text
 
 
 @pytest.mark.parametrize(
     ("oid", "raw"), [(16, b""), (20, b"\0"), (23, b"\0" * 8), (2950, b"\0" * 15)]
 )
 def test_binary_values_of_the_wrong_size_are_hex(oid: int, raw: bytes) -> None:
-    assert decode.render_value(raw, 1, oid) == "\\x" + raw.hex()
+    assert decode.render_value(raw, 1, oid, UTF8) == "\\x" + raw.hex()
 
 
 def test_text_and_unknown_formats() -> None:
-    assert decode.render_value(b"42", 0, 23) == "42"
-    assert decode.render_value(b"42", 7, 23) == "\\x3432"
+    assert decode.render_value(b"42", 0, 23, UTF8) == "42"
+    assert decode.render_value(b"42", 7, 23, UTF8) == "\\x3432"
 
 
 def test_params_follow_format_codes() -> None:
     one = struct.pack("!i", 1)
-    assert decode.render_params((), [b"a", None], ()) == ("a", None)
-    assert decode.render_params((1,), [one, one], (23,)) == ("1", "\\x00000001")
-    assert decode.render_params((0, 1), [b"a", one], (0, 23)) == ("a", "1")
+    assert decode.render_params((), [b"a", None], (), UTF8) == (("a", None), False)
+    assert decode.render_params((1,), [one, one], (23,), UTF8) == (("1", "\\x00000001"), False)
+    assert decode.render_params((0, 1), [b"a", one], (0, 23), UTF8) == (("a", "1"), False)
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,40 @@ CONVERSATIONS: list[Conversation] = [
         ),
     ],
     [("client", pg.cancel_request(4242, 99))],
+    [
+        *LOGIN,
+        (
+            "client",
+            pg.query("prepare s1 as select 'ソ'; execute s1; deallocate all")
+            + pg.query("set client_encoding to 'SJIS'")
+            + pg.message(b"Q", "select 'ソ'; prepare s2 as select 1".encode("cp932") + b"\0")
+            + pg.parse("s3", "do $$ begin end $$")
+            + pg.bind("p", "s3", [b"\x83\x5c"])
+            + pg.execute("p")
+            + pg.sync(),
+        ),
+        (
+            "server",
+            pg.command_complete("PREPARE")
+            + pg.row_description("x")
+            + pg.data_row("ソ".encode())
+            + pg.command_complete("SELECT 1")
+            + pg.command_complete("DEALLOCATE ALL")
+            + pg.ready_for_query()
+            + pg.command_complete("SET")
+            + pg.parameter_status("client_encoding", "SJIS")
+            + pg.ready_for_query()
+            + pg.row_description("x")
+            + pg.data_row("ソ".encode("cp932"))
+            + pg.command_complete("SELECT 1")
+            + pg.command_complete("PREPARE")
+            + pg.ready_for_query()
+            + pg.parse_complete()
+            + pg.bind_complete()
+            + pg.command_complete("DO")
+            + pg.ready_for_query(),
+        ),
+    ],
 ]
 
 

@@ -1,4 +1,5 @@
-"""Encoders for PostgreSQL v3 messages, both directions, to write the parser's tests with."""
+"""Encoders for PostgreSQL v3 messages, both directions: the parser's playbooks, and the
+integration tests that speak the protocol to a real server byte by byte."""
 
 from __future__ import annotations
 
