@@ -10,7 +10,6 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from appliance.trail.walk import Fault, Walk
 __all__ = ["Trail", "TrailError", "TrailFull", "TrailLost", "TrailWriteError"]
 
 MAX_BACKLOG = 1_000_000
+EXAMINE_SECONDS = 0.25
 # Only a foreign writer can hold the lock (readers never block a WAL writer), and the relay
 # commits on its event loop: fail fast and let it retry rather than freeze every session.
 BUSY_TIMEOUT_MS = 200
@@ -38,23 +38,40 @@ _SESSION_END = "UPDATE sessions SET end_seq = ? WHERE id = ? AND end_seq IS NULL
 Row = tuple[int, int, str, str | None, str, str, str]
 
 
-@dataclass(slots=True)
 class Batch:
     """One commit: staged on the event loop, written (in a worker thread, if need be), then
-    settled back on the loop. The trail's pending events stay where they are until then."""
+    settled back on the loop. The trail's pending events stay where they are until then.
 
-    taken: int  # how many pending events it holds
-    rows: list[Row]
-    starts: list[tuple[str | None, int]]
-    ends: list[tuple[int, str | None]]
-    seq: int  # the head once written
-    hash: str
-    uncovered: int  # events its checkpoint leaves unsigned (0 with a checkpoint)
-    now: float
-    dropped: int  # dropped events its notice accounts for
-    head: Head | None = None  # the signed head, when it ends with a checkpoint
-    problems: list[str] = field(default_factory=list)  # what write() could not do besides
-    lost: str | None = None  # set by write(): committed, but not where readers look
+    (A plain class, not a dataclass: one is made per commit, and mypyc builds a plain
+    class's instances natively.)
+    """
+
+    def __init__(
+        self,
+        *,
+        taken: int,
+        rows: list[Row],
+        starts: list[tuple[str | None, int]],
+        ends: list[tuple[int, str | None]],
+        seq: int,
+        hash: str,
+        uncovered: int,
+        now: float,
+        dropped: int,
+    ) -> None:
+        self.taken = taken  # how many pending events it holds
+        self.rows = rows
+        self.starts = starts
+        self.ends = ends
+        self.seq = seq  # the head once written
+        self.hash = hash
+        self.uncovered = uncovered  # events its checkpoint leaves unsigned (0 with one)
+        self.now = now
+        self.dropped = dropped  # dropped events its notice accounts for
+        self.head: Head | None = None  # the signed head, when it ends with a checkpoint
+        self.examine = False  # whether write() checks the files after its checkpoint
+        self.problems: list[str] = []  # what write() could not do besides
+        self.lost: str | None = None  # set by write(): committed, but not where readers look
 
 
 class Trail:
@@ -86,6 +103,7 @@ class Trail:
         self._seq, self._hash = head
         self._uncovered = 0
         self._checkpointed_at = clock()
+        self._examined_at = self._checkpointed_at
         self._force = False
         self._valid: set[str] = set()
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
@@ -237,7 +255,17 @@ class Trail:
         if dropped:
             seq += 1
             prev = self._add(rows, seq, prev, ts=stamp, type="error", payload=self._drop_notice())
-        batch = Batch(n, rows, starts, ends, seq, prev, uncovered, now, dropped)
+        batch = Batch(
+            taken=n,
+            rows=rows,
+            starts=starts,
+            ends=ends,
+            seq=seq,
+            hash=prev,
+            uncovered=uncovered,
+            now=now,
+            dropped=dropped,
+        )
         if due:
             signed = Checkpoint.sign(self._key, self._fingerprint, seq, prev)
             batch.seq += 1
@@ -246,6 +274,10 @@ class Trail:
             )
             batch.head = Head.sign(self._key, self._fingerprint, batch.seq, batch.hash)
             batch.uncovered = 0
+            # The files are checked (and the WAL copied into the database) at every timed
+            # checkpoint, and at most every EXAMINE_SECONDS between: under full load the
+            # count-driven checkpoints come dozens of times a second.
+            batch.examine = self._force or now - self._examined_at >= EXAMINE_SECONDS
         return batch
 
     def write(self, batch: Batch, *, prologue: str = "") -> None:
@@ -277,7 +309,8 @@ class Trail:
             ) from exc
         if batch.head is not None:
             self._publish(batch)
-            batch.lost = self._examine(conn, batch)
+            if batch.examine:
+                batch.lost = self._examine(conn, batch)
 
     def settle(self, batch: Batch) -> None:
         """Account for a written batch: the head moves on, its events leave the buffer.
@@ -294,6 +327,8 @@ class Trail:
         else:
             self._uncovered = 0
             self._checkpointed_at = batch.now
+            if batch.examine:
+                self._examined_at = batch.now
             self._force = False
             if self.on_checkpoint is not None and batch.lost is None:
                 self.on_checkpoint()

@@ -16,12 +16,29 @@ from click.testing import CliRunner
 
 from appliance.cli import trail as trail_cli
 from appliance.config import TrailSettings
-from appliance.trail.store import Trail, TrailError, TrailLost
+from appliance.trail.store import EXAMINE_SECONDS, Trail, TrailError, TrailLost
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> TrailSettings:
-    return TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=5)
+    # Checkpoints every five events, never by time: the ticking clock below stands for a
+    # recorder under light load, whose every checkpoint also checks the files.
+    return TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=5, checkpoint_seconds=3600)
+
+
+class Ticking:
+    """A clock that moves on EXAMINE_SECONDS at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += EXAMINE_SECONDS
+        return self.now
+
+
+def opened(settings: TrailSettings) -> Trail:
+    return Trail.open(settings, clock=Ticking())
 
 
 def wal(settings: TrailSettings) -> Path:
@@ -43,7 +60,7 @@ def command(trail: Trail, n: int) -> None:
 def test_a_deleted_wal_stops_the_writer_and_closing_saves_what_it_held(
     settings: TrailSettings,
 ) -> None:
-    trail = Trail.open(settings)
+    trail = opened(settings)
     for n in range(1, 4):
         command(trail, n)
     wal(settings).unlink()
@@ -67,7 +84,7 @@ def test_a_deleted_wal_stops_the_writer_and_closing_saves_what_it_held(
 
 
 def test_a_replaced_database_file_stops_the_writer(settings: TrailSettings) -> None:
-    trail = Trail.open(settings)
+    trail = opened(settings)
     command(trail, 1)
     settings.path.rename(settings.path.with_name("moved.db"))
     settings.path.write_bytes(settings.path.with_name("moved.db").read_bytes())
@@ -82,8 +99,14 @@ TRUNCATED = """
 import sys
 from pathlib import Path
 from appliance.config import TrailSettings
-from appliance.trail.store import Trail, TrailLost
-trail = Trail.open(TrailSettings.beside(Path(sys.argv[1]), checkpoint_events=5))
+from appliance.trail.store import EXAMINE_SECONDS, Trail, TrailLost
+class Ticking:
+    now = 1_000_000.0
+    def __call__(self):
+        self.now += EXAMINE_SECONDS
+        return self.now
+settings = TrailSettings.beside(Path(sys.argv[1]), checkpoint_events=5, checkpoint_seconds=3600)
+trail = Trail.open(settings, clock=Ticking())
 for n in range(1, 13):
     trail.append("command", "s", {"n": n, "text": "SELECT 1"})
     trail.commit()
@@ -140,3 +163,21 @@ def test_a_truncated_wal_stops_the_writer_and_the_loss_shows_without_damage(
     assert "the checkpoint file vouches for event 20: the tail was cut" in str(report["reason"])
     with pytest.raises(TrailError, match="FAULT at event 20: the trail does not hold event 20"):
         Trail.open(settings)
+
+
+def test_under_load_the_files_are_checked_at_most_every_examine_seconds(
+    settings: TrailSettings,
+) -> None:
+    """Count-driven checkpoints come dozens of times a second under load: the files are
+    checked at one of them only once EXAMINE_SECONDS have passed, and at every timed one."""
+    clock = Ticking()
+    trail = Trail.open(settings, clock=lambda: clock.now)  # time stands still
+    for n in range(1, 4):
+        command(trail, n)
+    wal(settings).unlink()
+    for n in range(4, 12):
+        command(trail, n)  # two checkpoints, neither checks
+    with pytest.raises(TrailLost, match="was deleted"):
+        trail.checkpoint()  # the timer's checkpoint always checks
+    with pytest.raises(TrailLost):
+        trail.close()
