@@ -38,6 +38,7 @@ HOT_PATH = [
     "appliance/proxy/server.py",
     "appliance/trail/chain.py",
     "appliance/trail/store.py",
+    "appliance/trail/walcheck.py",
 ]
 MANIFEST = "appliance/native.json"
 # The eBPF programs are compiled by BCC where they are loaded: an install carries the source.

@@ -39,7 +39,7 @@ class CancelRequest:
     packet: bytes = field(default=b"", compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made for every command: see Command on frozen dataclasses
 class CommandStarted:
     """A client command; ``n`` numbers commands within the session from 1."""
 
@@ -47,7 +47,7 @@ class CommandStarted:
     command: Command
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made for every command: see Command on frozen dataclasses
 class CommandFinished:
     """The backend finished (or discarded) command ``n``."""
 
