@@ -120,6 +120,7 @@ _SPECIAL = frozenset(
     }
 )
 _WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+_ASCII_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _NUMBER = re.compile(r"\.?[0-9][A-Za-z0-9_.]*")
 _DOLLAR = re.compile(r"\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
 _PARAM = re.compile(r"\$[0-9]+")
@@ -147,6 +148,9 @@ _SEEN: dict[str, Script] = {}  # texts repeat (unnamed statements, ORMs): read e
 
 def script(text: str) -> Script:
     """What ``text`` (a Query's, or a Parse's) may do, statement by statement."""
+    plain = _plain(text)
+    if plain is not None:
+        return plain  # cheaper than the cache, which it would only fill with one-offs
     found = _SEEN.get(text)
     if found is None:
         found = _read(text)
@@ -157,13 +161,18 @@ def script(text: str) -> Script:
     return found
 
 
-def _read(text: str) -> Script:
+def _plain(text: str) -> Script | None:
+    """One statement whose first word makes it plain code, or None when that is not plain
+    to see: the common case, read without splitting."""
     first = _first_word(text)
     if first is not None and first not in _SPECIAL:
         end = text.find(";")
         if end < 0 or not text[end + 1 :].strip():
-            # One statement, and its first word makes it plain code.
             return _PLANNED if first in _PLANNED_WORDS else _UTILITY
+    return None
+
+
+def _read(text: str) -> Script:
     statements = _split(text)
     if statements is None:
         return UNREADABLE
@@ -177,11 +186,13 @@ def _read(text: str) -> Script:
 
 
 def _first_word(text: str) -> str | None:
-    pos = 0
-    match = _SPACE.match(text)
-    if match:
-        pos = match.end()
-    word = _WORD.match(text, pos)
+    word = _ASCII_WORD.match(text)  # most texts start with a keyword, nothing before it
+    if word is None or text[word.end() : word.end() + 1] > "\x7f":
+        pos = 0
+        match = _SPACE.match(text)
+        if match:
+            pos = match.end()
+        word = _WORD.match(text, pos)
     if word is None or text.startswith(("'", '"', "$", "&"), word.end()):
         return None
     return word.group().upper()
