@@ -59,7 +59,7 @@ class TrailFull(TrailWriteError):
     """A command found the backlog full: it cannot be kept, so it must not be forwarded."""
 
 
-def _uri(path: Path, **params: str) -> str:
+def uri(path: Path, **params: str) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"file:{quote(str(path.absolute()))}?{query}"
 
@@ -86,14 +86,14 @@ def reading(path: Path, *, check: bool = True) -> Iterator[sqlite3.Connection]:
             # SQLite reports an unreadable file only as "unable to open"; ask the OS why.
             path.open("rb").close()
             if not wal.exists():
-                conn = sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True)
+                conn = sqlite3.connect(uri(path, mode="ro", immutable="1"), uri=True)
             elif shm.exists():
-                conn = sqlite3.connect(_uri(path, mode="ro"), uri=True)
+                conn = sqlite3.connect(uri(path, mode="ro"), uri=True)
             else:
                 private = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 shutil.copyfile(path, private / path.name)
                 shutil.copyfile(wal, private / wal.name)
-                conn = sqlite3.connect(_uri(private / path.name, mode="ro"), uri=True)
+                conn = sqlite3.connect(uri(private / path.name, mode="ro"), uri=True)
             stack.callback(conn.close)
             conn.execute("PRAGMA query_only = 1")
             if check:

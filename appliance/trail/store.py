@@ -446,12 +446,9 @@ class Trail:
             self._damaged = True
             return f"{erased}: it was truncated or overwritten under the recorder"
         try:
-            with db.reading(path) as reader:
-                last = reader.execute(
-                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
+            last = _newest(path)
             seen = "nothing" if last is None else f"event {last[0]}"
-        except TrailError as exc:
+        except sqlite3.Error as exc:
             last, seen = None, f"an error ({exc})"
         if last is None or (last[0], last[1]) != (batch.seq, batch.hash):
             self._damaged = True
@@ -544,6 +541,17 @@ class Trail:
             write_file(path, batch.head, sync=self._settings.durability == "power")
         except OSError as exc:
             batch.problems.append(f"cannot write {path}: {exc.strerror}")
+
+
+def _newest(path: Path) -> tuple[int, str] | None:
+    """The newest event's (seq, hash) as a new read-only connection finds it (none of the
+    checks of :func:`db.reading`: the writer has just checked the files itself)."""
+    reader = sqlite3.connect(db.uri(path, mode="ro"), uri=True)
+    try:
+        row = reader.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    finally:
+        reader.close()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 def _file_id(path: Path) -> tuple[int, int]:
