@@ -126,6 +126,10 @@ class TrailSettings:
     checkpoint_events: int = 1_000
     checkpoint_seconds: float = 1.0
     anchor: AnchorSettings | None = None
+    examine_commits: int = 1000
+    """Commits between two checks that the trail's files are whole (each also copies the WAL
+    into the database), besides the check at every timed checkpoint: about the WAL size at
+    which SQLite would copy it on its own (1,000 pages). Not in the configuration file."""
 
     @property
     def public_key(self) -> Path:

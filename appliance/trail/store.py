@@ -24,7 +24,6 @@ from appliance.trail.walk import Fault, Walk
 __all__ = ["Trail", "TrailError", "TrailFull", "TrailLost", "TrailWriteError"]
 
 MAX_BACKLOG = 1_000_000
-EXAMINE_SECONDS = 0.25
 # Only a foreign writer can hold the lock (readers never block a WAL writer), and the relay
 # commits on its event loop: fail fast and let it retry rather than freeze every session.
 BUSY_TIMEOUT_MS = 200
@@ -69,7 +68,7 @@ class Batch:
         self.now = now
         self.dropped = dropped  # dropped events its notice accounts for
         self.head: Head | None = None  # the signed head, when it ends with a checkpoint
-        self.examine = False  # whether write() checks the files after its checkpoint
+        self.examine = False  # whether write() checks the files once it has committed
         self.problems: list[str] = []  # what write() could not do besides
         self.lost: str | None = None  # set by write(): committed, but not where readers look
 
@@ -103,7 +102,7 @@ class Trail:
         self._seq, self._hash = head
         self._uncovered = 0
         self._checkpointed_at = clock()
-        self._examined_at = self._checkpointed_at
+        self._unexamined = 0  # commits since the files were last checked
         self._force = False
         self._valid: set[str] = set()
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
@@ -274,10 +273,10 @@ class Trail:
             )
             batch.head = Head.sign(self._key, self._fingerprint, batch.seq, batch.hash)
             batch.uncovered = 0
-            # The files are checked (and the WAL copied into the database) at every timed
-            # checkpoint, and at most every EXAMINE_SECONDS between: under full load the
-            # count-driven checkpoints come dozens of times a second.
-            batch.examine = self._force or now - self._examined_at >= EXAMINE_SECONDS
+        # The files are checked (and the WAL copied into the database) at every timed
+        # checkpoint, so within a second, and every examine_commits commits, which keeps
+        # the WAL about as small as SQLite's own copying would.
+        batch.examine = self._force or self._unexamined + 1 >= self._settings.examine_commits
         return batch
 
     def write(self, batch: Batch, *, prologue: str = "") -> None:
@@ -309,8 +308,8 @@ class Trail:
             ) from exc
         if batch.head is not None:
             self._publish(batch)
-            if batch.examine:
-                batch.lost = self._examine(conn, batch)
+        if batch.examine:
+            batch.lost = self._examine(conn, batch)
 
     def settle(self, batch: Batch) -> None:
         """Account for a written batch: the head moves on, its events leave the buffer.
@@ -320,6 +319,7 @@ class Trail:
         """
         del self._pending[: batch.taken]
         self._seq, self._hash = batch.seq, batch.hash
+        self._unexamined = 0 if batch.examine else self._unexamined + 1
         if batch.dropped:
             self._forget_drops(batch.dropped)
         if batch.head is None:
@@ -327,8 +327,6 @@ class Trail:
         else:
             self._uncovered = 0
             self._checkpointed_at = batch.now
-            if batch.examine:
-                self._examined_at = batch.now
             self._force = False
             if self.on_checkpoint is not None and batch.lost is None:
                 self.on_checkpoint()
@@ -420,8 +418,8 @@ class Trail:
         }
 
     def _examine(self, conn: sqlite3.Connection, batch: Batch) -> str | None:
-        """After a checkpoint's commit: why the events this writer committed are not where a
-        new reader looks (None: they are, and the WAL is copied into the database).
+        """After a commit: why the events this writer committed are not where a new reader
+        looks (None: they are, and the WAL is copied into the database).
 
         SQLite keeps writing to the files it opened: a deleted or replaced WAL or database
         takes every later commit out of sight, and a truncated WAL loses the earlier ones,
@@ -679,6 +677,6 @@ def _prepare(conn: sqlite3.Connection, settings: TrailSettings) -> None:
     sync = "FULL" if settings.durability == "power" else "OFF"
     conn.execute(f"PRAGMA synchronous = {sync}")
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
-    # The WAL is copied into the database only after each signed checkpoint finds it whole
+    # The WAL is copied into the database only after a check finds it whole
     # (Trail._examine), never at a size SQLite picks.
     conn.execute("PRAGMA wal_autocheckpoint = 0")

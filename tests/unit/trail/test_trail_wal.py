@@ -16,29 +16,16 @@ from click.testing import CliRunner
 
 from appliance.cli import trail as trail_cli
 from appliance.config import TrailSettings
-from appliance.trail.store import EXAMINE_SECONDS, Trail, TrailError, TrailLost
+from appliance.trail.store import Trail, TrailError, TrailLost
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> TrailSettings:
-    # Checkpoints every five events, never by time: the ticking clock below stands for a
-    # recorder under light load, whose every checkpoint also checks the files.
-    return TrailSettings.beside(tmp_path / "trail.db", checkpoint_events=5, checkpoint_seconds=3600)
-
-
-class Ticking:
-    """A clock that moves on EXAMINE_SECONDS at every reading."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        self.now += EXAMINE_SECONDS
-        return self.now
-
-
-def opened(settings: TrailSettings) -> Trail:
-    return Trail.open(settings, clock=Ticking())
+    # Checkpoints every five events, never by time; and the files checked every five commits
+    # (one command each), so at each of those checkpoints.
+    return TrailSettings.beside(
+        tmp_path / "trail.db", checkpoint_events=5, checkpoint_seconds=3600, examine_commits=5
+    )
 
 
 def wal(settings: TrailSettings) -> Path:
@@ -60,7 +47,7 @@ def command(trail: Trail, n: int) -> None:
 def test_a_deleted_wal_stops_the_writer_and_closing_saves_what_it_held(
     settings: TrailSettings,
 ) -> None:
-    trail = opened(settings)
+    trail = Trail.open(settings)
     for n in range(1, 4):
         command(trail, n)
     wal(settings).unlink()
@@ -84,7 +71,7 @@ def test_a_deleted_wal_stops_the_writer_and_closing_saves_what_it_held(
 
 
 def test_a_replaced_database_file_stops_the_writer(settings: TrailSettings) -> None:
-    trail = opened(settings)
+    trail = Trail.open(settings)
     command(trail, 1)
     settings.path.rename(settings.path.with_name("moved.db"))
     settings.path.write_bytes(settings.path.with_name("moved.db").read_bytes())
@@ -99,14 +86,11 @@ TRUNCATED = """
 import sys
 from pathlib import Path
 from appliance.config import TrailSettings
-from appliance.trail.store import EXAMINE_SECONDS, Trail, TrailLost
-class Ticking:
-    now = 1_000_000.0
-    def __call__(self):
-        self.now += EXAMINE_SECONDS
-        return self.now
-settings = TrailSettings.beside(Path(sys.argv[1]), checkpoint_events=5, checkpoint_seconds=3600)
-trail = Trail.open(settings, clock=Ticking())
+from appliance.trail.store import Trail, TrailLost
+settings = TrailSettings.beside(
+    Path(sys.argv[1]), checkpoint_events=5, checkpoint_seconds=3600, examine_commits=5
+)
+trail = Trail.open(settings)
 for n in range(1, 13):
     trail.append("command", "s", {"n": n, "text": "SELECT 1"})
     trail.commit()
@@ -165,19 +149,32 @@ def test_a_truncated_wal_stops_the_writer_and_the_loss_shows_without_damage(
         Trail.open(settings)
 
 
-def test_under_load_the_files_are_checked_at_most_every_examine_seconds(
-    settings: TrailSettings,
+def test_the_files_are_checked_every_examine_commits_and_at_every_timed_checkpoint(
+    tmp_path: Path,
 ) -> None:
     """Count-driven checkpoints come dozens of times a second under load: the files are
-    checked at one of them only once EXAMINE_SECONDS have passed, and at every timed one."""
-    clock = Ticking()
-    trail = Trail.open(settings, clock=lambda: clock.now)  # time stands still
+    checked every examine_commits commits, and at every timed checkpoint."""
+    settings = TrailSettings.beside(
+        tmp_path / "trail.db", checkpoint_events=2, checkpoint_seconds=3600, examine_commits=50
+    )
+    trail = Trail.open(settings)
     for n in range(1, 4):
         command(trail, n)
     wal(settings).unlink()
     for n in range(4, 12):
-        command(trail, n)  # two checkpoints, neither checks
+        command(trail, n)  # four checkpoints, none checks: fewer than 50 commits
     with pytest.raises(TrailLost, match="was deleted"):
         trail.checkpoint()  # the timer's checkpoint always checks
+    with pytest.raises(TrailLost):
+        trail.close()
+    settings = TrailSettings.beside(
+        tmp_path / "again.db", checkpoint_events=10_000, checkpoint_seconds=3600, examine_commits=3
+    )
+    trail = Trail.open(settings)
+    wal(settings).with_name("again.db-wal").unlink()
+    command(trail, 1)
+    command(trail, 2)
+    with pytest.raises(TrailLost, match="was deleted"):
+        command(trail, 3)  # the third commit checks, with no checkpoint due
     with pytest.raises(TrailLost):
         trail.close()
