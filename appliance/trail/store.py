@@ -103,6 +103,10 @@ class Trail:
         self._uncovered = 0
         self._checkpointed_at = clock()
         self._unexamined = 0  # commits since the files were last checked
+        # Read on every commit: native attributes, not the settings' (a plain dataclass).
+        self._checkpoint_events = settings.checkpoint_events
+        self._checkpoint_seconds = settings.checkpoint_seconds
+        self._examine_commits = settings.examine_commits
         self._force = False
         self._valid: set[str] = set()
         self._pending: list[tuple[int, str, str | None, dict[str, Any]]] = []
@@ -227,8 +231,8 @@ class Trail:
         uncovered = self._uncovered + n + (1 if dropped else 0)
         due = uncovered > 0 and (
             self._force
-            or uncovered >= self._settings.checkpoint_events
-            or now - self._checkpointed_at >= self._settings.checkpoint_seconds
+            or uncovered >= self._checkpoint_events
+            or now - self._checkpointed_at >= self._checkpoint_seconds
         )
         if not (n or due or dropped):
             return None
@@ -276,7 +280,7 @@ class Trail:
         # The files are checked (and the WAL copied into the database) at every timed
         # checkpoint, so within a second, and every examine_commits commits, which keeps
         # the WAL about as small as SQLite's own copying would.
-        batch.examine = self._force or self._unexamined + 1 >= self._settings.examine_commits
+        batch.examine = self._force or self._unexamined + 1 >= self._examine_commits
         return batch
 
     def write(self, batch: Batch, *, prologue: str = "") -> None:
