@@ -70,20 +70,42 @@ class Head(Checkpoint):
         return chain.head_message(seq, hash)
 
 
+RECORD = 1024
+"""Bytes the checkpoint file always holds: its JSON, padded with spaces."""
+
+
 def write_file(path: Path, head: Head, *, sync: bool) -> None:
-    """Replace the checkpoint file atomically (mode 0644): readers never see half of one."""
+    """Put ``head`` in the checkpoint file (mode 0644).
+
+    With ``sync`` (power durability) a new file is written, fsynced and renamed over the old
+    one. Otherwise the file is overwritten in place with one write of RECORD bytes: a killed
+    recorder cannot tear a write it was in, and a rename over an existing file costs ext4 a
+    flush of the new file's blocks, which at one checkpoint per 1,000 events took more than
+    a microsecond from every command.
+    """
     data = json.dumps(head.as_dict(), sort_keys=True).encode() + b"\n"
-    files.write_atomic(path, data, 0o644, sync=sync)
+    if sync or len(data) > RECORD:
+        files.write_atomic(path, data, 0o644, sync=sync)
+    else:
+        files.overwrite(path, data.ljust(RECORD), 0o644)
 
 
 def read_file(path: Path) -> Head:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TrailError(f"{path}: no such checkpoint file") from None
-    except OSError as exc:
-        raise TrailError(f"{path}: cannot read the checkpoint file: {exc.strerror}") from None
-    found = Head.from_json(raw)
+    """The head in the checkpoint file; a read that crossed the recorder's write, which would
+    find two halves that do not verify together, is told from a real one by reading again."""
+    found = None
+    last = b""
+    for _ in range(5):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise TrailError(f"{path}: no such checkpoint file") from None
+        except OSError as exc:
+            raise TrailError(f"{path}: cannot read the checkpoint file: {exc.strerror}") from None
+        found = Head.from_json(raw)
+        if raw == last:
+            break
+        last = raw
     if found is None:
         raise TrailError(f"{path}: not a Witness checkpoint file")
     return found

@@ -1,4 +1,4 @@
-"""Creating the trail's files with the right modes, and replacing small files atomically."""
+"""Creating the trail's files with the right modes, and replacing small files."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ def private_dir(path: Path) -> None:
     """Create ``path`` and its missing parents with mode 0700 (existing ones are left alone)."""
     with private_umask():
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def overwrite(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` over the start of ``path`` (created with ``mode`` if missing) in one
+    write, and cut the file to its length if it was longer."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, mode)
+    try:
+        os.pwrite(fd, data, 0)
+        if os.fstat(fd).st_size != len(data):  # new (the umask spared), or another length
+            os.ftruncate(fd, len(data))
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, mode: int, *, sync: bool, replace: bool = True) -> None:

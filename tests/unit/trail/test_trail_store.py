@@ -440,3 +440,36 @@ def test_trail_files_keep_private_modes_under_a_loose_umask(tmp_path: Path) -> N
         trail.close()
     finally:
         os.umask(old)
+
+
+def test_the_checkpoint_file_is_overwritten_in_place_unless_power_durability(
+    tmp_path: Path,
+) -> None:
+    key = keys.create(tmp_path / "k")
+    fingerprint = keys.fingerprint(key.public_key())
+    path = tmp_path / "trail.db.key.checkpoint"
+    first = checkpoint.Head.sign(key, fingerprint, 7, "a" * 64)
+    checkpoint.write_file(path, first, sync=False)
+    inode = path.stat().st_ino
+    second = checkpoint.Head.sign(key, fingerprint, 9, "b" * 64)
+    checkpoint.write_file(path, second, sync=False)
+    assert path.stat().st_ino == inode  # no rename: the same file, rewritten
+    assert path.stat().st_size == checkpoint.RECORD
+    assert checkpoint.read_file(path) == second
+    checkpoint.write_file(path, first, sync=True)
+    assert path.stat().st_ino != inode  # power: a new file, fsynced, renamed over
+    assert checkpoint.read_file(path) == first
+
+
+def test_a_read_that_crossed_a_write_reads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = keys.create(tmp_path / "k")
+    head = checkpoint.Head.sign(key, keys.fingerprint(key.public_key()), 3, "c" * 64)
+    path = tmp_path / "checkpoint"
+    checkpoint.write_file(path, head, sync=False)
+    whole = path.read_bytes()
+    torn = whole[:40] + b"x" * 20 + whole[60:]
+    reads = iter([torn, whole, whole])
+    monkeypatch.setattr(Path, "read_bytes", lambda self: next(reads))
+    assert checkpoint.read_file(path) == head
