@@ -227,7 +227,7 @@ class Trail:
         pending = self._pending
         n = len(pending)
         now = self._clock()
-        dropped = sum(self._dropped.values())
+        dropped = sum(self._dropped.values()) if self._dropped else 0
         uncovered = self._uncovered + n + (1 if dropped else 0)
         due = uncovered > 0 and (
             self._force
@@ -334,7 +334,7 @@ class Trail:
             self._force = False
             if self.on_checkpoint is not None and batch.lost is None:
                 self.on_checkpoint()
-        for problem in batch.problems:
+        for problem in batch.problems:  # rarely any
             self.append("error", None, {"where": "trail", "message": problem})
         if batch.lost is not None:
             self._lost = batch.lost
