@@ -551,13 +551,12 @@ class Session:
             self.server.close()
             self.server = None
         try:
-            refusal = self._cancel_refusal_reason()
-            if refusal is not None:
+            target, refusal = self._cancel_target()
+            if target is None:
                 self._record_cancel_refused(refusal)
                 return
             request = self.cancel
             assert request is not None
-            target = self.relay.keys[(request.pid, request.secret)]
             target.commands += 1
             owner = self.owner
             assert owner is not None
@@ -582,31 +581,31 @@ class Session:
             if self.client is not None:
                 self.client.close()
 
-    def _cancel_refusal_reason(self) -> str | None:
-        """Why the cancel may not be delivered, or None: its sender is admitted like any
-        connection, and may cancel only a session of its own identity."""
+    def _cancel_target(self) -> tuple[Session | None, str]:
+        """The session the cancel may be delivered to, or None and why not: its sender is
+        admitted like any connection, and may cancel only a session of its own identity."""
         if self.refusal is not None:  # decided before the request came
             reason = self.refusal[1]
             self._cancel_refusal()
-            return reason
+            return None, reason
         if self.not_relayable is not None:
-            return self.not_relayable
+            return None, self.not_relayable
         owner, backend = self.owner, self.backend
         assert owner is not None and backend is not None
         refusal = self._admission(owner, backend)
         if refusal is not None:
-            return refusal[1]
+            return None, refusal[1]
         request = self.cancel
         assert request is not None
         target = self.relay.keys.get((request.pid, request.secret))
         if target is None or target.ended:
-            return f"no live session has backend pid {request.pid} and that cancel key"
+            return None, f"no live session has backend pid {request.pid} and that cancel key"
         if _who(target.identity) != _who(self.identity):
-            return (
+            return None, (
                 f"backend pid {request.pid} belongs to a session of another identity"
                 f" ({_label(target.identity)}, not {_label(self.identity)})"
             )
-        return None
+        return target, ""
 
     def _record_cancel_refused(self, reason: str) -> None:
         request = self.cancel

@@ -34,6 +34,12 @@ from appliance.protocols.postgres.portals import Portal, Reread
 from appliance.protocols.postgres.reading import Reader
 from appliance.protocols.postgres.statements import Statement, key
 
+
+def _packet(body: bytes) -> bytes:
+    """An untyped startup-phase packet as it came: its length, then ``body``."""
+    return (len(body) + 4).to_bytes(4, "big") + body
+
+
 _PROTOCOL_3 = 3
 _CANCEL = 80877102
 _NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
@@ -260,13 +266,12 @@ class PostgresConnection:
             self._events.append(NegotiationRequest(kind, NO_ENCRYPTION))
         elif code == _CANCEL:
             pid, secret = decode.cancel_key(body)
-            packet = (len(body) + 4).to_bytes(4, "big") + body
-            self._events.append(CancelRequest(pid, secret, packet))
+            self._events.append(CancelRequest(pid, secret, _packet(body)))
             self._client.untyped = None
             self._client.phase = CLIENT_CANCELLED
         elif major == _PROTOCOL_3:
             self.params = decode.startup_params(body)
-            self._startup_packet = (len(body) + 4).to_bytes(4, "big") + body
+            self._startup_packet = _packet(body)
             # The stream is read in order: the packet ends where the bytes read so far end,
             # less what of the current chunk is still unread.
             self._forward_from = self._client_bytes - self._client.unread
