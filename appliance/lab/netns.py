@@ -253,6 +253,17 @@ class Lab:
         state[key] = value
         self._save(state)
 
+    def abandoned(self) -> bool:
+        """Whether the process that built this lab has gone (killed before it could take the
+        lab down), so that the lab is no one's; False when there is no lab."""
+        state = self.state()
+        if state is None:
+            return False
+        creator = state.get("creator")
+        if not isinstance(creator, dict):
+            return True  # built before labs named their creator: no live run knows of it
+        return creator != _process(int(creator.get("pid", 0)))
+
     # -- up ------------------------------------------------------------------------------
 
     def problems(self) -> list[str]:
@@ -291,7 +302,12 @@ class Lab:
                 f"namespace {', '.join(stray)} exists but {self.state_path} does not; "
                 "run 'witness lab down' first"
             )
-        state: dict[str, Any] = {"name": self.topology.name, "phase": "building", "namespaces": []}
+        state: dict[str, Any] = {
+            "name": self.topology.name,
+            "phase": "building",
+            "namespaces": [],
+            "creator": _this_process(),
+        }
         self._save(state)
         try:
             self._build(state)
@@ -402,6 +418,24 @@ class Lab:
             self.state_path.unlink()
             removed = True
         return removed
+
+
+def _process(pid: int) -> dict[str, int] | None:
+    """A process as a pid and its start time (clock ticks after boot): a pid alone may have
+    been reused. None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return {"pid": pid, "start": int(fields[19])}
+
+
+def _this_process() -> dict[str, int]:
+    found = _process(os.getpid())
+    assert found is not None
+    return found
 
 
 def _remove_agent_cgroups(root: Path, pins: Path, say: Callable[[str], None]) -> bool:
