@@ -34,6 +34,7 @@ HOT_PATH = [
     "appliance/protocols/postgres/reading.py",
     "appliance/protocols/postgres/sql.py",
     "appliance/protocols/postgres/statements.py",
+    "appliance/protocols/splice.py",
     "appliance/proxy/recorder.py",
     "appliance/proxy/server.py",
     "appliance/trail/chain.py",

@@ -304,3 +304,17 @@ class Result:
         if self.reading is not None:
             out["reading"] = self.reading.as_dict()
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy decided about one command, recorded with it before any of its bytes
+    move: ``action`` (``allow`` or ``block``), the ``rule`` that decided (its name; None for
+    the policy's default) and the ``reason``, for people."""
+
+    action: str
+    rule: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "rule": self.rule, "reason": self.reason}

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.model import Command, Decoding, ErrorInfo, Prepared, Result
+from appliance.model import Command, Decision, Decoding, ErrorInfo, Prepared, Result
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.postgres import decode, sql
 from appliance.protocols.postgres.certainty import NO_OPS, Certainty
@@ -26,13 +26,19 @@ from appliance.protocols.postgres.events import (
 )
 from appliance.protocols.postgres.framing import Framer, Phase, types
 from appliance.protocols.postgres.messages import (
+    BLOCKED,
+    BLOCKED_STATEMENT,
     CLIENT_MESSAGES,
     NO_ENCRYPTION,
     SERVER_MESSAGES,
+    error_response,
+    parse_message,
+    query_message,
 )
 from appliance.protocols.postgres.portals import Portal, Reread
 from appliance.protocols.postgres.reading import Reader
 from appliance.protocols.postgres.statements import Statement, key
+from appliance.protocols.splice import Splicer
 
 
 def _packet(body: bytes) -> bytes:
@@ -49,6 +55,7 @@ class _Command:
     """A command the server has not finished with."""
 
     __slots__ = (
+        "blocked",
         "command",
         "formats",
         "mark",
@@ -57,6 +64,7 @@ class _Command:
         "reread",
         "result",
         "room",
+        "span",
         "started",
         "until_ready",
     )
@@ -72,6 +80,7 @@ class _Command:
         room: int,
         ops: list[int],
         reread: Reread | None,
+        span: tuple[int, int],
     ):
         self.n = n
         self.mark = mark  # server bytes seen when it was sent
@@ -83,6 +92,8 @@ class _Command:
         self.room = room  # capture bytes left; -1 once capture stopped
         self.ops = ops  # the statements (by index) that define or drop prepared statements
         self.reread = reread
+        self.span = span  # where its message lies in the client stream
+        self.blocked: ErrorInfo | None = None  # what the client is told instead, if blocked
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,17 @@ class PostgresConnection:
         # parser hands over itself), and that packet until it is handed over.
         self._forward_from = sys.maxsize
         self._startup_packet: bytes | None = None
+        # Blocked commands: what goes to the server in their place, and the errors that come
+        # back for them replaced by the ones the clients are told.
+        self._out = Splicer()
+        self._back = Splicer()
+        self._server_bytes = 0
+        self._blocked = 0  # blocked commands not finished yet
+        self._bound: dict[str, tuple[int, int]] = {}  # portal -> its Bind's offset, command
+        # Where the first Bind not yet followed by an Execute (or a Sync, a Flush) starts:
+        # held from there, so that a blocked Execute's Bind, and its planning, never go.
+        self._binding = -1
+        self._max_message = max_message
         self._client = Framer(
             "client",
             self,
@@ -184,21 +206,82 @@ class PostgresConnection:
     def client_payload(self, data: bytes) -> bytes:
         """What of ``data``, the chunk last given to ``receive_client``, goes to the server.
 
-        Everything from the startup packet on. Before it come the requests answered here
-        and never forwarded (SSLRequest, GSSENCRequest), or a CancelRequest, after which
-        nothing is forwarded; the reads may split any of them anywhere, so until the startup
-        packet is whole nothing is released, and then the packet is released as parsed.
+        Everything from the startup packet on, with blocked commands replaced, and less the
+        start of a message that is not whole yet (it goes once it is, unless it is blocked).
+        Before the startup packet come the requests answered here and never forwarded
+        (SSLRequest, GSSENCRequest), or a CancelRequest, after which nothing is forwarded;
+        the reads may split any of them anywhere, so until the startup packet is whole
+        nothing is released, and then the packet is released as parsed.
         """
         start = self._chunk_start
+        hold = len(self._client._buf)
+        if self._binding >= 0:
+            if self._client_bytes - self._binding > self._max_message:
+                self._binding = -1  # no client binds this much before it runs or flushes
+            else:
+                hold = max(hold, self._client_bytes - self._binding)
         if self._forward_from <= start:
-            return data
+            return self._out.take(data, self._client_bytes, hold)
         if self._startup_packet is None:
             return b""  # still before the startup packet, or a cancel
         packet, self._startup_packet = self._startup_packet, None
-        return packet + data[self._forward_from - start :]
+        self._out.skip_to(self._forward_from)
+        rest = data[self._forward_from - start :]
+        return packet + self._out.take(rest, self._client_bytes, hold)
 
     def receive_server(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        return self._receive(self._server, data)
+        rewriting = self.rewriting
+        self._server_bytes += len(data)
+        events = self._receive(self._server, data)
+        if not rewriting:  # the relay hands the chunk on whole: see ``rewriting``
+            self._back.skip_to(self._server_bytes)
+        return events
+
+    @property
+    def rewriting(self) -> bool:
+        """Whether the server's next bytes may need changing before the client sees them
+        (the answer to a blocked command): if so, the relay hands on ``server_payload`` of
+        each chunk, after ``receive_server``; if not, the chunk as it came, at once."""
+        back = self._back
+        return self._blocked > 0 or bool(back.edits) or bool(back.tail)
+
+    def server_payload(self, data: bytes) -> bytes:
+        """What of ``data``, the chunk last given to ``receive_server``, goes to the client."""
+        hold = len(self._server._buf) if self._blocked else 0
+        return self._back.take(data, self._server_bytes, hold)
+
+    def block(self, n: int, decision: Decision) -> None:
+        """Command ``n``, started by the chunk last received, must not reach the server.
+
+        The server gets a statement its grammar refuses in its place (a simple Query for a
+        Query or FunctionCall; for an Execute a Parse, from the portal's Bind when that was
+        in the same unsent bytes, so that its planning does not run either). It answers
+        with an error where the command's answer would have been, and that error reaches
+        the client as a 42501 naming the rule. Everything else is as for any failed
+        command: the server's own state machine aborts the transaction block, or skips the
+        extended-protocol batch to its Sync, as it would have.
+        """
+        cmd = None
+        for entry in reversed(self._queue):
+            if isinstance(entry, _Command) and entry.n == n:
+                cmd = entry
+                break
+        if cmd is None or cmd.blocked is not None:
+            raise ValueError(f"command {n} is not one the last chunk started")
+        start, end = cmd.span
+        if cmd.until_ready:
+            instead = query_message(BLOCKED)
+        else:
+            instead = parse_message(BLOCKED_STATEMENT, BLOCKED)
+            bound = self._bound.get(key(cmd.command.portal or ""))
+            edits = self._out.edits
+            floor = max(self._out.sent, edits[-1][1] if edits else 0)
+            if bound is not None and bound[1] == n - 1 and floor <= bound[0] < start:
+                start = bound[0]
+        self._out.replace(start, end, instead)
+        who = f"rule {decision.rule!r}" if decision.rule else "the policy's default"
+        cmd.blocked = ErrorInfo("ERROR", "42501", f"witness: blocked by {who}: {decision.reason}")
+        self._blocked += 1
 
     def _receive(
         self, framer: Framer[PostgresConnection], data: bytes | bytearray | memoryview
@@ -296,6 +379,8 @@ class PostgresConnection:
         reread: Reread | None = None,
     ) -> None:
         self._n += 1
+        self._binding = -1
+        framer, base = self._client, self._forward_from
         self._queue.append(
             _Command(
                 self._n,
@@ -306,6 +391,7 @@ class PostgresConnection:
                 room=self._capture_bytes,
                 ops=NO_OPS if ops is None else ops,
                 reread=reread,
+                span=(base + framer.start, base + framer.seen),
             )
         )
         self._events.append(CommandStarted(self._n, command))
@@ -388,6 +474,10 @@ class PostgresConnection:
         elif bind.portal:
             self._certain.bound(portal, self._portals)
         self._portals[key(bind.portal)] = portal
+        at = self._forward_from + self._client.start
+        self._bound[key(bind.portal)] = (at, self._n)
+        if self._binding < 0:
+            self._binding = at
 
     def _describe(self, body: bytes) -> None:
         kind, name = decode.target(body, self._reader.codec)
@@ -450,7 +540,11 @@ class PostgresConnection:
         )
         self._start(command, portal.formats, ops, reread)
 
+    def _flush(self, body: bytes) -> None:
+        self._binding = -1  # the client waits for the answers to what it sent
+
     def _sync(self, body: bytes) -> None:
+        self._binding = -1
         if self._copy_in is None:  # PostgreSQL ignores Sync during COPY FROM STDIN
             self._certain.commit()
             self._bounds_sent += 1
@@ -501,6 +595,7 @@ class PostgresConnection:
         self._copy_in = None
 
     def _terminate(self, body: bytes) -> None:
+        self._binding = -1
         self._events.append(_TERMINATE)
         self._client.phase = CLIENT_CLOSED
 
@@ -571,6 +666,10 @@ class PostgresConnection:
 
     def _finish(self, cmd: _Command, status: str, error: ErrorInfo | None = None) -> None:
         result = cmd.result
+        if cmd.blocked is not None:
+            self._blocked -= 1
+            if status == "error":  # the substitute's error, told as the block
+                status, error, result.error = "blocked", cmd.blocked, cmd.blocked
         result.status = status
         if cmd.ops:
             self._settle_ops(cmd, status)
@@ -666,6 +765,7 @@ class PostgresConnection:
         if isinstance(head, _Command) and head.until_ready:
             if head.result.error is None:  # the rest of the query string is not run
                 head.result.error = info
+                self._answer_blocked(head, info, body)
             return
         # An extended-protocol error: the server skips everything up to the next Sync.
         # Requests before the first Execute failed or were skipped; that Execute gets the
@@ -677,12 +777,22 @@ class PostgresConnection:
                 if entry.until_ready:
                     break  # a simple Query is skipped like the rest
                 queue.popleft()
+                self._answer_blocked(entry, info, body)
                 self._finish(entry, "error", info)
                 return
             queue.popleft()
             self._unanswered(entry)
         self._answered_at = self._server.seen
         self._events.append(SessionError(info))
+
+    def _answer_blocked(self, cmd: _Command, info: ErrorInfo, body: bytes) -> None:
+        """The server's error for a blocked command's substitute: the client is told the
+        block instead. A FATAL or PANIC is the server's own news, and goes on as it is."""
+        told = cmd.blocked
+        if told is not None and info.severity == "ERROR":
+            end = self._server.seen
+            reply = error_response("ERROR", told.code, told.message)
+            self._back.replace(end - len(body) - 5, end, reply)
 
     def _unanswered(self, marker: _Marker) -> None:
         if marker.tracked:
@@ -787,11 +897,12 @@ _CLIENT_COMMANDS = {
     b"c": _C._copy_end,
     b"f": _C._copy_end,
     b"X": _C._terminate,
+    b"H": _C._flush,
 }
 # Password messages are hopped over unread: no secret is ever decoded or kept.
 CLIENT_STARTUP: Phase[_C] = Phase("startup", types(""), {})
-CLIENT_AUTHENTICATION: Phase[_C] = Phase("authentication", types("pdH"), _CLIENT_COMMANDS)
-CLIENT_READY: Phase[_C] = Phase("ready", types("dH"), _CLIENT_COMMANDS)
+CLIENT_AUTHENTICATION: Phase[_C] = Phase("authentication", types("pd"), _CLIENT_COMMANDS)
+CLIENT_READY: Phase[_C] = Phase("ready", types("d"), _CLIENT_COMMANDS)
 CLIENT_CANCELLED: Phase[_C] = Phase("cancel", types(""), {})
 CLIENT_CLOSED: Phase[_C] = Phase("terminated", types(""), {})
 

@@ -71,6 +71,7 @@ class Framer(Generic[T]):
         self.untyped = untyped
         self.row_room = sys.maxsize
         self.seen = 0  # bytes of every message whose header has been read
+        self.start = 0  # where the message last handed over starts (counted as ``seen``)
         self.unread = 0  # while ``untyped`` runs: bytes of the chunk after its packet
         self._buf = bytearray()  # the start of one unfinished message, never more
         self._skip = 0  # bytes of a skipped message still to come
@@ -160,6 +161,7 @@ class Framer(Generic[T]):
                     if copied or rows:
                         self.account(target, copied, rows)
                         copied = rows = 0
+                    self.start = seen
                     self.seen = seen = seen + n + 1
                     handler(target, bytes(data[pos + 5 : stop]))
                     pos = stop

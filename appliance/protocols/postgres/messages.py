@@ -48,6 +48,14 @@ SERVER_MESSAGES = {
 
 NO_ENCRYPTION = b"N"  # the answer to SSLRequest and GSSENCRequest: go on in plain text
 
+# What the server gets in place of a blocked command: a text its grammar refuses at once,
+# before it looks at anything, in any transaction state. The server answers with an error
+# where the command's answer would have been, and so does just what it does for any failed
+# command (a transaction block is aborted, an extended-protocol batch skipped to its Sync);
+# that error is then replaced by the one naming the rule. Its server log shows this text.
+BLOCKED = "WITNESS BLOCKED THIS COMMAND"
+BLOCKED_STATEMENT = "witness_blocked"  # named: the client's unnamed statement is left alone
+
 
 def _message(kind: bytes, body: bytes) -> bytes:
     return kind + (len(body) + 4).to_bytes(4, "big") + body
@@ -67,6 +75,15 @@ def error_response(severity: str, code: str, message: str) -> bytes:
         + b"\0"
     )
     return _message(b"E", body)
+
+
+def query_message(text: str) -> bytes:
+    return _message(b"Q", text.encode() + b"\0")
+
+
+def parse_message(name: str, text: str) -> bytes:
+    """A Parse of ``text`` as statement ``name``, with no parameter types."""
+    return _message(b"P", name.encode() + b"\0" + text.encode() + b"\0" + b"\0\0")
 
 
 def ready_for_query(status: str = "I") -> bytes:

@@ -1,0 +1,193 @@
+"""Blocking one command: the server gets a statement its grammar refuses in its place, and
+the error it answers with reaches the client as the block. Every test feeds the same bytes
+whole, byte by byte and split inside messages, and checks the bytes each side is handed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pgwire as pg
+import pytest
+from playbook import CHUNKINGS, Chunker
+
+from appliance.model import Decision
+from appliance.protocols.postgres.connection import PostgresConnection
+from appliance.protocols.postgres.events import CommandFinished, CommandStarted, Event
+from appliance.protocols.postgres.messages import BLOCKED, BLOCKED_STATEMENT, error_response
+
+RULE = Decision("block", "no-delete", "agents may not delete")
+TOLD = error_response(
+    "ERROR", "42501", "witness: blocked by rule 'no-delete': agents may not delete"
+)
+SYNTAX = pg.error_response('syntax error at or near "WITNESS"')
+
+LOGIN_IN = [pg.startup(user="app", database="app")]
+LOGIN_OUT = [pg.auth_ok(), pg.backend_key_data(7, 8), pg.ready_for_query("I")]
+
+
+class Ends:
+    """Both ends of one connection as the relay drives it: what each side is handed."""
+
+    def __init__(self, chunker: Chunker, blocks: Sequence[str] = ("delete",)) -> None:
+        self.conn = PostgresConnection()
+        self.chunker = chunker
+        self.blocks = blocks
+        self.to_server = b""
+        self.to_client = b""
+        self.events: list[Event] = []
+        self.client(LOGIN_IN)
+        self.server(LOGIN_OUT)
+        self.to_server = self.to_client = b""
+
+    def client(self, messages: Sequence[bytes]) -> None:
+        for chunk in self.chunker(messages):
+            events = self.conn.receive_client(chunk)
+            for event in events:
+                if isinstance(event, CommandStarted) and any(
+                    word in event.command.text.lower() for word in self.blocks
+                ):
+                    self.conn.block(event.n, RULE)
+            self.events += events
+            self.to_server += self.conn.client_payload(chunk)
+
+    def server(self, messages: Sequence[bytes]) -> None:
+        for chunk in self.chunker(messages):
+            if self.conn.rewriting:
+                self.events += self.conn.receive_server(chunk)
+                self.to_client += self.conn.server_payload(chunk)
+            else:
+                self.to_client += chunk
+                self.events += self.conn.receive_server(chunk)
+
+    def results(self) -> dict[int, tuple[str, str | None]]:
+        return {
+            e.n: (e.result.status, None if e.result.error is None else e.result.error.code)
+            for e in self.events
+            if isinstance(e, CommandFinished)
+        }
+
+
+chunkings = pytest.mark.parametrize("chunker", CHUNKINGS.values(), ids=CHUNKINGS.keys())
+
+
+@chunkings
+def test_a_blocked_query_is_replaced_and_its_error_told_as_the_block(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    ends.client([pg.query("select 1"), pg.query("delete from t"), pg.query("select 2")])
+    assert ends.to_server == pg.query("select 1") + pg.query(BLOCKED) + pg.query("select 2")
+    one = [pg.row_description("a"), pg.data_row(b"1"), pg.command_complete("SELECT 1")]
+    ends.server([*one, pg.ready_for_query("I"), SYNTAX, pg.ready_for_query("I")])
+    assert ends.conn.rewriting is False
+    ends.server([*one, pg.ready_for_query("I")])
+    assert ends.to_client == b"".join(
+        [*one, pg.ready_for_query("I"), TOLD, pg.ready_for_query("I"), *one]
+    ) + pg.ready_for_query("I")
+    assert ends.results() == {1: ("ok", None), 2: ("blocked", "42501"), 3: ("ok", None)}
+
+
+@chunkings
+def test_in_a_transaction_the_server_aborts_it_as_for_any_error(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    ends.client([pg.query("begin"), pg.query("delete from t")])
+    ends.server([pg.command_complete("BEGIN"), pg.ready_for_query("T")])
+    ends.server([SYNTAX, pg.ready_for_query("E")])
+    assert ends.to_client.endswith(TOLD + pg.ready_for_query("E"))
+    assert ends.results()[2] == ("blocked", "42501")
+
+
+@chunkings
+def test_an_execute_is_replaced_from_its_bind(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    batch = [
+        pg.parse("", "delete from t where id = $1"),
+        pg.bind("", "", [b"1"]),
+        pg.describe("P"),
+        pg.execute(""),
+        pg.sync(),
+    ]
+    ends.client(batch)
+    # The Parse goes (it runs nothing); from the Bind on, planning included, nothing does.
+    assert ends.to_server == batch[0] + pg.parse(BLOCKED_STATEMENT, BLOCKED) + batch[4]
+    ends.server([pg.parse_complete(), SYNTAX, pg.ready_for_query("I")])
+    assert ends.to_client == pg.parse_complete() + TOLD + pg.ready_for_query("I")
+    assert ends.results() == {1: ("blocked", "42501")}
+
+
+@chunkings
+def test_a_blocked_command_in_a_pipeline_skips_the_rest_to_sync(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    first = [pg.parse("", "select 1"), pg.bind("", ""), pg.execute("")]
+    blocked = [pg.parse("s2", "delete from t"), pg.bind("", "s2"), pg.execute("")]
+    after = [pg.parse("", "select 3"), pg.bind("", ""), pg.execute("")]
+    ends.client([*first, *blocked, *after, pg.sync(), *first, pg.sync()])
+    ends.server(
+        [
+            pg.parse_complete(),
+            pg.bind_complete(),
+            pg.data_row(b"1"),
+            pg.command_complete("SELECT 1"),
+            pg.parse_complete(),
+            SYNTAX,
+            pg.ready_for_query("I"),
+            pg.parse_complete(),
+            pg.bind_complete(),
+            pg.data_row(b"1"),
+            pg.command_complete("SELECT 1"),
+            pg.ready_for_query("I"),
+        ]
+    )
+    assert TOLD in ends.to_client and SYNTAX not in ends.to_client
+    assert ends.results() == {
+        1: ("ok", None),
+        2: ("blocked", "42501"),
+        3: ("skipped", None),
+        4: ("ok", None),
+    }
+
+
+@chunkings
+def test_a_block_skipped_by_an_earlier_error_is_not_told(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    first = [pg.parse("", "select x"), pg.bind("", ""), pg.execute("")]
+    ends.client([*first, pg.parse("", "delete from t"), pg.bind("", ""), pg.execute(""), pg.sync()])
+    failed = pg.error_response('column "x" does not exist', "42703")
+    ends.server([failed, pg.ready_for_query("I")])
+    assert ends.to_client == failed + pg.ready_for_query("I")  # as PostgreSQL: skipped
+    assert ends.results() == {1: ("error", "42703"), 2: ("skipped", None)}
+    assert ends.conn.rewriting is False
+
+
+@chunkings
+def test_a_fatal_answer_to_a_blocked_command_is_the_servers_own(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    ends.client([pg.query("delete from t")])
+    shutdown = pg.error_response("terminating connection", "57P01", "FATAL")
+    ends.server([shutdown])
+    assert ends.to_client == shutdown
+
+
+def test_a_function_call_is_blocked_like_a_query() -> None:
+    ends = Ends(CHUNKINGS["whole"], blocks=("function",))
+    ends.client([pg.function_call(1234, [b"x"])])
+    assert ends.to_server == pg.query(BLOCKED)
+    ends.server([SYNTAX, pg.ready_for_query("I")])
+    assert ends.to_client == TOLD + pg.ready_for_query("I")
+
+
+def test_the_start_of_an_unfinished_message_waits_until_it_is_whole() -> None:
+    conn = PostgresConnection()
+    conn.receive_client(LOGIN_IN[0])
+    conn.client_payload(LOGIN_IN[0])
+    message = pg.query("delete from t")
+    conn.receive_client(message[:6])
+    assert conn.client_payload(message[:6]) == b""
+    events = conn.receive_client(message[6:])
+    started = [e for e in events if isinstance(e, CommandStarted)]
+    conn.block(started[0].n, RULE)
+    assert conn.client_payload(message[6:]) == pg.query(BLOCKED)
+
+
+def test_only_a_command_of_the_last_chunk_can_be_blocked() -> None:
+    conn = PostgresConnection()
+    with pytest.raises(ValueError, match="command 1"):
+        conn.block(1, RULE)
