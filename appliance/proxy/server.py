@@ -18,7 +18,7 @@ from typing import Any, cast
 from appliance.config import Backend, Capture
 from appliance.enforce.divert import NotDiverted, Routes, original_destination
 from appliance.identity.bindings import Binding
-from appliance.model import Owner
+from appliance.model import Command, Decision, Owner
 from appliance.policy.access import Access
 from appliance.policy.limits import TOO_MANY, Lease, Limits
 from appliance.protocols.errors import ProtocolError
@@ -31,6 +31,13 @@ from appliance.trail.db import TrailFull
 log = logging.getLogger(__name__)
 
 OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
+# The policy: (identity, backend name, database, command) -> the decision for the command.
+Decide = Callable[[dict[str, Any] | None, str, str | None, Command], Decision]
+# A command sent before its session was established (before the backend said it was ready
+# to take one) is decided with no one to decide for: it is blocked.
+_EARLY = Decision(
+    "block", None, "the command was sent before the session was established (no identity yet)"
+)
 # A lookup cheap enough for the event loop (a map read), or None to take the slow one.
 QuickLookup = Callable[[tuple[str, int], tuple[str, int]], Owner | None]
 _CANCELLED = "cancel request handled"
@@ -87,6 +94,7 @@ class Relay:
         quick_lookup: QuickLookup | None = None,
         access: Access | None = None,
         limits: Limits | None = None,
+        decide: Decide | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -99,6 +107,7 @@ class Relay:
         self.quick_lookup = quick_lookup
         self.access = access
         self.limits = limits
+        self.decide = decide
         self.sessions: set[Session] = set()
         # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
         self.keys: dict[tuple[int, int], Session] = {}
@@ -393,6 +402,9 @@ class Session:
                 self.commands += 1
                 payload = event.command.as_dict()
                 payload["n"] = event.n
+                decide = self.relay.decide
+                if decide is not None:
+                    self._decide(decide, event, payload)
                 if self.started:
                     payload["identity"] = self.identity
                     if not self._record_command(payload):
@@ -417,6 +429,21 @@ class Session:
             else:
                 assert self.server is not None
                 self.server.write(data)
+
+    def _decide(self, decide: Decide, event: ev.CommandStarted, payload: dict[str, Any]) -> None:
+        """The policy's decision, into the command's record; a block is carried out by the
+        handler before any of the command's bytes are handed on."""
+        if self.started:
+            backend = self.backend
+            assert backend is not None and self.startup is not None
+            params = self.startup.params
+            database = params.get("database", params.get("user"))
+            decision = decide(self.identity, backend.name, database, event.command)
+        else:
+            decision = _EARLY
+        payload["decision"] = decision.as_dict()
+        if decision.action == "block":
+            self.pg.block(event.n, decision)
 
     def _record_command(self, payload: dict[str, Any]) -> bool:
         """Record a command to be committed before its bytes move; if the trail cannot keep
@@ -494,16 +521,19 @@ class Session:
         # off the hot path. Until then (once per connection, and where a wrong port or a
         # service that is not PostgreSQL shows up) they are checked first, so that the client
         # gets a clean native error rather than bytes it cannot parse either.
-        ready = self.ready
+        pg = self.pg
+        ready = self.ready and not pg.rewriting  # the answer to a blocked command may come
         if ready:
             client.write(data)
         try:
-            events = self.pg.receive_server(data)
+            events = pg.receive_server(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
         if not ready:
-            client.write(data)
+            data = pg.server_payload(data)
+            if data:
+                client.write(data)
         for event in events:
             if isinstance(event, ev.CommandFinished):
                 payload = event.result.as_dict()
@@ -515,8 +545,8 @@ class Session:
                 self.relay.keys[self.key] = self
             elif isinstance(event, ev.SessionError):
                 self.recorder.record("error", self.id, {"where": "server", **event.error.as_dict()})
-            elif not ready and isinstance(event, ev.Ready):
-                self.ready = ready = True
+            elif not self.ready and isinstance(event, ev.Ready):
+                self.ready = True
 
     def pause_client(self) -> None:
         self._pause(_BACKEND_FULL)
