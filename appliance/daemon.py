@@ -23,6 +23,7 @@ from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
 from appliance.identity.oidc import Validator
 from appliance.policy.access import Access
 from appliance.policy.limits import Limits
+from appliance.protocols.handler import EXPIRED
 from appliance.proxy.control import Control
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
@@ -95,7 +96,7 @@ class Expiry:
                     continue
                 if bound.expired(now):
                     session.terminate(
-                        "28000",
+                        EXPIRED,
                         f"the identity {bound.describe()} expired; "
                         f"backend {backend.name} ends its sessions at expiry",
                     )

@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from appliance.config import Backend
 from appliance.identity.bindings import Binding, Bindings
 from appliance.model import Owner
+from appliance.protocols.handler import DENIED, NOT_BOUND
 
-NOT_BOUND = "28000"
-DENIED = "42501"
 HOW_TO_BIND = "run `witness login`, or start the agent with `witness run -- COMMAND`"
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    code: str
+    why: str  # the relay's reason (appliance.protocols.handler); the protocol says it its way
     message: str
 
 

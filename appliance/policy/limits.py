@@ -3,8 +3,8 @@ and how fast an identity may open new ones.
 
 Sans-io and pure (the clock is given): the relay asks once per connection, after the
 connect-time policy admitted it and before it dials the backend, and gives the lease back
-when the session ends. A refusal carries SQLSTATE 53300 (too_many_connections) and a message
-that names the limit. One agent that opens connections without end therefore runs into its
+when the session ends. A refusal (too_many: PostgreSQL's 53300) has a message that names
+the limit. One agent that opens connections without end therefore runs into its
 own limits, and the backend keeps slots for everyone else.
 
 A connection with no identity (where unbound connections are allowed) counts against its
@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from appliance.config import Backend
-
-TOO_MANY = "53300"
 
 Who = tuple[str, str]  # (issuer, subject)
 K = TypeVar("K")

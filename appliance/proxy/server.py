@@ -1,9 +1,13 @@
 """The relay: accepts clients, dials backends, and moves bytes between them.
 
 This is the only module that reads or writes the relayed sockets (the control socket is
-:mod:`appliance.proxy.control`'s). Client bytes that carry a command are
-held until the command's record is committed (write before forward); server bytes are passed
-on at once and parsed for the result summaries (checked first while the session starts).
+:mod:`appliance.proxy.control`'s). Client bytes that carry a command are held until the
+command's record, with the policy's decision, is committed (write before forward); server
+bytes are passed on at once and parsed for the result summaries (parsed first while the
+session starts, and while the answer to a blocked command may come).
+
+What the bytes mean is the protocol handler's business (:mod:`appliance.protocols.handler`),
+picked by the backend's protocol; a session's lifecycle is :mod:`appliance.proxy.states`'.
 """
 
 from __future__ import annotations
@@ -20,11 +24,26 @@ from appliance.enforce.divert import NotDiverted, Routes, original_destination
 from appliance.identity.bindings import Binding
 from appliance.model import Command, Decision, Owner
 from appliance.policy.access import Access
-from appliance.policy.limits import TOO_MANY, Lease, Limits
+from appliance.policy.limits import Lease, Limits
 from appliance.protocols.errors import ProtocolError
-from appliance.protocols.postgres import events as ev
-from appliance.protocols.postgres.connection import PostgresConnection
-from appliance.protocols.postgres.messages import error_response
+from appliance.protocols.events import CommandFinished, CommandStarted
+from appliance.protocols.handler import (
+    DIVERSION,
+    INTERNAL,
+    PROTOCOL,
+    TOO_MANY,
+    TRAIL,
+    UNREACHABLE,
+    Cancel,
+    CancelKey,
+    Failed,
+    Handler,
+    Opened,
+    Ready,
+    Reply,
+)
+from appliance.protocols.registry import handler_for
+from appliance.proxy import states as st
 from appliance.proxy.recorder import Recorder
 from appliance.trail.db import TrailFull
 
@@ -41,8 +60,8 @@ _EARLY = Decision(
 # A lookup cheap enough for the event loop (a map read), or None to take the slow one.
 QuickLookup = Callable[[tuple[str, int], tuple[str, int]], Owner | None]
 _CANCELLED = "cancel request handled"
-# Refusing a diverted connection that cannot be relayed (not diverted, or to no backend).
-REFUSED_DIVERSION = "08004"  # sqlserver_rejected_establishment_of_sqlconnection
+# The protocol of a diverted connection to no configured backend, for its refusal.
+_DEFAULT_PROTOCOL = "postgresql"
 # How long a refusal waits for the client's startup packet (see Session._refuse_connection).
 STARTUP_WAIT = 5.0
 # Client bytes held back (before the session starts, or while their records commit) beyond
@@ -109,8 +128,8 @@ class Relay:
         self.limits = limits
         self.decide = decide
         self.sessions: set[Session] = set()
-        # BackendKeyData -> session, so that a CancelRequest reaches the right backend.
-        self.keys: dict[tuple[int, int], Session] = {}
+        # What a cancel request names -> session, so that it reaches the right backend.
+        self.keys: dict[object, Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -121,6 +140,11 @@ class Relay:
 
     def session(self) -> Session:
         return Session(self)
+
+    def handler(self, backend: Backend | None) -> Handler:
+        """A new protocol handler for a session to ``backend`` (None: not known yet)."""
+        protocol = _DEFAULT_PROTOCOL if backend is None else backend.protocol
+        return handler_for(protocol, self.capture, self.max_message)
 
 
 # Session and _Backend are asyncio protocols by their methods, not by inheritance: a class
@@ -154,18 +178,20 @@ class _Backend:
 
 
 class Session:
-    """One client connection and its backend connection."""
+    """One client connection and its backend connection.
+
+    Its lifecycle is :mod:`appliance.proxy.states`'; its protocol is its ``handler``'s, and
+    this class knows none of it: it records what the handler reports, decides each command
+    with the relay's policy, holds the client's bytes until their records are committed,
+    and hands on what the handler says goes on.
+    """
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.recorder = relay.recorder
         self.id = secrets.token_hex(8)
-        capture = relay.capture
-        self.pg = PostgresConnection(
-            capture_rows=capture.rows,
-            capture_bytes=capture.bytes,
-            max_message=relay.max_message,
-        )
+        self.state = st.ATTRIBUTING
+        self.handler: Handler = relay.handler(relay.backend)
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
         self.peer = ("", 0)
@@ -178,7 +204,8 @@ class Session:
         )
         self.original: tuple[str, int] | None = None  # a diverted client's destination
         self.not_relayable: str | None = None  # why a diverted connection must be refused
-        # A refusal decided before the client's startup packet came: (code, message, where).
+        # While REFUSING: the refusal (reason, message, where) waiting for the client to say
+        # who it is, and the timer that carries it out anyway.
         self.refusal: tuple[str, str, str] | None = None
         self.refusal_timer: asyncio.TimerHandle | None = None
         self.owner: Owner | None = None
@@ -187,14 +214,11 @@ class Session:
         # The identity as every record of this session carries it (one shared dict), or None.
         self.identity: dict[str, Any] | None = None
         self.refused_as: dict[str, str] | None = None  # a refusal at connect time, recorded
-        self.startup: ev.Startup | None = None
-        self.started = False  # session_start recorded and the backend connected
-        self.ready = False  # the backend has said ReadyForQuery once: authentication is over
+        self.opened: Opened | None = None
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.paused = 0  # why the client is not being read: _BACKEND_FULL | _HOLDING
-        self.cancel: ev.CancelRequest | None = None  # the connection is a CancelRequest
-        self.cancel_handled = False
+        self.cancel: Cancel | None = None  # the connection is a cancel request
         self.gated = False  # held bytes wait for a commit
         self.unconfirmed: list[dict[str, Any]] = []  # command payloads not yet committed
         self.early: list[dict[str, Any]] = []  # commands sent before the session was recorded
@@ -202,8 +226,12 @@ class Session:
         self.bytes_out = 0
         self.commands = 0
         self.backend_pid: int | None = None
-        self.key: tuple[int, int] | None = None
+        self.key: object = None  # what a cancel request for this session names
         self.ended: str | None = None
+        self.started = False  # its session_start is recorded (relayed, or refused)
+
+    def _move(self, to: str) -> None:
+        self.state = st.move(self.state, to)
 
     # --- client side -------------------------------------------------------------------
 
@@ -238,6 +266,7 @@ class Session:
             return
         self.backend = backend
         self.target = self.original
+        self.handler = self.relay.handler(backend)
 
     async def _setup(self) -> None:
         try:
@@ -245,7 +274,7 @@ class Session:
         except Exception as exc:
             # Never leave a client hanging with its bytes held: fail closed, and say why.
             log.exception("session %s could not be set up", self.id)
-            self._refuse_connection("XX000", f"the session could not be set up: {exc!r}")
+            self._refuse_connection(INTERNAL, f"the session could not be set up: {exc!r}")
 
     async def _attribute_and_dial(self) -> None:
         loop = asyncio.get_running_loop()
@@ -256,27 +285,25 @@ class Session:
         owner = None if quick is None else quick(self.peer, seen)
         if owner is None:  # the slow way (sock_diag walks /proc): off the event loop
             owner = await loop.run_in_executor(None, self.relay.owner_lookup, self.peer, seen)
-        if self.cancel is not None:  # even if the client sent it and left: PostgreSQL acts
-            self.owner = owner
-            self._maybe_cancel()
+        self.owner = owner
+        if self.state == st.CANCELLING:  # even if the client sent it and left: the backend acts
+            self._handle_cancel()
             return
-        if self.ended:
+        if self.state == st.ENDED:
             if self.not_relayable is not None and not self.started:
                 # The client left before it could be told: the attempt is still recorded.
-                self.owner = owner
                 self._record_attempt(f"connection refused: {self.not_relayable}", "divert")
             return
-        self.owner = owner
         if self.not_relayable is not None:
             self._refuse_connection(
-                REFUSED_DIVERSION, f"connection refused: {self.not_relayable}", "divert"
+                DIVERSION, f"connection refused: {self.not_relayable}", "divert"
             )
             return
         if self.original is not None and owner.pid == os.getpid():
             # Our own dial came back through the redirect: the recorder is not running as
             # the exempt service user. Refusing ends the loop at its first turn.
             self._refuse_connection(
-                REFUSED_DIVERSION,
+                DIVERSION,
                 "connection refused: the recorder's own connection was diverted back to it "
                 "(run it as the [enforce] service_user)",
                 "divert",
@@ -298,6 +325,7 @@ class Session:
                 self._refuse_connection(TOO_MANY, f"connection refused: {why}", "limits")
                 return
             self.lease = lease
+        self._move(st.DIALING)
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(
@@ -307,27 +335,34 @@ class Session:
             )
         except TimeoutError:
             self._refuse_connection(
-                "08006",
+                UNREACHABLE,
                 f"backend {backend.name} unreachable: no answer within"
                 f" {backend.connect_timeout:g} s",
             )
             return
         except OSError as exc:
             self._refuse_connection(
-                "08006", f"backend {backend.name} unreachable: {exc.strerror or exc}"
+                UNREACHABLE, f"backend {backend.name} unreachable: {exc.strerror or exc}"
             )
             return
-        if self.ended:
+        self.dialled(transport)
+
+    def dialled(self, transport: asyncio.Transport) -> None:
+        """The backend answered: wait for the client to say who it is, or start."""
+        if self.state != st.DIALING:  # ended, or turned into a cancel, meanwhile
             transport.close()
             return
         self.server = transport
-        self._maybe_start()
+        if self.opened is None:
+            self._move(st.OPENING)
+        else:
+            self._start()
 
     def _admission(self, owner: Owner, backend: Backend) -> tuple[str, str, str] | None:
-        """Whether the owner may reach the backend: a (code, message, where) refusal, or None
-        with the identity now known. An owner in doubt is refused whatever the policy."""
+        """Whether the owner may reach the backend: a (reason, message, where) refusal, or
+        None with the identity now known. An owner in doubt is refused whatever the policy."""
         if owner.doubt is not None:
-            return REFUSED_DIVERSION, f"connection refused: {owner.doubt}", "attribution"
+            return DIVERSION, f"connection refused: {owner.doubt}", "attribution"
         access = self.relay.access
         if access is None:
             return None
@@ -335,24 +370,20 @@ class Session:
         self.binding = binding
         self.identity = None if binding is None else binding.record
         if refusal is not None:
-            return refusal.code, refusal.message, "identity"
+            return refusal.why, refusal.message, "identity"
         return None
 
-    def _maybe_start(self) -> None:
-        """Record the session once the owner, the backend and the startup are all known."""
-        if self.refusal is not None:
-            if self.startup is not None:
-                self._refuse_now()
-            return
-        if self.started or self.startup is None or self.server is None or self.owner is None:
-            return
+    def _start(self) -> None:
+        """The owner, the backend and who the client says it is are all known: record the
+        session, with the commands that came early, and let their bytes go once committed."""
+        self._move(st.LOGIN)
         self._record_start()
         self._gate()
 
     def _record_start(self) -> None:
-        assert self.startup is not None and self.owner is not None
+        assert self.opened is not None and self.owner is not None
         self.started = True
-        params = self.startup.params
+        opened = self.opened
         backend = self.backend
         destination = self.original or self.target
         self.recorder.record(
@@ -368,9 +399,9 @@ class Session:
                 "diverted": self.relay.routes is not None,
                 "owner": self.owner.as_dict(),
                 "identity": self.identity,
-                "db_user": params.get("user"),
-                "database": params.get("database", params.get("user")),
-                "application_name": params.get("application_name"),
+                "db_user": opened.user,
+                "database": opened.database,
+                "application_name": opened.params.get("application_name"),
                 **({} if self.refused_as is None else {"refused": self.refused_as}),
             },
         )
@@ -386,64 +417,64 @@ class Session:
             self.owner.uid,
             self.owner.pid,
             "-" if backend is None else backend.name,
-            params.get("user"),
+            opened.user,
         )
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        pg = self.pg
+        handler = self.handler
         try:
-            events = pg.receive_client(data)
+            events = handler.receive_client(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
         for event in events:
-            if isinstance(event, ev.CommandStarted):
+            if isinstance(event, CommandStarted):
                 self.commands += 1
                 payload = event.command.as_dict()
                 payload["n"] = event.n
                 decide = self.relay.decide
                 if decide is not None:
                     self._decide(decide, event, payload)
-                if self.started:
+                if self.state in st.RELAYING:
                     payload["identity"] = self.identity
                     if not self._record_command(payload):
                         return
                     self._gate()
                 else:  # recorded after session_start, so the session's events stay together
                     self.early.append(payload)
-            elif isinstance(event, ev.NegotiationRequest):
+            elif isinstance(event, Reply):
                 assert self.client is not None
-                self.client.write(event.reply)
-            elif isinstance(event, ev.Startup):
-                self.startup = event
-                self._maybe_start()
-            elif isinstance(event, ev.CancelRequest):
+                self.client.write(event.data)
+            elif isinstance(event, Opened):
+                self.opened = event
+                if self.state == st.REFUSING:
+                    self._refuse_now()
+                elif self.state == st.OPENING:
+                    self._start()
+            elif isinstance(event, Cancel):
                 self.cancel = event
-                self._maybe_cancel()
+                self._cancel_requested()
                 return
-        data = pg.client_payload(data)
+        data = handler.client_payload(data)
         if data:
-            if self.gated or self.held or not self.started:
+            if self.gated or self.held or self.state not in st.RELAYING:
                 self._hold(data)
             else:
                 assert self.server is not None
                 self.server.write(data)
 
-    def _decide(self, decide: Decide, event: ev.CommandStarted, payload: dict[str, Any]) -> None:
+    def _decide(self, decide: Decide, event: CommandStarted, payload: dict[str, Any]) -> None:
         """The policy's decision, into the command's record; a block is carried out by the
         handler before any of the command's bytes are handed on."""
-        if self.started:
-            backend = self.backend
-            assert backend is not None and self.startup is not None
-            params = self.startup.params
-            database = params.get("database", params.get("user"))
-            decision = decide(self.identity, backend.name, database, event.command)
+        opened, backend = self.opened, self.backend
+        if self.state in st.RELAYING and opened is not None and backend is not None:
+            decision = decide(self.identity, backend.name, opened.database, event.command)
         else:
             decision = _EARLY
         payload["decision"] = decision.as_dict()
         if decision.action == "block":
-            self.pg.block(event.n, decision)
+            self.handler.block(event.n, decision)
 
     def _record_command(self, payload: dict[str, Any]) -> bool:
         """Record a command to be committed before its bytes move; if the trail cannot keep
@@ -474,7 +505,7 @@ class Session:
         self.gated = False
         self.unconfirmed.clear()
         held = self.held
-        if held and self.started and self.server is not None:
+        if held and self.state in st.RELAYING and self.server is not None:
             if len(held) == 1:
                 self.server.write(held[0])
             else:
@@ -492,7 +523,7 @@ class Session:
             payload["refused"] = f"trail write failed: {reason}"
         self.unconfirmed.clear()
         self._fatal(
-            "58030",
+            TRAIL,
             f"witness: the audit trail cannot be written ({reason}); nothing was forwarded",
             f"trail write failed: {reason}",
         )
@@ -517,36 +548,37 @@ class Session:
         self.bytes_out += len(data)
         client = self.client
         assert client is not None
+        handler = self.handler
         # Once the session is ready, bytes go on first and are parsed right after: latency
         # off the hot path. Until then (once per connection, and where a wrong port or a
-        # service that is not PostgreSQL shows up) they are checked first, so that the client
-        # gets a clean native error rather than bytes it cannot parse either.
-        pg = self.pg
-        ready = self.ready and not pg.rewriting  # the answer to a blocked command may come
-        if ready:
+        # service of another protocol shows up), and while the answer to a blocked command
+        # may come, they are parsed first and the handler says what goes on.
+        fast = self.state == st.READY and not handler.rewriting
+        if fast:
             client.write(data)
         try:
-            events = pg.receive_server(data)
+            events = handler.receive_server(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
-        if not ready:
-            data = pg.server_payload(data)
+        if not fast:
+            data = handler.server_payload(data)
             if data:
                 client.write(data)
         for event in events:
-            if isinstance(event, ev.CommandFinished):
+            if isinstance(event, CommandFinished):
                 payload = event.result.as_dict()
                 payload["n"] = event.n
                 self.recorder.record("result", self.id, payload)
-            elif isinstance(event, ev.BackendKey):
-                self.backend_pid = event.pid
-                self.key = (event.pid, event.secret)
-                self.relay.keys[self.key] = self
-            elif isinstance(event, ev.SessionError):
+            elif isinstance(event, Ready):
+                if self.state == st.LOGIN:
+                    self._move(st.READY)
+            elif isinstance(event, CancelKey):
+                self.backend_pid = event.backend_pid
+                self.key = event.key
+                self.relay.keys[event.key] = self
+            elif isinstance(event, Failed):
                 self.recorder.record("error", self.id, {"where": "server", **event.error.as_dict()})
-            elif not self.ready and isinstance(event, ev.Ready):
-                self.ready = True
 
     def pause_client(self) -> None:
         self._pause(_BACKEND_FULL)
@@ -570,18 +602,28 @@ class Session:
 
     # --- cancel ------------------------------------------------------------------------
 
-    def _maybe_cancel(self) -> None:
-        """Act on a CancelRequest once its sender is known (setup calls this again if not)."""
-        if self.cancel_handled or (self.owner is None and self.refusal is None):
-            return  # done, or attribution is under way (_attribute_and_dial comes back)
-        self.cancel_handled = True
-        self.ended = self.ended or _CANCELLED
+    def _cancel_requested(self) -> None:
+        """The connection is a cancel request: act once its sender is known (the setup comes
+        back here when it is not yet)."""
+        if self.state == st.ENDED:
+            return
+        waiting = self.owner is None  # attribution is under way, and will come back here
+        self._move(st.CANCELLING)
+        if not waiting:
+            self._handle_cancel()
+
+    def _handle_cancel(self) -> None:
+        """Act on a CancelRequest whose sender is known, then end the connection."""
         self.relay.sessions.discard(self)
+        self.ended = _CANCELLED
+        refused = self.refusal  # decided before the request came
+        self._cancel_refusal()
+        self.state = st.move(self.state, st.ENDED)
         if self.server is not None:  # dialled before the request came: a cancel needs none
             self.server.close()
             self.server = None
         try:
-            target, refusal = self._cancel_target()
+            target, refusal = self._cancel_target(refused)
             if target is None:
                 self._record_cancel_refused(refusal)
                 return
@@ -596,7 +638,7 @@ class Session:
                 {
                     "n": 0,
                     "kind": "cancel",
-                    "text": f"cancel backend pid {request.pid}",
+                    "text": request.what,
                     "client": f"{self.peer[0]}:{self.peer[1]}",
                     "owner": owner.as_dict(),
                     "identity": self.identity,
@@ -611,13 +653,11 @@ class Session:
             if self.client is not None:
                 self.client.close()
 
-    def _cancel_target(self) -> tuple[Session | None, str]:
+    def _cancel_target(self, refused: tuple[str, str, str] | None) -> tuple[Session | None, str]:
         """The session the cancel may be delivered to, or None and why not: its sender is
         admitted like any connection, and may cancel only a session of its own identity."""
-        if self.refusal is not None:  # decided before the request came
-            reason = self.refusal[1]
-            self._cancel_refusal()
-            return None, reason
+        if refused is not None:
+            return None, refused[1]
         if self.not_relayable is not None:
             return None, self.not_relayable
         owner, backend = self.owner, self.backend
@@ -627,12 +667,12 @@ class Session:
             return None, refusal[1]
         request = self.cancel
         assert request is not None
-        target = self.relay.keys.get((request.pid, request.secret))
+        target = self.relay.keys.get(request.key)
         if target is None or target.ended:
-            return None, f"no live session has backend pid {request.pid} and that cancel key"
+            return None, f"no live session has that cancel key ({request.what})"
         if _who(target.identity) != _who(self.identity):
             return None, (
-                f"backend pid {request.pid} belongs to a session of another identity"
+                f"{request.what}: that session is of another identity"
                 f" ({_label(target.identity)}, not {_label(self.identity)})"
             )
         return target, ""
@@ -645,7 +685,7 @@ class Session:
             None,
             {
                 "where": "cancel",
-                "message": f"cancel request for backend pid {request.pid} refused: {reason}",
+                "message": f"cancel request refused ({request.what}): {reason}",
                 "client": f"{self.peer[0]}:{self.peer[1]}",
                 "backend": None if self.backend is None else self.backend.name,
                 "owner": None if self.owner is None else self.owner.as_dict(),
@@ -659,33 +699,34 @@ class Session:
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.recorder.record("error", self.id, {"where": exc.side, "message": exc.message})
-        self._fatal("08P01", f"witness: {exc}", str(exc))
+        self._fatal(PROTOCOL, f"witness: {exc}", str(exc))
 
-    def _refuse_connection(self, code: str, message: str, where: str = "backend") -> None:
+    def _refuse_connection(self, why: str, message: str, where: str = "backend") -> None:
         """The session cannot be set up: record the attempt and tell the client.
 
-        The refusal waits up to STARTUP_WAIT for the client's startup packet, so that the
-        record says which user and database were asked for whatever the timing. With a
-        startup, the attempt is a session of its own, ended at once, and whatever commands
-        came with it are marked refused; without one (a silent client, or one that left),
-        it is an error event.
+        Before the client has said who it is, the refusal waits up to STARTUP_WAIT for that
+        (REFUSING), so that the record says which user and database were asked for
+        whatever the timing. Once it has, the attempt is a session of its own, ended at
+        once, and whatever commands came with it are marked refused; without it (a silent
+        client, or one that left), it is an error event.
         """
-        if self.ended:
+        if self.state in (st.ENDED, st.CANCELLING, st.REFUSING):
             return
-        if not self.started and self.startup is None and self.refusal is None:
-            self.refusal = (code, message, where)
+        if self.opened is None:
+            self.refusal = (why, message, where)
+            self._move(st.REFUSING)
             self.refusal_timer = asyncio.get_running_loop().call_later(
                 STARTUP_WAIT, self._refuse_now
             )
             return
-        self._refuse(code, message, where)
+        self._refuse(why, message, where)
 
     def _refuse_now(self) -> None:
-        """Carry out a refusal that was waiting for the startup packet."""
+        """Carry out a refusal that was waiting for the client to say who it is."""
         if self.refusal is not None:
-            code, message, where = self.refusal
+            why, message, where = self.refusal
             self._cancel_refusal()
-            self._refuse(code, message, where)
+            self._refuse(why, message, where)
 
     def _cancel_refusal(self) -> None:
         self.refusal = None
@@ -693,21 +734,23 @@ class Session:
             self.refusal_timer.cancel()
             self.refusal_timer = None
 
-    def _refuse(self, code: str, message: str, where: str) -> None:
+    def _refuse(self, why: str, message: str, where: str) -> None:
         if self.ended:
             return
+        told = self.handler.refusal(why, f"witness: {message}")
         if not self.started:
-            if self.startup is not None:
+            if self.opened is not None:
                 if self.owner is None:
                     self.owner = Owner(source="unknown", detail=message)
-                self.refused_as = {"code": code, "message": message}
+                self.refused_as = {"code": told.code, "message": message}
                 self._record_start()
                 for payload in self.unconfirmed:
                     payload["refused"] = message
                 self.unconfirmed.clear()
             else:  # too early for a session record; the attempt is still on the trail
                 self._record_attempt(message, where)
-        self._fatal(code, f"witness: {message}", message)
+        self._tell(told.data)
+        self.end(message)
 
     def _record_attempt(self, message: str, where: str) -> None:
         """An error event for a connection refused before it had a session record."""
@@ -727,16 +770,20 @@ class Session:
             },
         )
 
-    def terminate(self, code: str, message: str) -> None:
+    def terminate(self, why: str, message: str) -> None:
         """End a live session from outside (an expired identity): the client is told why."""
-        self._fatal(code, f"witness: {message}", message)
+        self._fatal(why, f"witness: {message}", message)
 
-    def _fatal(self, code: str, message: str, reason: str) -> None:
+    def _fatal(self, why: str, message: str, reason: str) -> None:
+        self._tell(self.handler.refusal(why, message).data)
+        self.end(reason)
+
+    def _tell(self, data: bytes) -> None:
+        """A last word to the client; nothing it held back goes on."""
         if self.client is not None and not self.client.is_closing():
-            self.client.write(error_response("FATAL", code, message))
+            self.client.write(data)
         self.held.clear()
         self.held_bytes = 0
-        self.end(reason)
 
     def end(self, reason: str) -> None:
         """Close both sides (once) and record why the session ended."""
@@ -746,14 +793,15 @@ class Session:
             self._record_attempt(self.refusal[1], self.refusal[2])
             self._cancel_refusal()
         self.ended = reason
+        self.state = st.move(self.state, st.ENDED)
         self.relay.sessions.discard(self)
         if self.lease is not None and self.relay.limits is not None:
             self.relay.limits.release(self.lease)
             self.lease = None
         if self.key is not None:
             self.relay.keys.pop(self.key, None)
-        for event in self.pg.close():
-            if isinstance(event, ev.CommandFinished):
+        for event in self.handler.close():
+            if isinstance(event, CommandFinished):
                 payload = event.result.as_dict()
                 payload["n"] = event.n
                 self.recorder.record("result", self.id, payload)

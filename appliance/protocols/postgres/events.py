@@ -1,10 +1,12 @@
-"""Events the PostgreSQL parser yields to the relay."""
+"""Events the PostgreSQL parser yields to its handler (the command events are every
+protocol's: :mod:`appliance.protocols.events`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.model import Command, ErrorInfo, Result
+from appliance.model import ErrorInfo
+from appliance.protocols.events import CommandFinished, CommandStarted
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,22 +41,6 @@ class CancelRequest:
     packet: bytes = field(default=b"", compare=False, repr=False)
 
 
-@dataclass(slots=True)  # made for every command: see Command on frozen dataclasses
-class CommandStarted:
-    """A client command; ``n`` numbers commands within the session from 1."""
-
-    n: int
-    command: Command
-
-
-@dataclass(slots=True)  # made for every command: see Command on frozen dataclasses
-class CommandFinished:
-    """The backend finished (or discarded) command ``n``."""
-
-    n: int
-    result: Result
-
-
 @dataclass(frozen=True, slots=True)
 class BackendKey:
     """BackendKeyData: the backend's process id and cancel secret."""
@@ -82,6 +68,8 @@ class SessionError:
 class Terminate:
     """The client said goodbye (Terminate)."""
 
+
+__all__ = ["CommandFinished", "CommandStarted"]
 
 Event = (
     NegotiationRequest

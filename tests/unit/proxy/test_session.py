@@ -14,6 +14,7 @@ from fulldisk import fail_inserts
 
 from appliance.config import Backend, Capture, TrailSettings
 from appliance.model import Owner
+from appliance.proxy import states
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import Relay, Session
 from appliance.trail.store import Trail
@@ -41,7 +42,7 @@ def connected(relay_: Relay) -> tuple[Session, FakeTransport, FakeTransport]:
     client, server = FakeTransport(), FakeTransport()
     session.client = client
     session.owner = Owner(uid=1000, pid=42, source="sock_diag")
-    session.server = server
+    session.state = states.DIALING  # as the setup leaves it; the tests say when it answers
     return session, client, server
 
 
@@ -51,7 +52,7 @@ def test_a_command_reaches_the_backend_only_after_its_commit(tmp_path: Path) -> 
         relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
         session, _, server = connected(relay_)
         session.data_received(STARTUP)
-        session._maybe_start()
+        session.dialled(server)
         assert server.written == []  # the session record is not committed yet
         await asyncio.sleep(0)
         assert server.written == [STARTUP]
@@ -113,7 +114,7 @@ def test_nothing_is_forwarded_when_the_trail_refuses(tmp_path: Path, chunks: lis
         fail_inserts(trail)
         for chunk in chunks:
             session.data_received(chunk)
-        session._maybe_start()
+        session.dialled(server)
         await asyncio.sleep(0)
         assert server.written == []
         assert b"58030" in b"".join(client.written)
@@ -133,7 +134,7 @@ def test_a_command_the_full_backlog_cannot_keep_is_refused_not_forwarded(
         relay_, trail = relay(tmp_path, loop, lambda a, b: Owner())
         session, client, server = connected(relay_)
         session.data_received(STARTUP)
-        session._maybe_start()
+        session.dialled(server)
         await asyncio.sleep(0)
         session.from_server(message(b"R", b"\0\0\0\0") + message(b"Z", b"I"))
         real = fail_inserts(trail)
@@ -170,7 +171,7 @@ def test_an_early_command_the_full_backlog_cannot_keep_refuses_the_session(
         relay_.recorder.record("error", None, {"where": "test", "message": "backlog"})
         monkeypatch.setattr(trail, "_conn", real)
         session.data_received(STARTUP + QUERY)
-        session._maybe_start()
+        session.dialled(server)
         await asyncio.sleep(0.01)
         assert server.written == []
         assert b"58030" in b"".join(client.written)

@@ -12,7 +12,7 @@ from faketransport import FakeTransport
 
 from appliance.config import Backend, Capture, TrailSettings
 from appliance.model import Owner
-from appliance.proxy import server
+from appliance.proxy import server, states
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import Relay
 from appliance.trail.store import Trail
@@ -63,7 +63,8 @@ def test_negotiation_requests_split_across_reads_never_reach_the_backend(tmp_pat
             client, backend = Counting(), FakeTransport()
             session.client = client
             session.owner = Owner(uid=1000, pid=42, source="sock_diag")
-            session.server = backend
+            session.state = states.DIALING
+            session.dialled(backend)
             session.data_received(stream[:cut])
             session.data_received(stream[cut:])
             await asyncio.sleep(0)
@@ -82,6 +83,7 @@ def test_a_flood_before_the_session_starts_pauses_the_client(tmp_path: Path) -> 
         client, backend = Counting(), FakeTransport()
         session.client = client
         session.owner = Owner(uid=1000, pid=42, source="sock_diag")
+        session.state = states.DIALING
         # No backend yet: nothing can start, so everything the client sends is held.
         copy = message(b"Q", b"copy t from stdin\x00")
         session.data_received(STARTUP + copy)
@@ -93,8 +95,7 @@ def test_a_flood_before_the_session_starts_pauses_the_client(tmp_path: Path) -> 
             assert sent <= server.HOLD_LIMIT + len(chunk), "the client was never paused"
         assert session.held_bytes <= server.HOLD_LIMIT + len(chunk)
         # The backend comes: the session starts, what was held goes, and reading resumes.
-        session.server = backend
-        session._maybe_start()
+        session.dialled(backend)
         await asyncio.sleep(0)
         assert client.reading and client.pauses == 1
         assert sum(len(w) for w in backend.written) == len(STARTUP + copy) + sent

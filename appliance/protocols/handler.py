@@ -1,0 +1,139 @@
+"""What a protocol handler gives the relay, whatever the protocol: the one interface between
+the bytes and the session.
+
+The relay feeds each direction's bytes to its session's handler and gets back neutral
+events (below) and the bytes to hand on: ``client_payload`` and ``server_payload`` say what
+of each chunk goes on, with blocked commands replaced and their errors told; ``refusal``
+builds the protocol's own fatal error. The relay never slices protocol bytes, and knows
+nothing of any protocol's error codes, cancel keys or negotiation.
+
+Events, in the order a session meets them:
+
+- :class:`Reply`: bytes to send the client at once, never forwarded (PostgreSQL's answer to
+  SSLRequest);
+- :class:`Opened`: the client said who it is and what it wants (PostgreSQL's StartupMessage,
+  MySQL's handshake response). A protocol without one (Redis) opens on its first command;
+- :class:`CancelKey`, :class:`Cancel`: how a session can be interrupted from another
+  connection, and a connection that is only such a request;
+- ``CommandStarted`` / ``CommandFinished`` (from :mod:`appliance.protocols.events`): a
+  command, recorded before its bytes go; and its result;
+- :class:`Ready`: the backend takes commands (authentication is over);
+- :class:`Failed`: an error that belongs to no command; :class:`Closed`: the client said
+  goodbye.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from appliance.model import Decision, ErrorInfo
+from appliance.protocols.events import CommandFinished, CommandStarted
+
+# Why a connection is refused or ended, in the relay's words; each handler says it in its
+# protocol's (PostgreSQL: a SQLSTATE).
+NOT_BOUND = "not_bound"  # no identity is bound to the owner
+DENIED = "denied"  # the identity may not reach this backend
+TOO_MANY = "too_many"  # over a connection limit
+DIVERSION = "diversion"  # not relayable: not diverted, no backend there, or in doubt
+UNREACHABLE = "unreachable"  # the backend did not answer
+PROTOCOL = "protocol"  # a peer broke the protocol
+TRAIL = "trail"  # the trail cannot be written
+INTERNAL = "internal"  # Witness failed
+EXPIRED = "expired"  # the identity expired
+REASONS = (NOT_BOUND, DENIED, TOO_MANY, DIVERSION, UNREACHABLE, PROTOCOL, TRAIL, INTERNAL, EXPIRED)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes = field(repr=False)
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Who the client says it is: ``user``, ``database`` and the rest of its ``params``."""
+
+    user: str | None
+    database: str | None
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelKey:
+    """What a cancel request for this session names (opaque to the relay), and the backend's
+    process, for the record."""
+
+    key: object
+    backend_pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """This connection only asks to interrupt the session that ``key`` names; ``what`` says
+    so for people; ``packet`` is delivered to that session's backend, on a connection of
+    its own, once recorded."""
+
+    key: object
+    what: str
+    packet: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    pass
+
+
+Event = (
+    Reply | Opened | CancelKey | Cancel | CommandStarted | CommandFinished | Ready | Failed | Closed
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A fatal error as the client's protocol says it: ``code`` for the record, ``data`` for
+    the wire."""
+
+    code: str
+    data: bytes = field(repr=False)
+
+
+class Handler(Protocol):
+    """One session's protocol, sans-io. Every ``receive_*`` may raise ProtocolError."""
+
+    @property
+    def rewriting(self) -> bool:
+        """Whether the server's bytes must be parsed before they go (``server_payload``);
+        if not, the relay hands each chunk on at once and parses it afterwards."""
+        ...
+
+    def receive_client(self, data: bytes) -> list[Event]: ...
+
+    def client_payload(self, data: bytes) -> bytes: ...
+
+    def receive_server(self, data: bytes) -> list[Event]: ...
+
+    def server_payload(self, data: bytes) -> bytes: ...
+
+    def block(self, n: int, decision: Decision) -> None:
+        """Command ``n``, started by the chunk last received, must not reach the backend:
+        the client gets the protocol's own error for it, and stays in step."""
+        ...
+
+    def refusal(self, why: str, message: str) -> Refusal:
+        """The fatal error that ends a session for reason ``why`` (one of REASONS)."""
+        ...
+
+    def close(self) -> list[Event]:
+        """The session ended: the results of the commands that never finished."""
+        ...

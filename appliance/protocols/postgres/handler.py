@@ -1,0 +1,89 @@
+"""PostgreSQL behind the relay's protocol-neutral interface (:mod:`appliance.protocols.handler`).
+
+The parser (:mod:`appliance.protocols.postgres.connection`) does the work; this says its
+events in the relay's words and its errors in PostgreSQL's: SQLSTATEs, ErrorResponses.
+"""
+
+from __future__ import annotations
+
+from appliance.model import Decision
+from appliance.protocols import handler as h
+from appliance.protocols.postgres import events as ev
+from appliance.protocols.postgres.connection import PostgresConnection
+from appliance.protocols.postgres.messages import error_response
+
+# The relay's reasons as SQLSTATEs.
+SQLSTATE = {
+    h.NOT_BOUND: "28000",  # invalid_authorization_specification
+    h.DENIED: "42501",  # insufficient_privilege
+    h.TOO_MANY: "53300",  # too_many_connections
+    h.DIVERSION: "08004",  # sqlserver_rejected_establishment_of_sqlconnection
+    h.UNREACHABLE: "08006",  # connection_failure
+    h.PROTOCOL: "08P01",  # protocol_violation
+    h.TRAIL: "58030",  # io_error
+    h.INTERNAL: "XX000",  # internal_error
+    h.EXPIRED: "28000",
+}
+_READY = {status: h.Ready(status) for status in "ITE"}
+_CLOSED = h.Closed()
+
+
+class PostgresHandler:
+    """One PostgreSQL session's handler."""
+
+    def __init__(self, *, capture_rows: int, capture_bytes: int, max_message: int) -> None:
+        self.pg = PostgresConnection(
+            capture_rows=capture_rows, capture_bytes=capture_bytes, max_message=max_message
+        )
+
+    @property
+    def rewriting(self) -> bool:
+        return self.pg.rewriting
+
+    def receive_client(self, data: bytes) -> list[h.Event]:
+        return _neutral(self.pg.receive_client(data))
+
+    def client_payload(self, data: bytes) -> bytes:
+        return self.pg.client_payload(data)
+
+    def receive_server(self, data: bytes) -> list[h.Event]:
+        return _neutral(self.pg.receive_server(data))
+
+    def server_payload(self, data: bytes) -> bytes:
+        return self.pg.server_payload(data)
+
+    def block(self, n: int, decision: Decision) -> None:
+        self.pg.block(n, decision)
+
+    def refusal(self, why: str, message: str) -> h.Refusal:
+        code = SQLSTATE[why]
+        return h.Refusal(code, error_response("FATAL", code, message))
+
+    def close(self) -> list[h.Event]:
+        return _neutral(self.pg.close())
+
+
+def _neutral(events: list[ev.Event]) -> list[h.Event]:
+    """The parser's events in the relay's words; the command events are already."""
+    out: list[h.Event] = []
+    for event in events:
+        if isinstance(event, ev.CommandStarted | ev.CommandFinished):
+            out.append(event)
+        elif isinstance(event, ev.Ready):
+            out.append(_READY[event.status])
+        elif isinstance(event, ev.BackendKey):
+            out.append(h.CancelKey((event.pid, event.secret), event.pid))
+        elif isinstance(event, ev.SessionError):
+            out.append(h.Failed(event.error))
+        elif isinstance(event, ev.Startup):
+            params = event.params
+            user = params.get("user")
+            out.append(h.Opened(user, params.get("database", user), params))
+        elif isinstance(event, ev.NegotiationRequest):
+            out.append(h.Reply(event.reply, event.kind))
+        elif isinstance(event, ev.CancelRequest):
+            key = (event.pid, event.secret)
+            out.append(h.Cancel(key, f"cancel backend pid {event.pid}", event.packet))
+        elif isinstance(event, ev.Terminate):
+            out.append(_CLOSED)
+    return out
