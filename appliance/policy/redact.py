@@ -476,7 +476,7 @@ class _Found:
                 self.params.add(int(token.value))
             elif token.kind != sqllex.PUNCT:
                 self.replace(token, None)
-        values = [t for t in run if t.kind != sqllex.PARAM]
+        values = [t for t in run if t.kind not in (sqllex.PARAM, sqllex.PUNCT)]
         if values:
             self.spans.append((values[0].start, values[-1].end))
 
