@@ -169,10 +169,12 @@ def _outside_marker(text: str) -> str:
 def test_a_password_as_a_bind_parameter(db: psycopg.Connection[tuple[object, ...]]) -> None:
     """The server refuses ``PASSWORD $1``, but the parameter's value was sent all the same."""
     text = "ALTER ROLE bob PASSWORD $1"
-    with pytest.raises(psycopg.errors.SyntaxError) as caught:
-        with db.transaction(force_rollback=True):
-            db.execute("create role bob")
-            psycopg.RawCursor(db).execute(text, ("hunter22",))
+    with (
+        pytest.raises(psycopg.errors.SyntaxError) as caught,
+        db.transaction(force_rollback=True),
+    ):
+        db.execute("create role bob")
+        psycopg.RawCursor(db).execute(text, ("hunter22",))
     assert "hunter22" not in str(caught.value)
     result = Redactor().command(text)
     assert result is not None
