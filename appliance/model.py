@@ -304,3 +304,20 @@ class Result:
         if self.reading is not None:
             out["reading"] = self.reading.as_dict()
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy decided for one command, before any of its bytes reach the backend.
+
+    ``action`` is ``allow`` or ``block``. ``rule`` names the rule that decided, or is None
+    when no rule matched and the policy's default (or its setting for commands whose effect
+    cannot be known) did. ``reason`` is for people: the rule's message, or why.
+    """
+
+    action: str
+    rule: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "rule": self.rule, "reason": self.reason}
