@@ -219,7 +219,7 @@ class Policy:
         self._analyse = analyse or _analyser()
         self._rules = tuple(_Compiled(rule) for rule in settings.rules)
         self._extra = Globs(settings.functions, closed=False)
-        self._cache: dict[tuple[Any, ...], Decision] = {}
+        self._cache: dict[tuple[Any, ...], tuple[Decision, str]] = {}
         self._scopes: dict[tuple[Any, ...], tuple[_Compiled, ...]] = {}
         self._size = max(1, cache_size)
 
@@ -233,8 +233,19 @@ class Policy:
         command: Command,
     ) -> Decision:
         """Allow or block ``command``, sent under ``identity`` to ``database`` on ``backend``."""
+        return self.verdict(identity, backend, database, command)[0]
+
+    def verdict(
+        self,
+        identity: dict[str, Any] | None,
+        backend: str,
+        database: str | None,
+        command: Command,
+    ) -> tuple[Decision, str]:
+        """The decision, and what made it: ``rule``, ``default``, or ``unknown`` (the setting
+        for what cannot be known), for reports such as ``witness policy test``."""
         if command.kind == "cancel":
-            return Decision("allow", None, "a cancel request runs no statement")
+            return Decision("allow", None, "a cancel request runs no statement"), "default"
         known = command.text_known
         who = _identity_key(identity)
         key: tuple[Any, ...] | None = None
@@ -245,13 +256,13 @@ class Policy:
             if cached is not None:
                 return cached
         rules = self._scope(who, identity, backend, database)
-        decision = self._decide(rules, self.facts(command))
+        verdict = self._decide(rules, self.facts(command))
         if key is not None:
             cache = self._cache
             if len(cache) >= self._size:
                 del cache[next(iter(cache))]
-            cache[key] = decision
-        return decision
+            cache[key] = verdict
+        return verdict
 
     def _scope(
         self, who: IdentityKey, identity: dict[str, Any] | None, backend: str, db: str | None
@@ -266,35 +277,37 @@ class Policy:
             self._scopes[key] = found
         return found
 
-    def _decide(self, rules: tuple[_Compiled, ...], facts: list[Fact]) -> Decision:
-        first: Decision | None = None
+    def _decide(self, rules: tuple[_Compiled, ...], facts: list[Fact]) -> tuple[Decision, str]:
+        first: tuple[Decision, str] | None = None
         for fact in facts:
-            decision = self._statement(rules, fact)
-            if decision.action == "block":
-                return decision
+            verdict = self._statement(rules, fact)
+            if verdict[0].action == "block":
+                return verdict
             if first is None:
-                first = decision
+                first = verdict
         if first is None:  # an empty text: nothing runs
-            return Decision(self.settings.default, None, "the command holds no statement")
+            return Decision(
+                self.settings.default, None, "the command holds no statement"
+            ), "default"
         return first
 
-    def _statement(self, rules: tuple[_Compiled, ...], fact: Fact) -> Decision:
+    def _statement(self, rules: tuple[_Compiled, ...], fact: Fact) -> tuple[Decision, str]:
         doubt = fact.doubt
         for compiled in rules:
             if compiled.matches(fact):
                 rule = compiled.rule
                 if not compiled.block:
-                    return Decision("allow", rule.name, f"allowed by rule {rule.name!r}")
+                    return Decision("allow", rule.name, f"allowed by rule {rule.name!r}"), "rule"
                 if doubt is not None and not compiled.holds(fact):
-                    return Decision("block", rule.name, f"{rule.text} ({doubt.why})")
-                return Decision("block", rule.name, rule.text)
+                    return Decision("block", rule.name, f"{rule.text} ({doubt.why})"), "rule"
+                return Decision("block", rule.name, rule.text), "rule"
         if doubt is not None:
             action = self.settings.unknown
             verb = "blocks" if action == "block" else "allows"
             reason = f"{doubt.why}, and no rule names it: the policy {verb} what it cannot know"
-            return Decision(action, None, reason)
+            return Decision(action, None, reason), "unknown"
         action = self.settings.default
-        return Decision(action, None, f"no rule matched: the default is to {action}")
+        return Decision(action, None, f"no rule matched: the default is to {action}"), "default"
 
     # --- what the command does ------------------------------------------------------------
 

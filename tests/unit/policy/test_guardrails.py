@@ -36,9 +36,12 @@ SLEEP = Statement("select", "read", functions=frozenset({"pg_sleep"}))
 APP_FN = Statement("select", "read", functions=frozenset({"app.total", "count"}))
 SET_CONFIG = Statement("select", "read", functions=frozenset({"pg_catalog.set_config"}))
 HIDDEN = Statement(
-    "select", "read", reads=frozenset({"orders"}), writes=frozenset({"orders"}),
+    "select",
+    "read",
+    reads=frozenset({"orders"}),
+    writes=frozenset({"orders"}),
     inner=frozenset({"delete"}),
-)  # fmt: skip
+)
 EXECUTE = Statement("execute", "code", unknown="runs a prepared statement")
 
 TEXTS: dict[str, tuple[Statement, ...]] = {
@@ -141,7 +144,9 @@ def test_each_match_key(
     for text, who in matched:
         assert decide(policy, text, who).rule == "r", (text, who)
     for text, who in unmatched:
-        assert decide(policy, text, who) == Decision("allow", None, "no rule matched: the default is to allow"), (text, who)  # fmt: skip
+        assert decide(policy, text, who) == Decision(
+            "allow", None, "no rule matched: the default is to allow"
+        ), (text, who)
 
 
 def test_backends_and_databases() -> None:
@@ -162,7 +167,9 @@ def test_all_keys_of_a_rule_must_match() -> None:
 def test_a_session_without_identity_matches_no_identity_key_even_an_allow() -> None:
     policy = make(rules('name = "devs"\naction = "allow"\ngroups = ["dev"]', default="block"))
     assert decide(policy, "select", ALICE).rule == "devs"
-    assert decide(policy, "select", None) == Decision("block", None, "no rule matched: the default is to block")  # fmt: skip
+    assert decide(policy, "select", None) == Decision(
+        "block", None, "no rule matched: the default is to block"
+    )
     identity = {"issuer": "i", "subject": "x", "groups": "dev"}  # not a list: no groups
     assert decide(policy, "select", identity).action == "block"
 
@@ -178,21 +185,29 @@ def test_the_first_matching_rule_wins() -> None:
             'name = "rest"\naction = "allow"',
         )
     )
-    assert decide(policy, "delete one", BOB) == Decision("allow", "dba-may", "allowed by rule 'dba-may'")  # fmt: skip
+    assert decide(policy, "delete one", BOB) == Decision(
+        "allow", "dba-may", "allowed by rule 'dba-may'"
+    )
     assert decide(policy, "delete one", ALICE) == Decision("block", "no-delete", "ask a DBA")
     assert decide(policy, "select", ALICE).rule == "rest"
 
 
 def test_default_block_and_a_block_without_message() -> None:
     policy = make(rules('name = "no-ddl"\naction = "block"\nkinds = ["ddl"]', default="block"))
-    assert decide(policy, "drop") == Decision("block", "no-ddl", "blocked by the policy's rule 'no-ddl'")  # fmt: skip
+    assert decide(policy, "drop") == Decision(
+        "block", "no-ddl", "blocked by the policy's rule 'no-ddl'"
+    )
     assert decide(policy, "select").action == "block"
     assert decide(policy, "select").rule is None
 
 
 def test_several_statements_one_blocked_blocks_the_string() -> None:
-    policy = make(rules('name = "wipe"\naction = "block"\nno_where = true', 'name = "ok"\naction = "allow"'))  # fmt: skip
-    assert decide(policy, "select; delete all") == Decision("block", "wipe", "blocked by the policy's rule 'wipe'")  # fmt: skip
+    policy = make(
+        rules('name = "wipe"\naction = "block"\nno_where = true', 'name = "ok"\naction = "allow"')
+    )
+    assert decide(policy, "select; delete all") == Decision(
+        "block", "wipe", "blocked by the policy's rule 'wipe'"
+    )
     assert decide(policy, "select; select") == Decision("allow", "ok", "allowed by rule 'ok'")
 
 
@@ -225,7 +240,11 @@ def test_an_allow_rule_must_name_the_doubt() -> None:
 
 
 def test_a_block_rule_meets_an_unknown_statement_whatever_it_asks() -> None:
-    policy = make(rules('name = "no-billing"\naction = "block"\ntables = ["billing.invoices"]\nmessage = "no"'))  # fmt: skip
+    policy = make(
+        rules(
+            'name = "no-billing"\naction = "block"\ntables = ["billing.invoices"]\nmessage = "no"'
+        )
+    )
     decision = decide(policy, "do")
     assert (decision.action, decision.rule) == ("block", "no-billing")
     assert decision.reason.startswith("no (the effect of a DO block cannot be known")
@@ -233,7 +252,11 @@ def test_a_block_rule_meets_an_unknown_statement_whatever_it_asks() -> None:
 
 
 def test_but_a_block_rule_keeps_its_identity_and_place_criteria() -> None:
-    policy = make(rules('name = "dba"\naction = "block"\ngroups = ["dba"]\nbackends = ["main"]', unknown="allow"))  # fmt: skip
+    policy = make(
+        rules(
+            'name = "dba"\naction = "block"\ngroups = ["dba"]\nbackends = ["main"]', unknown="allow"
+        )
+    )
     assert decide(policy, "do", BOB).rule == "dba"
     assert decide(policy, "do", ALICE).rule is None
     assert decide(policy, "do", BOB, backend="other").rule is None
@@ -246,7 +269,10 @@ def test_an_unlisted_function_is_unknown_unless_allowed() -> None:
     assert (decision.action, decision.rule) == ("block", None)
     assert "it calls pg_sleep, outside the allowed functions" in decision.reason
     assert decide(policy, "app fn").action == "block"
-    extra = make('functions = ["app.*"]\n' + rules('name = "reads"\naction = "allow"\nkinds = ["read"]', default="block"))  # fmt: skip
+    extra = make(
+        'functions = ["app.*"]\n'
+        + rules('name = "reads"\naction = "allow"\nkinds = ["read"]', default="block")
+    )
     assert decide(extra, "app fn").rule == "reads"
     assert decide(extra, "sleep").action == "block"
 
@@ -269,7 +295,10 @@ def test_a_call_must_have_its_kind_and_its_functions_named() -> None:
 
 
 def test_set_config_is_unknown_even_when_listed() -> None:
-    policy = make('functions = ["set_config", "pg_catalog.set_config"]\n' + rules('name = "f"\naction = "allow"\nfunctions = ["*set_config"]'))  # fmt: skip
+    policy = make(
+        'functions = ["set_config", "pg_catalog.set_config"]\n'
+        + rules('name = "f"\naction = "allow"\nfunctions = ["*set_config"]')
+    )
     decision = decide(policy, "set_config")
     assert decision.action == "block"
     assert "set_config" in decision.reason
@@ -333,7 +362,9 @@ def test_an_empty_text_gets_the_default() -> None:
 
 
 def test_execute_of_a_known_prepared_statement_is_decided_on_its_text() -> None:
-    policy = make(rules('name = "wipe"\naction = "block"\nno_where = true', 'name = "ok"\naction = "allow"'))  # fmt: skip
+    policy = make(
+        rules('name = "wipe"\naction = "block"\nno_where = true', 'name = "ok"\naction = "allow"')
+    )
     safe = Prepared("p", "select", how="prepared", defined=1)
     assert policy.decide(ALICE, "main", "shop", query("execute p", (safe,))).rule == "ok"
     wipe = Prepared("p", "delete all", how="prepared", defined=1)
@@ -367,7 +398,9 @@ def test_an_unqualified_table_meets_a_blocking_schema_glob() -> None:
 
 
 def test_an_unqualified_table_does_not_meet_an_allowing_schema_glob() -> None:
-    policy = make(rules('name = "public"\naction = "allow"\nwrites = ["public.*"]', default="block"))  # fmt: skip
+    policy = make(
+        rules('name = "public"\naction = "allow"\nwrites = ["public.*"]', default="block")
+    )
     assert decide(policy, "invoices").action == "block"
     bare = make(rules('name = "inv"\naction = "allow"\nwrites = ["invoices"]', default="block"))
     assert decide(bare, "invoices").rule == "inv"
@@ -392,7 +425,9 @@ def test_a_delete_hidden_in_a_select_is_a_delete() -> None:
     assert decide(policy, "hidden").rule == "no-delete"
     writes = make(rules('name = "no-writes"\naction = "block"\nkinds = ["write"]'))
     assert decide(writes, "hidden").rule == "no-writes"
-    reads = make(rules('name = "reads"\naction = "allow"\nkinds = ["read"]\nwrites = ["x"]', default="block"))  # fmt: skip
+    reads = make(
+        rules('name = "reads"\naction = "allow"\nkinds = ["read"]\nwrites = ["x"]', default="block")
+    )
     assert decide(reads, "hidden").action == "block"
 
 
@@ -401,7 +436,9 @@ def test_a_delete_hidden_in_a_select_is_a_delete() -> None:
 
 def test_decisions_are_cached_by_text_and_by_who() -> None:
     analyse = Described()
-    policy = make(rules('name = "dba"\naction = "allow"\ngroups = ["dba"]', default="block"), analyse)  # fmt: skip
+    policy = make(
+        rules('name = "dba"\naction = "allow"\ngroups = ["dba"]', default="block"), analyse
+    )
     for _ in range(3):
         assert decide(policy, "select", BOB).action == "allow"
         assert decide(policy, "select", ALICE).action == "block"

@@ -174,10 +174,32 @@ def test_a_bad_top_level_key_is_named(data: dict[str, Any], message: str) -> Non
 
 
 def test_every_kind_the_analysis_documents_can_be_named() -> None:
-    for word in ("select", "insert", "update", "delete", "merge", "truncate", "copy_from",
-                 "copy_to", "copy_program", "do", "call", "grant", "revoke", "set_role",
-                 "set_session_authorization", "alter_system", "lock", "create_table",
-                 "drop_index", "begin", "commit", "read", "write", "ddl"):  # fmt: skip
+    for word in (
+        "select",
+        "insert",
+        "update",
+        "delete",
+        "merge",
+        "truncate",
+        "copy_from",
+        "copy_to",
+        "copy_program",
+        "do",
+        "call",
+        "grant",
+        "revoke",
+        "set_role",
+        "set_session_authorization",
+        "alter_system",
+        "lock",
+        "create_table",
+        "drop_index",
+        "begin",
+        "commit",
+        "read",
+        "write",
+        "ddl",
+    ):
         assert word in kinds.WORDS
     assert kinds.category("delete") == "write"
     assert kinds.category("drop_table") == "ddl"
