@@ -329,7 +329,7 @@ class Policy:
         multiple = analysis.multiple
         facts: list[Fact] = []
         for statement in analysis.statements:
-            if statement.kind == "execute" and command.kind == "query":
+            if statement.kind == "execute":
                 facts += self._executed(command.prepared, multiple)
             else:
                 facts.append(Fact(statement, self._doubt(statement, command.text), multiple))

@@ -371,6 +371,16 @@ def test_execute_of_a_known_prepared_statement_is_decided_on_its_text() -> None:
     assert policy.decide(ALICE, "main", "shop", query("execute p", (wipe,))).rule == "wipe"
 
 
+def test_an_execute_sent_by_the_extended_protocol_is_decided_on_its_text_too() -> None:
+    policy = make(
+        rules('name = "wipe"\naction = "block"\nno_where = true', 'name = "ok"\naction = "allow"')
+    )
+    for text, rule in (("select", "ok"), ("delete all", "wipe")):
+        runs = Prepared("p", text, how="prepared", defined=1)
+        command = Command("execute", "execute p", statement="", prepared=(runs,))
+        assert policy.decide(ALICE, "main", "shop", command).rule == rule
+
+
 def test_execute_of_a_doubtful_prepared_statement_is_unknown() -> None:
     policy = make(rules('name = "ok"\naction = "allow"'))
     doubtful = Prepared("p", "select", how="prepared", defined=1, doubt="changed", changed_by=2)
