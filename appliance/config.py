@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from appliance.policy.rules import PolicyError, PolicySettings
+from appliance.policy.rules import check_backends as _check_policy_backends
+from appliance.policy.rules import parse as _parse_policy
+
 DEFAULT_CONFIG = Path("/etc/witness/witness.toml")
 PROTOCOLS = ("postgresql",)
 UNBOUND = ("refuse", "allow")
@@ -254,6 +258,8 @@ class Settings:
     capture: Capture = field(default_factory=Capture)
     enforce: EnforceSettings = field(default_factory=EnforceSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    """The guardrails: the ``[policy]`` table, or the policy file it names."""
     max_message_bytes: int = 64 * 1024 * 1024
     transparent: bool = False
     """The file has an ``[enforce]`` table: ``witness serve`` then also accepts the connections
@@ -693,10 +699,22 @@ def _identity(raw: Any, base: Path) -> IdentitySettings:
     )
 
 
+def _policy(raw: Any, base: Path, backends: dict[str, Backend]) -> PolicySettings:
+    # The rules are validated by their own module; its errors are this file's errors.
+    try:
+        policy = _parse_policy(raw, base)
+        _check_policy_backends(policy, backends)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    return policy
+
+
 def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     """Validate a parsed TOML document. Relative paths are taken from ``base``."""
     _no_unknown(
-        data, "", {"listener", "backend", "trail", "capture", "limits", "enforce", "identity"}
+        data,
+        "",
+        {"listener", "backend", "trail", "capture", "limits", "enforce", "identity", "policy"},
     )
     raw_backends = data.get("backend", [])
     if not isinstance(raw_backends, list) or not raw_backends:
@@ -725,6 +743,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         capture=_capture(data.get("capture", {})),
         enforce=_enforce(data.get("enforce", {})),
         identity=_identity(data.get("identity", {}), base),
+        policy=_policy(data.get("policy", {}), base, backends),
         max_message_bytes=_int(
             limits.get("max_message_bytes", 64 * 1024 * 1024),
             "limits.max_message_bytes",

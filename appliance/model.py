@@ -308,9 +308,12 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the policy decided about one command, recorded with it before any of its bytes
-    move: ``action`` (``allow`` or ``block``), the ``rule`` that decided (its name; None for
-    the policy's default) and the ``reason``, for people."""
+    """What the policy decided for one command, before any of its bytes reach the backend.
+
+    ``action`` is ``allow`` or ``block``. ``rule`` names the rule that decided, or is None
+    when no rule matched and the policy's default (or its setting for commands whose effect
+    cannot be known) did. ``reason`` is for people: the rule's message, or why.
+    """
 
     action: str
     rule: str | None

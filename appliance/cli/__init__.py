@@ -7,7 +7,17 @@ from pathlib import Path
 import click
 
 from appliance import __version__
-from appliance.cli import enforce, identity, lab, provision, serve, sessions, trail, warden
+from appliance.cli import (
+    enforce,
+    identity,
+    lab,
+    policy,
+    provision,
+    serve,
+    sessions,
+    trail,
+    warden,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,5 +35,5 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj = config_path
 
 
-for module in (serve, sessions, trail, lab, enforce, warden, identity, provision):
+for module in (serve, sessions, trail, lab, enforce, warden, identity, provision, policy):
     module.register(main)

@@ -19,7 +19,6 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
-from appliance.model import Prepared
 from appliance.trail import db, query
 from appliance.trail.db import TrailError
 from appliance.trail.query import CommandView, Event, SessionInfo
@@ -373,27 +372,10 @@ def _command_text(
 
 
 def _prepared(entry: dict[str, Any]) -> str:
-    # Built from the trail's JSON, typed as the record is (a damaged trail must not crash it).
-    prepared = Prepared(
-        str(entry.get("name", "")),
-        _optional_str(entry.get("text")),
-        str(entry.get("how", "parsed")),
-        _optional_int(entry.get("defined")),
-        _optional_str(entry.get("doubt")),
-        _optional_int(entry.get("changed_by")),
-        str(entry.get("kind", "statement")),
-    )
+    prepared = query.prepared_of(entry)
     if prepared.known:
         return f"{prepared.kind} {prepared.name!r}: {prepared.text}"
     return prepared.describe()
-
-
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _optional_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _decoding(decoding: dict[str, Any]) -> str:

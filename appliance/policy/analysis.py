@@ -32,6 +32,7 @@ class Statement:
     functions: frozenset[str] = frozenset()
     no_where: bool = False
     unknown: str | None = None
+    inner: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.model import Command, Decoding, Prepared
 from appliance.trail.db import TrailError
 
 _COLUMNS = "seq, ts, type, session, payload"
@@ -188,6 +189,50 @@ class Match:
 def text_known(payload: dict[str, Any]) -> bool:
     """Whether a command's record vouches for what the backend ran (older trails always do)."""
     return payload.get("text_known", True) is not False
+
+
+def prepared_of(entry: dict[str, Any]) -> Prepared:
+    """A prepared statement as a command's record has it, typed as the record is (a damaged
+    trail must not crash its readers)."""
+    return Prepared(
+        str(entry.get("name", "")),
+        _optional_str(entry.get("text")),
+        str(entry.get("how", "parsed")),
+        _optional_int(entry.get("defined")),
+        _optional_str(entry.get("doubt")),
+        _optional_int(entry.get("changed_by")),
+        str(entry.get("kind", "statement")),
+    )
+
+
+def command_of(payload: dict[str, Any]) -> Command:
+    """The command a record describes (without its parameters), as the recorder had it
+    when it recorded it: what a policy is asked about."""
+    prepared = tuple(prepared_of(p) for p in payload.get("prepared") or () if isinstance(p, dict))
+    raw = payload.get("decoding")
+    decoding = None
+    if isinstance(raw, dict):
+        decoding = Decoding(
+            str(raw.get("encoding")), raw.get("raw") is True, _optional_int(raw.get("changed_by"))
+        )
+    command = Command(
+        str(payload.get("kind", "query")),
+        str(payload.get("text", "")),
+        prepared=prepared,
+        decoding=decoding,
+    )
+    if command.text_known and not text_known(payload):
+        # The record says the text is in doubt for a reason not rebuilt here: keep the doubt.
+        command.decoding = Decoding(decoding.encoding if decoding else "unknown", raw=True)
+    return command
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _json(text: Any, seq: Any) -> dict[str, Any]:
