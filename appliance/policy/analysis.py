@@ -20,6 +20,7 @@ sized for the text's length, and texts too long for any such stack are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass
@@ -75,6 +76,16 @@ class Analysis:
         return len(self.statements) > 1
 
 
+# The grammar reads strings as PostgreSQL does with standard_conforming_strings on. A session
+# can turn it off, and then a backslash before a quote escapes it and the string goes on:
+# ``SELECT '\' , '; DELETE FROM t; --'`` is two strings here and a DELETE there. Only a
+# backslash directly before a quote can move where a string ends, so a text with none is read
+# the same either way; one with any is marked unknown.
+BACKSLASH_QUOTE = "\\'"
+AMBIGUOUS_QUOTES = (
+    "a backslash before a quote ends a string here but not when standard_conforming_strings is off"
+)
+
 # Texts up to this many characters are parsed on the caller's thread: at most about half as
 # many tree levels as characters, far less than any thread's stack holds.
 DIRECT_MAX = 4096
@@ -118,9 +129,14 @@ def _analyse(text: str) -> Analysis:
     except Exception as exc:
         return Analysis((), error=f"the text could not be analysed ({type(exc).__name__})")
     try:
-        return Analysis(tuple(_statement(raw.get("stmt")) for raw in tree))
+        statements = tuple(_statement(raw.get("stmt")) for raw in tree)
     except Exception as exc:  # a tree of a shape this module does not expect
         return Analysis((), error=f"the parse tree could not be analysed ({type(exc).__name__})")
+    if BACKSLASH_QUOTE in text:
+        statements = tuple(
+            s if s.unknown else dataclasses.replace(s, unknown=AMBIGUOUS_QUOTES) for s in statements
+        )
+    return Analysis(statements)
 
 
 def _refuse(text: str) -> str | None:

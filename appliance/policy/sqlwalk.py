@@ -54,6 +54,7 @@ _TARGETS: dict[str, tuple[str, ...]] = {
     "AlterOwnerStmt": ("relation",),
     "AlterObjectDependsStmt": ("relation",),
     "CreateStatsStmt": ("relations",),
+    "CompositeTypeStmt": ("typevar",),
 }
 
 # Object types that are relations, and those that live on one (named "table.object").
@@ -82,7 +83,129 @@ class Facts:
     unknown: str | None = None
 
 
-_Frame = tuple[Any, frozenset[str], bool]
+_Frame = tuple[Node, frozenset[str], bool]
+_NO_NAMES: frozenset[str] = frozenset()
+
+# Every statement node of libpg_query 17; one PostgreSQL adds later is walked as any node.
+_STATEMENTS = frozenset(
+    (
+        "AlterCollationStmt",
+        "AlterDatabaseRefreshCollStmt",
+        "AlterDatabaseSetStmt",
+        "AlterDatabaseStmt",
+        "AlterDefaultPrivilegesStmt",
+        "AlterDomainStmt",
+        "AlterEnumStmt",
+        "AlterEventTrigStmt",
+        "AlterExtensionContentsStmt",
+        "AlterExtensionStmt",
+        "AlterFdwStmt",
+        "AlterForeignServerStmt",
+        "AlterFunctionStmt",
+        "AlterObjectDependsStmt",
+        "AlterObjectSchemaStmt",
+        "AlterOpFamilyStmt",
+        "AlterOperatorStmt",
+        "AlterOwnerStmt",
+        "AlterPolicyStmt",
+        "AlterPublicationStmt",
+        "AlterRoleSetStmt",
+        "AlterRoleStmt",
+        "AlterSeqStmt",
+        "AlterStatsStmt",
+        "AlterSubscriptionStmt",
+        "AlterSystemStmt",
+        "AlterTSConfigurationStmt",
+        "AlterTSDictionaryStmt",
+        "AlterTableMoveAllStmt",
+        "AlterTableSpaceOptionsStmt",
+        "AlterTableStmt",
+        "AlterTypeStmt",
+        "AlterUserMappingStmt",
+        "CallStmt",
+        "CheckPointStmt",
+        "ClosePortalStmt",
+        "ClusterStmt",
+        "CommentStmt",
+        "CompositeTypeStmt",
+        "ConstraintsSetStmt",
+        "CopyStmt",
+        "CreateAmStmt",
+        "CreateCastStmt",
+        "CreateConversionStmt",
+        "CreateDomainStmt",
+        "CreateEnumStmt",
+        "CreateEventTrigStmt",
+        "CreateExtensionStmt",
+        "CreateFdwStmt",
+        "CreateForeignServerStmt",
+        "CreateForeignTableStmt",
+        "CreateFunctionStmt",
+        "CreateOpClassStmt",
+        "CreateOpFamilyStmt",
+        "CreatePLangStmt",
+        "CreatePolicyStmt",
+        "CreatePublicationStmt",
+        "CreateRangeStmt",
+        "CreateRoleStmt",
+        "CreateSchemaStmt",
+        "CreateSeqStmt",
+        "CreateStatsStmt",
+        "CreateStmt",
+        "CreateSubscriptionStmt",
+        "CreateTableAsStmt",
+        "CreateTableSpaceStmt",
+        "CreateTransformStmt",
+        "CreateTrigStmt",
+        "CreateUserMappingStmt",
+        "CreatedbStmt",
+        "DeallocateStmt",
+        "DeclareCursorStmt",
+        "DefineStmt",
+        "DeleteStmt",
+        "DiscardStmt",
+        "DoStmt",
+        "DropOwnedStmt",
+        "DropRoleStmt",
+        "DropStmt",
+        "DropSubscriptionStmt",
+        "DropTableSpaceStmt",
+        "DropUserMappingStmt",
+        "DropdbStmt",
+        "ExecuteStmt",
+        "ExplainStmt",
+        "FetchStmt",
+        "GrantRoleStmt",
+        "GrantStmt",
+        "ImportForeignSchemaStmt",
+        "IndexStmt",
+        "InsertStmt",
+        "ListenStmt",
+        "LoadStmt",
+        "LockStmt",
+        "MergeStmt",
+        "NotifyStmt",
+        "PLAssignStmt",
+        "PrepareStmt",
+        "ReassignOwnedStmt",
+        "RefreshMatViewStmt",
+        "ReindexStmt",
+        "RenameStmt",
+        "ReplicaIdentityStmt",
+        "ReturnStmt",
+        "RuleStmt",
+        "SecLabelStmt",
+        "SelectStmt",
+        "TransactionStmt",
+        "TruncateStmt",
+        "UnlistenStmt",
+        "UpdateStmt",
+        "VacuumStmt",
+        "VariableSetStmt",
+        "VariableShowStmt",
+        "ViewStmt",
+    )
+)
 
 
 def walk(root: Node, top: Node, facts: Facts) -> None:
@@ -97,30 +220,35 @@ class _Walk:
         self.stack: list[_Frame] = []
 
     def run(self, root: Node) -> None:
-        facts, stack = self.facts, self.stack
-        stack.append((root, frozenset(), True))
+        # The hot loop of the analysis: type() checks and one set lookup per field.
+        reads, functions = self.facts.reads, self.facts.functions
+        stack = self.stack
+        push, pop = stack.append, stack.pop
+        push((root, _NO_NAMES, True))
         while stack:
-            node, scope, live = stack.pop()
-            if isinstance(node, list):
-                stack.extend((item, scope, live) for item in node if isinstance(item, dict | list))
-                continue
+            node, scope, live = pop()
             relname = node.get("relname")
-            if isinstance(relname, str):
-                if node.get("schemaname") or relname not in scope:
-                    facts.reads.add(relation_name(node))
+            if relname is not None:
+                if type(relname) is str and (node.get("schemaname") or relname not in scope):
+                    reads.add(relation_name(node))
                 continue
             for key, value in node.items():
-                if not isinstance(value, dict | list):
-                    continue
-                if key.endswith("Stmt") and isinstance(value, dict):
-                    self.statement(key, value, scope, live)
-                elif key == "FuncCall" and isinstance(value, dict):
-                    name = dotted(value.get("funcname"))
-                    if name:
-                        facts.functions.add(name)
-                    stack.append((value, scope, live))
-                else:
-                    stack.append((value, scope, live))
+                kind = type(value)
+                if kind is dict:
+                    if key in _STATEMENTS:
+                        self.statement(key, value, scope, live)
+                        continue
+                    if key == "FuncCall":
+                        name = dotted(value.get("funcname"))
+                        if name:
+                            functions.add(name)
+                    push((value, scope, live))
+                elif kind is list:
+                    for item in value:
+                        if type(item) is dict:
+                            push((item, scope, live))
+                        elif type(item) is list:
+                            push(({"items": item}, scope, live))
 
     def statement(self, node: str, fields: Node, scope: frozenset[str], live: bool) -> None:
         """A statement node, at the top or nested: its target, its CTEs, its other fields."""
@@ -162,10 +290,15 @@ class _Walk:
         if node == "ExplainStmt":
             child_live = live and _explain_analyses(fields)
         never_runs = _NEVER_RUN.get(node)
+        rest = {}
         for key, value in fields.items():
-            if key in targets or key == "withClause" or not isinstance(value, dict | list):
+            if key in targets or key == "withClause" or type(value) not in (dict, list):
                 continue
-            self.stack.append((value, scope, False if key == never_runs else child_live))
+            if key == never_runs:
+                self.stack.append(({key: value}, scope, False))
+            else:
+                rest[key] = value
+        self.stack.append((rest, scope, child_live))
 
     def enter_with(self, with_clause: Node, scope: frozenset[str], live: bool) -> frozenset[str]:
         """Push the CTEs, each with the names it can see; return the scope of the statement."""
@@ -244,12 +377,14 @@ def _mentions_column(where: Any) -> bool:
     stack = [where]
     while stack:
         item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
+        if type(item) is dict:
             if "ColumnRef" in item or "CurrentOfExpr" in item:
                 return True
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+            for value in item.values():
+                if type(value) is dict or type(value) is list:
+                    stack.append(value)
+        elif type(item) is list:
+            stack.extend(item)
     return False
 
 
