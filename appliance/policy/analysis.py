@@ -93,8 +93,9 @@ DIRECT_MAX = 4096
 STACK_PER_CHAR = 256
 STACK_BASE = 32 << 20
 STACK_MAX = 1 << 30
-# Longer texts are cached too, but only a few of them, so that the cache stays small.
-CACHED_MAX = 64 << 10
+# The cache holds up to 8192 texts of up to this many characters (64 MiB at most, however
+# many distinct texts an agent sends); longer ones share a cache of a few.
+CACHED_MAX = 8 << 10
 
 _stack_lock = threading.Lock()
 

@@ -157,6 +157,32 @@ _FIXED = {
     "ReassignOwnedStmt": "reassign_owned",
 }
 
+# The nodes kind_of names by their fields.
+_BY_FIELDS = [
+    "SelectStmt",
+    "CopyStmt",
+    "GrantStmt",
+    "GrantRoleStmt",
+    "VariableSetStmt",
+    "TransactionStmt",
+    "VacuumStmt",
+    "FetchStmt",
+    "CreateTableAsStmt",
+    "CreateFunctionStmt",
+    "DefineStmt",
+    "DropStmt",
+    "AlterTableStmt",
+    "AlterTableMoveAllStmt",
+    "AlterFunctionStmt",
+    "RenameStmt",
+    "AlterObjectSchemaStmt",
+    "AlterOwnerStmt",
+    "AlterObjectDependsStmt",
+]
+
+# Every statement node that has a kind: the walk treats these as statements when nested.
+STATEMENTS = frozenset(_FIXED).union(_BY_FIELDS)
+
 _TRANSACTIONS = {
     "TRANS_STMT_BEGIN": "begin",
     "TRANS_STMT_START": "begin",

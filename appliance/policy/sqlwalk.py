@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.policy.sqlkinds import category_of, kind_of
+from appliance.policy.sqlkinds import STATEMENTS, category_of, kind_of
 
 Node = dict[str, Any]
 
@@ -86,127 +86,6 @@ class Facts:
 _Frame = tuple[Node, frozenset[str], bool]
 _NO_NAMES: frozenset[str] = frozenset()
 
-# Every statement node of libpg_query 17; one PostgreSQL adds later is walked as any node.
-_STATEMENTS = frozenset(
-    (
-        "AlterCollationStmt",
-        "AlterDatabaseRefreshCollStmt",
-        "AlterDatabaseSetStmt",
-        "AlterDatabaseStmt",
-        "AlterDefaultPrivilegesStmt",
-        "AlterDomainStmt",
-        "AlterEnumStmt",
-        "AlterEventTrigStmt",
-        "AlterExtensionContentsStmt",
-        "AlterExtensionStmt",
-        "AlterFdwStmt",
-        "AlterForeignServerStmt",
-        "AlterFunctionStmt",
-        "AlterObjectDependsStmt",
-        "AlterObjectSchemaStmt",
-        "AlterOpFamilyStmt",
-        "AlterOperatorStmt",
-        "AlterOwnerStmt",
-        "AlterPolicyStmt",
-        "AlterPublicationStmt",
-        "AlterRoleSetStmt",
-        "AlterRoleStmt",
-        "AlterSeqStmt",
-        "AlterStatsStmt",
-        "AlterSubscriptionStmt",
-        "AlterSystemStmt",
-        "AlterTSConfigurationStmt",
-        "AlterTSDictionaryStmt",
-        "AlterTableMoveAllStmt",
-        "AlterTableSpaceOptionsStmt",
-        "AlterTableStmt",
-        "AlterTypeStmt",
-        "AlterUserMappingStmt",
-        "CallStmt",
-        "CheckPointStmt",
-        "ClosePortalStmt",
-        "ClusterStmt",
-        "CommentStmt",
-        "CompositeTypeStmt",
-        "ConstraintsSetStmt",
-        "CopyStmt",
-        "CreateAmStmt",
-        "CreateCastStmt",
-        "CreateConversionStmt",
-        "CreateDomainStmt",
-        "CreateEnumStmt",
-        "CreateEventTrigStmt",
-        "CreateExtensionStmt",
-        "CreateFdwStmt",
-        "CreateForeignServerStmt",
-        "CreateForeignTableStmt",
-        "CreateFunctionStmt",
-        "CreateOpClassStmt",
-        "CreateOpFamilyStmt",
-        "CreatePLangStmt",
-        "CreatePolicyStmt",
-        "CreatePublicationStmt",
-        "CreateRangeStmt",
-        "CreateRoleStmt",
-        "CreateSchemaStmt",
-        "CreateSeqStmt",
-        "CreateStatsStmt",
-        "CreateStmt",
-        "CreateSubscriptionStmt",
-        "CreateTableAsStmt",
-        "CreateTableSpaceStmt",
-        "CreateTransformStmt",
-        "CreateTrigStmt",
-        "CreateUserMappingStmt",
-        "CreatedbStmt",
-        "DeallocateStmt",
-        "DeclareCursorStmt",
-        "DefineStmt",
-        "DeleteStmt",
-        "DiscardStmt",
-        "DoStmt",
-        "DropOwnedStmt",
-        "DropRoleStmt",
-        "DropStmt",
-        "DropSubscriptionStmt",
-        "DropTableSpaceStmt",
-        "DropUserMappingStmt",
-        "DropdbStmt",
-        "ExecuteStmt",
-        "ExplainStmt",
-        "FetchStmt",
-        "GrantRoleStmt",
-        "GrantStmt",
-        "ImportForeignSchemaStmt",
-        "IndexStmt",
-        "InsertStmt",
-        "ListenStmt",
-        "LoadStmt",
-        "LockStmt",
-        "MergeStmt",
-        "NotifyStmt",
-        "PLAssignStmt",
-        "PrepareStmt",
-        "ReassignOwnedStmt",
-        "RefreshMatViewStmt",
-        "ReindexStmt",
-        "RenameStmt",
-        "ReplicaIdentityStmt",
-        "ReturnStmt",
-        "RuleStmt",
-        "SecLabelStmt",
-        "SelectStmt",
-        "TransactionStmt",
-        "TruncateStmt",
-        "UnlistenStmt",
-        "UpdateStmt",
-        "VacuumStmt",
-        "VariableSetStmt",
-        "VariableShowStmt",
-        "ViewStmt",
-    )
-)
-
 
 def walk(root: Node, top: Node, facts: Facts) -> None:
     """Walk ``root`` (a statement node whose fields are ``top``), adding to ``facts``."""
@@ -235,7 +114,7 @@ class _Walk:
             for key, value in node.items():
                 kind = type(value)
                 if kind is dict:
-                    if key in _STATEMENTS:
+                    if key in STATEMENTS:
                         self.statement(key, value, scope, live)
                         continue
                     if key == "FuncCall":
