@@ -70,9 +70,9 @@ def _flag(text: str) -> Doubt:
 
 
 def _analyser() -> Analyse:
-    from appliance.policy.analysis import analyse  # type: ignore[attr-defined,unused-ignore]  # noqa: PLC0415
+    from appliance.policy.analysis import analyse  # noqa: PLC0415
 
-    return analyse  # type: ignore[no-any-return,unused-ignore]
+    return analyse
 
 
 @functools.lru_cache(maxsize=4096)

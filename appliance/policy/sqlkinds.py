@@ -214,6 +214,23 @@ CATEGORIES: dict[str, str] = {
 }
 
 
+# The kinds kind_of gives by looking at fields, beyond the create_/alter_/drop_ ones.
+_BY_FIELD_KINDS = (
+    "select values select_into copy_program copy_from copy_to grant revoke grant_role "
+    "revoke_role set_role set_session_authorization reset set transaction vacuum analyze "
+    "move fetch create_materialized_view create_table_as create_procedure create_function "
+    "other"
+)
+
+
+def named_kinds() -> frozenset[str]:
+    """Every kind kind_of can give, but the create_/alter_/drop_ ones built from an object
+    type (those are as many as PostgreSQL's ObjectType values)."""
+    return frozenset(
+        {*_FIXED.values(), *_TRANSACTIONS.values(), *CATEGORIES, *_BY_FIELD_KINDS.split()}
+    )
+
+
 def object_name(object_type: object) -> str:
     """``OBJECT_MATVIEW`` -> ``materialized_view``; anything unexpected -> ``object``."""
     if not isinstance(object_type, str) or not object_type.startswith("OBJECT_"):

@@ -59,9 +59,10 @@ def decide(text: str) -> Decision:
         ("UPDATE invoices SET paid = true WHERE id = 1", "no-billing"),
         ('UPDATE "billing"."invoices" SET paid = true WHERE id = 1', "no-billing"),
         ('UPDATE billing."invoices" SET paid = true WHERE id = 1', "no-billing"),
-        ('UPDATE "BILLING".invoices SET paid = true WHERE id = 1', "no-billing"),
         ("update  Billing . Invoices set paid = true where id = 1", "no-billing"),
-        ("WITH gone AS (DELETE FROM audit.log RETURNING *) SELECT count(*) FROM gone", "no-delete"),
+        # The DELETE in the CTE has no WHERE: the earlier rule on that meets it first.
+        ("WITH gone AS (DELETE FROM audit.log RETURNING *) SELECT count(*) FROM gone", "no-wipe"),
+        ("WITH gone AS (DELETE FROM audit.log WHERE id = 1 RETURNING *) TABLE gone", "no-delete"),
         ("EXPLAIN ANALYZE DELETE FROM audit.log WHERE id = 1", "no-delete"),
         ("SELECT 1; DELETE FROM audit.log WHERE id = 1", "no-delete"),
         ("DELETE FROM orders WHERE true", "no-wipe"),
@@ -101,3 +102,10 @@ def test_a_statement_that_does_not_parse_is_blocked() -> None:
     decision = decide("SELEC 1")
     assert decision.action == "block"
     assert "does not parse" in decision.reason
+
+
+def test_a_quoted_upper_case_schema_is_another_schema() -> None:
+    """PostgreSQL folds unquoted names to lower case and keeps quoted ones: "BILLING" is not
+    billing, so writing to it is not writing to billing.invoices."""
+    decision = decide('UPDATE "BILLING".invoices SET paid = true WHERE id = 1')
+    assert decision.action == "allow", decision
