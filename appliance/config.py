@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from appliance.policy.redact import parse_functions
 from appliance.policy.rules import PolicyError, PolicySettings
 from appliance.policy.rules import check_backends as _check_policy_backends
 from appliance.policy.rules import parse as _parse_policy
@@ -157,10 +158,13 @@ class TrailSettings:
 
 @dataclass(frozen=True, slots=True)
 class Capture:
-    """Optional row capture per command; ``rows == 0`` turns it off."""
+    """What is captured of each command: rows (``rows == 0`` turns capture off), and which
+    functions' arguments are secrets beyond the built-in ones (``redact_functions``: name ->
+    1-based argument positions; secrets are never recorded)."""
 
     rows: int = 0
     bytes: int = 65536
+    redact_functions: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +262,9 @@ class Settings:
     capture: Capture = field(default_factory=Capture)
     enforce: EnforceSettings = field(default_factory=EnforceSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    """The guardrails: the ``[policy]`` table, or the policy file it names."""
+    policy: PolicySettings | None = None
+    """The guardrails: the ``[policy]`` table, or the policy file it names. None without
+    one: commands are recorded, and none is decided (nothing is blocked)."""
     max_message_bytes: int = 64 * 1024 * 1024
     transparent: bool = False
     """The file has an ``[enforce]`` table: ``witness serve`` then also accepts the connections
@@ -528,10 +533,15 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
 
 def _capture(raw: Any) -> Capture:
     table = _table(raw, "capture")
-    _no_unknown(table, "capture", {"rows", "bytes"})
+    _no_unknown(table, "capture", {"rows", "bytes", "redact_functions"})
+    try:
+        functions = parse_functions(table.get("redact_functions", {}), "capture.redact_functions")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Capture(
         rows=_int(table.get("rows", 0), "capture.rows", 0, 1_000_000),
         bytes=_int(table.get("bytes", 65536), "capture.bytes", 0, 1 << 30),
+        redact_functions=tuple(sorted(functions.items())),
     )
 
 
@@ -699,8 +709,10 @@ def _identity(raw: Any, base: Path) -> IdentitySettings:
     )
 
 
-def _policy(raw: Any, base: Path, backends: dict[str, Backend]) -> PolicySettings:
+def _policy(raw: Any, base: Path, backends: dict[str, Backend]) -> PolicySettings | None:
     # The rules are validated by their own module; its errors are this file's errors.
+    if raw is None:
+        return None
     try:
         policy = _parse_policy(raw, base)
         _check_policy_backends(policy, backends)
@@ -743,7 +755,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         capture=_capture(data.get("capture", {})),
         enforce=_enforce(data.get("enforce", {})),
         identity=_identity(data.get("identity", {}), base),
-        policy=_policy(data.get("policy", {}), base, backends),
+        policy=_policy(data.get("policy"), base, backends),
         max_message_bytes=_int(
             limits.get("max_message_bytes", 64 * 1024 * 1024),
             "limits.max_message_bytes",

@@ -22,6 +22,7 @@ from appliance.enforce.divert import Routes
 from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
 from appliance.identity.oidc import Validator
 from appliance.policy.access import Access
+from appliance.policy.guardrails import Policy
 from appliance.policy.limits import Limits
 from appliance.protocols.handler import EXPIRED
 from appliance.proxy.control import Control
@@ -158,6 +159,12 @@ async def run(
         publisher = Publisher(settings.trail, settings.trail.anchor, trail.id)
         trail.on_checkpoint = publisher.wake
         publishing = asyncio.ensure_future(publisher.run())
+    decide = None
+    if settings.policy is None:
+        log.info("policy: none ([policy] absent): commands are recorded, none is decided")
+    else:
+        decide = Policy(settings.policy).decide
+        log.info("policy: %s", settings.policy.summary())
     relays: list[Relay] = []
     servers: list[asyncio.Server] = []
     control: Control | None = None
@@ -173,6 +180,7 @@ async def run(
                 quick_lookup=quick_lookup,
                 access=access,
                 limits=limits,
+                decide=decide,
             )
             try:
                 server = await loop.create_server(
@@ -206,6 +214,7 @@ async def run(
                 quick_lookup=quick_lookup,
                 access=access,
                 limits=limits,
+                decide=decide,
             )
             relays.append(relay)
             port = settings.enforce.redirect_port

@@ -38,7 +38,10 @@ def load(path: Path) -> PolicySettings:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
             data = {}  # the loader below says what is wrong, in its words
         if any(table in data for table in _CONFIG_TABLES):
-            return config.load(path).policy
+            found = config.load(path).policy
+            if found is None:
+                fail(f"{path} has no [policy] table: nothing is decided, only recorded", 2)
+            return found
         return load_file(path)
     except (PolicyError, ConfigError) as exc:
         fail(str(exc), 2)

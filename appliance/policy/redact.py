@@ -566,7 +566,7 @@ def _arguments(statement: list[Token], index: int) -> Iterator[list[Token]]:
 
 
 def parse_functions(raw: object, key: str) -> dict[str, tuple[int, ...]]:
-    """The ``[policy] redact_functions`` table: name -> a position or a list of positions.
+    """The ``[capture] redact_functions`` table: name -> a position or a list of positions.
 
     Raises ValueError naming ``key`` (and the entry) when the table is not that.
     """

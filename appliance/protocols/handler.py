@@ -25,9 +25,9 @@ Events, in the order a session meets them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from appliance.model import Decision, ErrorInfo
+from appliance.model import Command, Decision, ErrorInfo, Result
 from appliance.protocols.events import CommandFinished, CommandStarted
 
 # Why a connection is refused or ended, in the relay's words; each handler says it in its
@@ -128,6 +128,19 @@ class Handler(Protocol):
     def block(self, n: int, decision: Decision) -> None:
         """Command ``n``, started by the chunk last received, must not reach the backend:
         the client gets the protocol's own error for it, and stays in step."""
+        ...
+
+    def command_record(self, n: int, command: Command) -> dict[str, Any]:
+        """What the trail keeps of command ``n``: its record, with its secrets redacted."""
+        ...
+
+    def result_record(self, n: int, result: Result) -> dict[str, Any]:
+        """What the trail keeps of command ``n``'s result, with the secrets the backend echoed
+        scrubbed."""
+        ...
+
+    def error_record(self, error: ErrorInfo) -> dict[str, Any]:
+        """What the trail keeps of an error that belongs to no command, scrubbed."""
         ...
 
     def refusal(self, why: str, message: str) -> Refusal:

@@ -25,6 +25,7 @@ from appliance.identity.bindings import Binding
 from appliance.model import Command, Decision, Owner
 from appliance.policy.access import Access
 from appliance.policy.limits import Lease, Limits
+from appliance.policy.redact import Redactor
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.events import CommandFinished, CommandStarted
 from appliance.protocols.handler import (
@@ -127,6 +128,7 @@ class Relay:
         self.access = access
         self.limits = limits
         self.decide = decide
+        self.redactor = Redactor(dict(capture.redact_functions))
         self.sessions: set[Session] = set()
         # What a cancel request names -> session, so that it reaches the right backend.
         self.keys: dict[object, Session] = {}
@@ -144,7 +146,7 @@ class Relay:
     def handler(self, backend: Backend | None) -> Handler:
         """A new protocol handler for a session to ``backend`` (None: not known yet)."""
         protocol = _DEFAULT_PROTOCOL if backend is None else backend.protocol
-        return handler_for(protocol, self.capture, self.max_message)
+        return handler_for(protocol, self.capture, self.max_message, self.redactor)
 
 
 # Session and _Backend are asyncio protocols by their methods, not by inheritance: a class
@@ -431,8 +433,7 @@ class Session:
         for event in events:
             if isinstance(event, CommandStarted):
                 self.commands += 1
-                payload = event.command.as_dict()
-                payload["n"] = event.n
+                payload = handler.command_record(event.n, event.command)
                 decide = self.relay.decide
                 if decide is not None:
                     self._decide(decide, event, payload)
@@ -567,9 +568,9 @@ class Session:
                 client.write(data)
         for event in events:
             if isinstance(event, CommandFinished):
-                payload = event.result.as_dict()
-                payload["n"] = event.n
-                self.recorder.record("result", self.id, payload)
+                self.recorder.record(
+                    "result", self.id, handler.result_record(event.n, event.result)
+                )
             elif isinstance(event, Ready):
                 if self.state == st.LOGIN:
                     self._move(st.READY)
@@ -578,7 +579,8 @@ class Session:
                 self.key = event.key
                 self.relay.keys[event.key] = self
             elif isinstance(event, Failed):
-                self.recorder.record("error", self.id, {"where": "server", **event.error.as_dict()})
+                error = handler.error_record(event.error)
+                self.recorder.record("error", self.id, {"where": "server", **error})
 
     def pause_client(self) -> None:
         self._pause(_BACKEND_FULL)
@@ -800,11 +802,12 @@ class Session:
             self.lease = None
         if self.key is not None:
             self.relay.keys.pop(self.key, None)
-        for event in self.handler.close():
+        handler = self.handler
+        for event in handler.close():
             if isinstance(event, CommandFinished):
-                payload = event.result.as_dict()
-                payload["n"] = event.n
-                self.recorder.record("result", self.id, payload)
+                self.recorder.record(
+                    "result", self.id, handler.result_record(event.n, event.result)
+                )
         log.debug("session %s ended: %s", self.id, reason)
         if self.started:
             self.recorder.record(

@@ -6,7 +6,10 @@ events in the relay's words and its errors in PostgreSQL's: SQLSTATEs, ErrorResp
 
 from __future__ import annotations
 
-from appliance.model import Decision
+from typing import Any
+
+from appliance.model import Command, Decision, ErrorInfo, Result
+from appliance.policy.redact import SCRUBBED, Redactor
 from appliance.protocols import handler as h
 from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
@@ -26,15 +29,21 @@ SQLSTATE = {
 }
 _READY = {status: h.Ready(status) for status in "ITE"}
 _CLOSED = h.Closed()
+_REMEMBERED = 32  # secrets of recent commands, to scrub from errors that name no command
 
 
 class PostgresHandler:
     """One PostgreSQL session's handler."""
 
-    def __init__(self, *, capture_rows: int, capture_bytes: int, max_message: int) -> None:
+    def __init__(
+        self, *, capture_rows: int, capture_bytes: int, max_message: int, redactor: Redactor
+    ) -> None:
         self.pg = PostgresConnection(
             capture_rows=capture_rows, capture_bytes=capture_bytes, max_message=max_message
         )
+        self.redactor = redactor
+        self._secrets: dict[int, list[str]] = {}  # command -> what its result may echo
+        self._recent: list[str] = []
 
     @property
     def rewriting(self) -> bool:
@@ -54,6 +63,61 @@ class PostgresHandler:
 
     def block(self, n: int, decision: Decision) -> None:
         self.pg.block(n, decision)
+
+    def command_record(self, n: int, command: Command) -> dict[str, Any]:
+        """The command's record, its secrets redacted: literals in its text and in the
+        prepared texts it names, and the bind parameters that stand for them."""
+        payload = command.as_dict()
+        payload["n"] = n
+        redactor = self.redactor
+        found = redactor.command(command.text)
+        secrets: list[str] = []
+        if found is not None:
+            payload["text"] = found.text
+            secrets += found.secrets
+            if found.params and command.params:
+                payload["params"] = [
+                    SCRUBBED if i in found.params else value
+                    for i, value in enumerate(command.params, 1)
+                ]
+        for entry in payload.get("prepared", ()):
+            text = entry.get("text")
+            inner = None if text is None else redactor.command(text)
+            if inner is not None:
+                entry["text"] = inner.text
+                secrets += inner.secrets
+        if found is not None or secrets:
+            payload["redacted"] = True
+        if secrets:
+            self._secrets[n] = secrets
+            self._recent = (self._recent + secrets)[-_REMEMBERED:]
+        return payload
+
+    def result_record(self, n: int, result: Result) -> dict[str, Any]:
+        payload = result.as_dict()
+        payload["n"] = n
+        secrets = self._secrets.pop(n, None)
+        reading = payload.get("reading")
+        if reading is not None:  # the text read again: as secret as the first reading
+            found = self.redactor.command(reading["text"])
+            if found is not None:
+                reading["text"] = found.text
+                secrets = [*(secrets or ()), *found.secrets]
+                if found.params and reading.get("params"):
+                    reading["params"] = [
+                        SCRUBBED if i in found.params else value
+                        for i, value in enumerate(reading["params"], 1)
+                    ]
+        error = payload.get("error")
+        if error is not None and secrets:
+            error["message"] = self.redactor.scrub(error["message"], secrets)
+        return payload
+
+    def error_record(self, error: ErrorInfo) -> dict[str, Any]:
+        payload = error.as_dict()
+        if self._recent:
+            payload["message"] = self.redactor.scrub(payload["message"], self._recent)
+        return payload
 
     def refusal(self, why: str, message: str) -> h.Refusal:
         code = SQLSTATE[why]

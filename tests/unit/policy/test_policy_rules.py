@@ -224,9 +224,13 @@ def test_the_policy_table_in_witness_toml(tmp_path: Path) -> None:
     assert [r.name for r in config.load(path).policy.rules] == ["no-ddl", "dba", "reads"]
 
 
-def test_no_policy_table_means_the_defaults(tmp_path: Path) -> None:
+def test_no_policy_table_means_no_decisions(tmp_path: Path) -> None:
+    """Without [policy], commands are recorded and none is decided: adding Witness to a
+    host never starts blocking what its agents ran before."""
     path = tmp_path / "witness.toml"
     path.write_text(BASE)
+    assert config.load(path).policy is None
+    path.write_text(BASE + "\n[policy]\n")
     assert config.load(path).policy == PolicySettings()
 
 
