@@ -207,9 +207,13 @@ def test_the_recorder_publishes_through_a_restart_of_either_side(
         until(lambda: _state(trail).get("error") is not None)
         assert "anchor host=127.0.0.1" in _state(trail)["error"]
         assert "anchor-lab-password" not in _state(trail)["error"]
+        before = _state(trail)["error"]
         status = _status(tmp_path, config)
+        after = _state(trail)["error"]
         assert status["unpublished"] >= 1 and status["seconds_behind"] >= 0
-        assert status["error"] == _state(trail)["error"]
+        # The publisher retries meanwhile: the first error (the anchor's shutdown) may give
+        # way to the next (connection refused) between two reads.
+        assert status["error"] in (before, after)
         assert recorder.stop() == 0  # its last checkpoint waits for the next start
 
         own.server.restart()
