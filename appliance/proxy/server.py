@@ -146,7 +146,9 @@ class Relay:
     def handler(self, backend: Backend | None) -> Handler:
         """A new protocol handler for a session to ``backend`` (None: not known yet)."""
         protocol = _DEFAULT_PROTOCOL if backend is None else backend.protocol
-        return handler_for(protocol, self.capture, self.max_message, self.redactor)
+        return handler_for(
+            protocol, self.capture, self.max_message, self.redactor, certain=self.decide is not None
+        )
 
 
 # Session and _Backend are asyncio protocols by their methods, not by inheritance: a class

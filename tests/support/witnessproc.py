@@ -18,8 +18,8 @@ WITNESS = str(Path(sys.executable).parent / "witness")
 
 class Witness:
     """``witness serve`` as a child process: quick-start style, or, with ``backend_options``
-    (TOML keys for the backend's table), from a configuration file written beside the trail
-    that is otherwise the same."""
+    (TOML keys for the backend's table) or ``tables`` (more tables, such as ``[policy]``),
+    from a configuration file written beside the trail that is otherwise the same."""
 
     def __init__(
         self,
@@ -27,11 +27,12 @@ class Witness:
         trail: Path,
         extra: list[str] | None = None,
         backend_options: str | None = None,
+        tables: str | None = None,
     ) -> None:
         self.port = free_port()
         self.trail = trail
         self.log = trail.with_suffix(".log")
-        if backend_options is None:
+        if backend_options is None and tables is None:
             argv = [
                 WITNESS,
                 "serve",
@@ -47,9 +48,10 @@ class Witness:
             config = trail.with_suffix(".toml")
             config.write_text(
                 f'[[backend]]\nname = "default"\naddress = "127.0.0.1"\nport = {backend_port}\n'
-                f"{backend_options}\n\n"
+                f"{backend_options or ''}\n\n"
                 f'[[listener]]\nlisten = "127.0.0.1:{self.port}"\nbackend = "default"\n\n'
-                f'[trail]\npath = "{trail}"\n\n[identity]\nunbound = "allow"\n'
+                f'[trail]\npath = "{trail}"\n\n[identity]\nunbound = "allow"\n\n'
+                f"{tables or ''}\n"
             )
             argv = [WITNESS, "--config", str(config), "serve", *(extra or [])]
         with self.log.open("ab") as log:

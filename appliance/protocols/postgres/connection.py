@@ -31,6 +31,7 @@ from appliance.protocols.postgres.messages import (
     CLIENT_MESSAGES,
     NO_ENCRYPTION,
     SERVER_MESSAGES,
+    close_message,
     error_response,
     parse_message,
     query_message,
@@ -47,6 +48,7 @@ def _packet(body: bytes) -> bytes:
 
 
 _PROTOCOL_3 = 3
+_REFRESHED_LIMIT = 1024
 _CANCEL = 80877102
 _NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
 
@@ -103,6 +105,7 @@ class _Marker:
     kind: str  # Sync, Parse, Close, Describe
     statement: Statement | None = None  # Describe: the statement described
     tracked: bool = False  # a Parse or Close that Statements waits to hear about
+    injected: bool = False  # sent by Witness (a refresh): its answer is not the client's
 
 
 _SYNC = _Marker("Sync")
@@ -131,6 +134,7 @@ class PostgresConnection:
         capture_bytes: int = 65536,
         max_message: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
+        refresh: bool = False,
     ) -> None:
         self.backend_key: BackendKey | None = None
         self.params: dict[str, str] = {}
@@ -170,12 +174,16 @@ class PostgresConnection:
         self._out = Splicer()
         self._back = Splicer()
         self._server_bytes = 0
-        self._blocked = 0  # blocked commands not finished yet
+        self._rewrites = 0  # answers still to come that the client gets otherwise, or not
         self._bound: dict[str, tuple[int, int]] = {}  # portal -> its Bind's offset, command
         # Where the first Bind not yet followed by an Execute (or a Sync, a Flush) starts:
         # held from there, so that a blocked Execute's Bind, and its planning, never go.
         self._binding = -1
         self._max_message = max_message
+        # Refresh: a named statement the wire can no longer vouch for is parsed again, from
+        # the bytes it was defined with, just before a Bind to it (see _refresh).
+        self.refresh = refresh
+        self._refreshed: dict[int, bytes] = {}  # a refreshed Bind's offset -> what went first
         self._client = Framer(
             "client",
             self,
@@ -243,11 +251,11 @@ class PostgresConnection:
         (the answer to a blocked command): if so, the relay hands on ``server_payload`` of
         each chunk, after ``receive_server``; if not, the chunk as it came, at once."""
         back = self._back
-        return self._blocked > 0 or bool(back.edits) or bool(back.tail)
+        return self._rewrites > 0 or bool(back.edits) or bool(back.tail)
 
     def server_payload(self, data: bytes) -> bytes:
         """What of ``data``, the chunk last given to ``receive_server``, goes to the client."""
-        hold = len(self._server._buf) if self._blocked else 0
+        hold = len(self._server._buf) if self._rewrites else 0
         return self._back.take(data, self._server_bytes, hold)
 
     def block(self, n: int, decision: Decision) -> None:
@@ -275,13 +283,17 @@ class PostgresConnection:
             instead = parse_message(BLOCKED_STATEMENT, BLOCKED)
             bound = self._bound.get(key(cmd.command.portal or ""))
             edits = self._out.edits
+            if bound is not None and edits and edits[-1][0] == bound[0]:
+                # The Bind was refreshed: what went before it still goes, then the block.
+                edits.pop()
+                instead = self._refreshed.pop(bound[0], b"") + instead
             floor = max(self._out.sent, edits[-1][1] if edits else 0)
             if bound is not None and bound[1] == n - 1 and floor <= bound[0] < start:
                 start = bound[0]
         self._out.replace(start, end, instead)
         who = f"rule {decision.rule!r}" if decision.rule else "the policy's default"
         cmd.blocked = ErrorInfo("ERROR", "42501", f"witness: blocked by {who}: {decision.reason}")
-        self._blocked += 1
+        self._rewrites += 1
 
     def _receive(
         self, framer: Framer[PostgresConnection], data: bytes | bytearray | memoryview
@@ -417,6 +429,9 @@ class PostgresConnection:
         text, decoding = self._reader.read(parse.text, self._bounds_done)
         script = sql.script(text) if decoding is None else sql.UNREADABLE
         statement = Statement(text, parse.oids, script, defined=self._n)
+        if self.refresh and parse.statement:
+            statement.source = parse.text
+            statement.codec = self._reader.codec
         if decoding is not None:
             statement.decoding = decoding
             if decoding.changed_by is not None:
@@ -432,6 +447,14 @@ class PostgresConnection:
         bind = decode.bind(body, self._reader.codec)
         n = self._n + 1  # a Bind counts with the command sent next, usually its Execute
         statement, doubt = self._certain.statement(bind.statement, self._bounds_done)
+        if (
+            doubt is not None
+            and self.refresh
+            and statement is not None
+            and doubt.doubt in ("changed", "unconfirmed")
+            and self._refresh(bind.statement, statement, body)
+        ):
+            statement, doubt = self._certain.statement(bind.statement, self._bounds_done)
         oids = statement.oids if statement is not None else ()
         codec = self._reader.codec
         params, undecoded = decode.render_params(bind.formats, bind.values, oids, codec)
@@ -478,6 +501,37 @@ class PostgresConnection:
         self._bound[key(bind.portal)] = (at, self._n)
         if self._binding < 0:
             self._binding = at
+
+    def _refresh(self, name: str, statement: Statement, bind: bytes) -> bool:
+        """Make a named statement's text certain again before this Bind: Witness sends Close
+        and Parse of it, from the very bytes it was defined with, in front of the Bind, so
+        nothing can run between them. Their answers are Witness's, and the client never
+        sees them; if the Parse fails (its table is gone, say), the client gets that error
+        where its Bind's answer would be, and the server skips to the Sync. False where the
+        bytes would not read the same now (the client encoding changed, or may have)."""
+        source = statement.source
+        if source is None or not name.isascii() or statement.decoding is not None:
+            return False
+        if self._reader.unsure(self._bounds_done) >= 0:
+            return False
+        if not source.isascii() and statement.codec is not self._reader.codec:
+            return False
+        fresh = Statement(statement.text, statement.oids, statement.script, defined=self._n)
+        fresh.source = source
+        fresh.codec = statement.codec
+        self._statements.close(name)
+        self._queue.append(_Marker("Close", tracked=True, injected=True))
+        self._statements.parse(name, fresh)
+        self._queue.append(_Marker("Parse", tracked=True, injected=True))
+        self._rewrites += 2
+        first = close_message("S", name) + parse_message(name, source, statement.oids)
+        base = self._forward_from
+        start = base + self._client.start
+        self._out.replace(start, base + self._client.seen, first + b"B" + _packet(bind))
+        self._refreshed[start] = first
+        if len(self._refreshed) > _REFRESHED_LIMIT:  # those not blocked are not looked up
+            self._refreshed = {k: v for k, v in self._refreshed.items() if k >= self._out.sent}
+        return True
 
     def _describe(self, body: bytes) -> None:
         kind, name = decode.target(body, self._reader.codec)
@@ -667,7 +721,7 @@ class PostgresConnection:
     def _finish(self, cmd: _Command, status: str, error: ErrorInfo | None = None) -> None:
         result = cmd.result
         if cmd.blocked is not None:
-            self._blocked -= 1
+            self._rewrites -= 1
             if status == "error":  # the substitute's error, told as the block
                 status, error, result.error = "blocked", cmd.blocked, cmd.blocked
         result.status = status
@@ -739,12 +793,22 @@ class PostgresConnection:
         self._head("CopyOutResponse")  # its CopyData is counted as it passes
 
     def _parse_complete(self, body: bytes) -> None:
-        self._head_marker("ParseComplete", "Parse")
+        if self._head_marker("ParseComplete", "Parse").injected:
+            self._strip(body)
         self._statements.confirm()
 
     def _close_complete(self, body: bytes) -> None:
-        if self._head_marker("CloseComplete", "Close").tracked:
+        marker = self._head_marker("CloseComplete", "Close")
+        if marker.injected:
+            self._strip(body)
+        if marker.tracked:
             self._statements.confirm()
+
+    def _strip(self, body: bytes) -> None:
+        """The answer just read was to a request of Witness's: the client never sees it."""
+        end = self._server.seen
+        self._back.replace(end - len(body) - 5, end, b"")
+        self._rewrites -= 1
 
     def _parameter_types(self, body: bytes) -> None:
         oids = decode.parameter_types(body)
@@ -795,6 +859,8 @@ class PostgresConnection:
             self._back.replace(end - len(body) - 5, end, reply)
 
     def _unanswered(self, marker: _Marker) -> None:
+        if marker.injected:
+            self._rewrites -= 1
         if marker.tracked:
             self._statements.fail()
 

@@ -36,10 +36,19 @@ class PostgresHandler:
     """One PostgreSQL session's handler."""
 
     def __init__(
-        self, *, capture_rows: int, capture_bytes: int, max_message: int, redactor: Redactor
+        self,
+        *,
+        capture_rows: int,
+        capture_bytes: int,
+        max_message: int,
+        redactor: Redactor,
+        refresh: bool = False,
     ) -> None:
         self.pg = PostgresConnection(
-            capture_rows=capture_rows, capture_bytes=capture_bytes, max_message=max_message
+            capture_rows=capture_rows,
+            capture_bytes=capture_bytes,
+            max_message=max_message,
+            refresh=refresh,
         )
         self.redactor = redactor
         self._secrets: dict[int, list[str]] = {}  # command -> what its result may echo

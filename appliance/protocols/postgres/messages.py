@@ -81,9 +81,17 @@ def query_message(text: str) -> bytes:
     return _message(b"Q", text.encode() + b"\0")
 
 
-def parse_message(name: str, text: str) -> bytes:
-    """A Parse of ``text`` as statement ``name``, with no parameter types."""
-    return _message(b"P", name.encode() + b"\0" + text.encode() + b"\0" + b"\0\0")
+def parse_message(name: str, text: str | bytes, oids: tuple[int, ...] = ()) -> bytes:
+    """A Parse of ``text`` (bytes as the client sent them, or ``str`` in UTF-8) as statement
+    ``name``, with parameter types ``oids``."""
+    raw = text if isinstance(text, bytes) else text.encode()
+    types = len(oids).to_bytes(2, "big") + b"".join(o.to_bytes(4, "big") for o in oids)
+    return _message(b"P", name.encode() + b"\0" + raw + b"\0" + types)
+
+
+def close_message(kind: str, name: str) -> bytes:
+    """A Close of statement (``S``) or portal (``P``) ``name``."""
+    return _message(b"C", kind.encode() + name.encode() + b"\0")
 
 
 def ready_for_query(status: str = "I") -> bytes:

@@ -59,6 +59,7 @@ from __future__ import annotations
 from collections import deque
 
 from appliance.model import Decoding, Prepared
+from appliance.protocols.postgres.encodings import Codec
 from appliance.protocols.postgres.sql import Script
 
 _NAME_BYTES = 63
@@ -88,6 +89,7 @@ class Statement:
 
     __slots__ = (
         "changed_by",
+        "codec",
         "decoding",
         "defined",
         "doubt",
@@ -97,6 +99,7 @@ class Statement:
         "raw",
         "script",
         "sentence",
+        "source",
         "text",
         "window",
     )
@@ -124,6 +127,10 @@ class Statement:
         self.raw: bytes | None = None
         self.window = 0
         self.final = False
+        # Where Witness may parse it again (refresh): the bytes of its text as sent, and the
+        # codec they were read with.
+        self.source: bytes | None = None
+        self.codec: Codec | None = None
 
 
 class _Op:

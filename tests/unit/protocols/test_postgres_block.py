@@ -31,7 +31,7 @@ class Ends:
     def __init__(self, chunker: Chunker, blocks: Sequence[str] = ("delete",)) -> None:
         self.conn = PostgresConnection()
         self.chunker = chunker
-        self.blocks = blocks
+        self.blocks: Sequence[str] = blocks
         self.to_server = b""
         self.to_client = b""
         self.events: list[Event] = []
@@ -191,3 +191,94 @@ def test_only_a_command_of_the_last_chunk_can_be_blocked() -> None:
     conn = PostgresConnection()
     with pytest.raises(ValueError, match="command 1"):
         conn.block(1, RULE)
+
+
+class Refreshing(Ends):
+    def __init__(self, chunker: Chunker) -> None:
+        super().__init__(chunker, blocks=("delete",))
+        fresh = PostgresConnection(refresh=True)
+        for chunk in LOGIN_IN:
+            fresh.receive_client(chunk)
+            fresh.client_payload(chunk)
+        for chunk in LOGIN_OUT:
+            fresh.receive_server(chunk)
+        self.conn = fresh
+
+    def executed(self) -> list[tuple[str, bool]]:
+        return [
+            (e.command.text, e.command.text_known)
+            for e in self.events
+            if isinstance(e, CommandStarted)
+        ]
+
+
+SELECT_S1 = "select v from t where id = $1"
+
+
+def _first_run(ends: Ends, statement: str = SELECT_S1) -> None:
+    ends.client(
+        [pg.parse("s1", statement, [23]), pg.bind("", "s1", [b"1"]), pg.execute(""), pg.sync()]
+    )
+    ends.server(
+        [pg.parse_complete(), pg.bind_complete(), pg.data_row(b"a"),
+         pg.command_complete("SELECT 1"), pg.ready_for_query("I")]
+    )  # fmt: skip
+
+
+@chunkings
+def test_with_refresh_a_statement_code_may_have_changed_is_parsed_again(chunker: Chunker) -> None:
+    ends = Refreshing(chunker)
+    _first_run(ends)
+    ends.to_server = ends.to_client = b""
+    again = [pg.bind("", "s1", [b"2"]), pg.execute(""), pg.sync()]
+    ends.client(again)
+    # Close and Parse of the very bytes s1 was defined with go first, in the same batch.
+    assert ends.to_server == (
+        pg.close("S", "s1") + pg.parse("s1", SELECT_S1, [23]) + b"".join(again)
+    )
+    assert ends.executed() == [(SELECT_S1, True), (SELECT_S1, True)]
+    answers = [pg.bind_complete(), pg.data_row(b"b"), pg.command_complete("SELECT 1"),
+               pg.ready_for_query("I")]  # fmt: skip
+    ends.server([pg.close_complete(), pg.parse_complete(), *answers])
+    assert ends.to_client == b"".join(answers)  # the answers to Witness's requests are its own
+    assert ends.conn.rewriting is False
+    assert ends.results() == {1: ("ok", None), 2: ("ok", None)}
+
+
+@chunkings
+def test_without_refresh_the_second_run_is_unknown(chunker: Chunker) -> None:
+    ends = Ends(chunker)
+    _first_run(ends)
+    ends.client([pg.bind("", "s1", [b"2"]), pg.execute(""), pg.sync()])
+    executed = [e.command for e in ends.events if isinstance(e, CommandStarted)]
+    assert executed[1].text_known is False
+
+
+@chunkings
+def test_a_refresh_that_fails_tells_the_client_its_error(chunker: Chunker) -> None:
+    ends = Refreshing(chunker)
+    _first_run(ends)
+    ends.to_client = b""
+    ends.client([pg.bind("", "s1", [b"2"]), pg.execute(""), pg.sync()])
+    gone = pg.error_response('relation "t" does not exist', "42P01")
+    ends.server([pg.close_complete(), gone, pg.ready_for_query("I")])
+    assert ends.to_client == gone + pg.ready_for_query("I")
+    assert ends.results()[2] == ("error", "42P01")
+    assert ends.conn.rewriting is False
+
+
+@chunkings
+def test_a_refreshed_statement_that_is_blocked_sends_neither_bind_nor_execute(
+    chunker: Chunker,
+) -> None:
+    ends = Refreshing(chunker)
+    ends.blocks = ()  # the first run is allowed; then the policy changes its mind
+    _first_run(ends, "delete from t where id = $1")
+    ends.blocks = ("delete",)
+    ends.to_server = ends.to_client = b""
+    ends.client([pg.bind("", "s1", [b"2"]), pg.execute(""), pg.sync()])
+    prefix = pg.close("S", "s1") + pg.parse("s1", "delete from t where id = $1", [23])
+    assert ends.to_server == prefix + pg.parse(BLOCKED_STATEMENT, BLOCKED) + pg.sync()
+    ends.server([pg.close_complete(), pg.parse_complete(), SYNTAX, pg.ready_for_query("I")])
+    assert ends.to_client == TOLD + pg.ready_for_query("I")
+    assert ends.results()[2] == ("blocked", "42501")

@@ -1,0 +1,271 @@
+"""Guardrails with real clients: psql, psycopg in pipeline mode and pgbench, through
+``witness serve`` with a [policy], against a real PostgreSQL.
+
+A blocked command never reaches the backend (PostgreSQL's own statement log is the referee),
+the client gets a 42501 that names the rule and goes on, the commands after it behave as
+PostgreSQL makes them behave after any error, and the trail holds the command, the decision
+and the rule.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pglog
+import pgwire as wire
+import psycopg
+import pytest
+from pgclient import RawClient
+from witnessproc import Witness, events, run
+
+from appliance.lab.postgres import PostgresServer
+
+POLICY = """
+[policy]
+default = "allow"
+
+[[policy.rules]]
+name = "no-wipe"
+action = "block"
+kinds = ["update", "delete"]
+no_where = true
+message = "UPDATE and DELETE need a WHERE"
+
+[[policy.rules]]
+name = "tellers-read-only"
+action = "block"
+writes = ["pgbench_tellers"]
+message = "the tellers are read-only for agents"
+
+[[policy.rules]]
+name = "no-drop"
+action = "block"
+kinds = ["drop_table", "truncate"]
+message = "nothing is dropped"
+"""
+
+
+@pytest.fixture
+def guarded(pg: PostgresServer, tmp_path: Path) -> Iterator[Witness]:
+    recorder = Witness(pg.port, tmp_path / "trail.db", tables=POLICY)
+    yield recorder
+    recorder.stop()
+
+
+@pytest.fixture
+def table(pg: PostgresServer) -> Iterator[str]:
+    name = f"g_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(f"create table {name} (id int primary key, v text)")
+        conn.execute(f"insert into {name} select g, 'row ' || g from generate_series(1, 5) g")
+    yield name
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(f"drop table if exists {name}")
+
+
+def count(pg: PostgresServer, table: str) -> int:
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        found = conn.execute(f"select count(*) from {table}").fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+def psql(port: int, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run(
+        "psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres",
+        *argv, input=stdin,
+    )  # fmt: skip
+
+
+def decided(trail: Path, needle: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """The commands whose text holds ``needle``, each with its result."""
+    found = events(trail)
+    results = {(e["session"], e["n"]): e for e in found if e["type"] == "result"}
+    return [
+        (e, results.get((e["session"], e["n"])))
+        for e in found
+        if e["type"] == "command" and needle in e.get("text", "")
+    ]
+
+
+def test_psql_a_blocked_delete_never_reaches_the_server_and_the_session_goes_on(
+    pg: PostgresServer, guarded: Witness, table: str
+) -> None:
+    done = psql(
+        guarded.port,
+        "-At",
+        "-c", f"delete from {table}",
+        "-c", f"select count(*) from {table}",
+    )  # fmt: skip
+    assert done.stderr == (
+        "ERROR:  witness: blocked by rule 'no-wipe': UPDATE and DELETE need a WHERE\n"
+    )
+    assert done.stdout == "5\n"  # the session went on, and nothing was deleted
+    assert count(pg, table) == 5
+    logged = [text for _, text in pglog.statements(pg.log_path)]
+    assert not [text for text in logged if f"delete from {table}" == text.strip()]
+    # What the server got in its place: a text its grammar refused, logged as such.
+    assert "STATEMENT:  WITNESS BLOCKED THIS COMMAND" in pg.log_path.read_text()
+    [(command, result)] = decided(guarded.trail, f"delete from {table}")
+    assert command["decision"] == {
+        "action": "block",
+        "rule": "no-wipe",
+        "reason": "UPDATE and DELETE need a WHERE",
+    }
+    assert result is not None and result["status"] == "blocked"
+    assert result["error"]["code"] == "42501"
+    # The same session went on: a command after the block ran and was allowed.
+    more = psql(guarded.port, "-At", "-c", f"delete from {table} where id = 1; select 1")
+    assert more.returncode == 0, more.stderr
+    assert count(pg, table) == 4
+
+
+def test_psql_a_block_inside_a_transaction_aborts_it_as_any_error_would(
+    pg: PostgresServer, guarded: Witness, table: str
+) -> None:
+    script = (
+        "begin;\n"
+        f"insert into {table} values (100, 'in the transaction');\n"
+        f"update {table} set v = 'everything';\n"
+        f"select count(*) from {table};\n"
+        "commit;\n"
+    )
+    done = psql(guarded.port, "-At", stdin=script)
+    assert "blocked by rule 'no-wipe'" in done.stderr, done.stderr
+    assert "current transaction is aborted" in done.stderr, done.stderr
+    assert "ROLLBACK" in done.stdout, done.stdout
+    assert count(pg, table) == 5  # the insert before the block went with the transaction
+
+
+def _pipeline(url: str, table: str, bad: str) -> list[str]:
+    """Insert, something that fails, insert, Sync, insert: what each step did."""
+    outcome: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            with conn.pipeline() as pipe:
+                cursors = []
+                for sql in (
+                    f"insert into {table} values (201, 'before')",
+                    bad,
+                    f"insert into {table} values (202, 'after, same batch')",
+                ):
+                    cursors.append(conn.cursor().execute(sql))
+                try:
+                    pipe.sync()
+                except psycopg.Error as exc:
+                    outcome.append(f"sync: {exc.sqlstate and exc.sqlstate[:2]} class error")
+                conn.execute(f"insert into {table} values (203, 'next batch')")
+        except psycopg.Error as exc:
+            outcome.append(f"pipeline: {type(exc).__name__}")
+        rows = conn.execute(f"select id from {table} where id > 200 order by id").fetchall()
+    outcome.append(" ".join(str(r[0]) for r in rows))
+    return outcome
+
+
+def test_psycopg_pipeline_a_blocked_command_fails_its_batch_as_postgresql_would(
+    pg: PostgresServer, guarded: Witness, table: str
+) -> None:
+    # The referee: the same pipeline straight to PostgreSQL, with a command that fails there.
+    direct = _pipeline(pg.url(), table, f"select 1/0 from {table}")
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(f"delete from {table} where id > 200")
+    through = _pipeline(guarded.url(), table, f"delete from {table}")
+    # The same steps failed and the same rows are there; the errors are the block (42501)
+    # and the division (22012).
+    assert through == [o.replace("22 class", "42 class") for o in direct], (through, direct)
+    assert count(pg, table) >= 5  # nothing of the table was deleted
+    [(command, result)] = decided(guarded.trail, f"delete from {table}")
+    assert command["decision"]["rule"] == "no-wipe"
+    assert result is not None and result["status"] == "blocked"
+    skipped = decided(guarded.trail, "after, same batch")
+    assert [r["status"] for _, r in skipped if r is not None] == ["skipped"]
+
+
+def test_pgbench_runs_reads_and_every_write_to_a_guarded_table_is_blocked(
+    pg: PostgresServer, guarded: Witness
+) -> None:
+    init = run("pgbench", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-i", "-q",
+               "postgres")  # fmt: skip
+    assert init.returncode == 0, init.stderr
+
+    def tellers() -> int:
+        with psycopg.connect(pg.url(), autocommit=True) as conn:
+            found = conn.execute("select sum(tbalance) from pgbench_tellers").fetchone()
+        assert found is not None
+        return int(found[0] or 0)
+
+    before = tellers()
+    reads = run("pgbench", "-h", "127.0.0.1", "-p", str(guarded.port), "-U", "postgres", "-n",
+                "-S", "-c", "2", "-t", "50", "-M", "prepared", "postgres")  # fmt: skip
+    assert reads.returncode == 0, reads.stderr
+    writes = run("pgbench", "-h", "127.0.0.1", "-p", str(guarded.port), "-U", "postgres", "-n",
+                 "-c", "2", "-t", "20", "postgres")  # fmt: skip
+    assert writes.returncode != 0
+    assert "tellers-read-only" in writes.stderr, writes.stderr
+    assert tellers() == before
+    blocked = [c for c, _ in decided(guarded.trail, "UPDATE pgbench_tellers")]
+    assert blocked and all(c["decision"]["rule"] == "tellers-read-only" for c in blocked)
+    allowed = [c for c, _ in decided(guarded.trail, "SELECT abalance FROM pgbench_accounts")]
+    assert len(allowed) >= 100
+    assert all(c["decision"] == {"action": "allow", "rule": None, "reason": allowed[0]["decision"]
+               ["reason"]} for c in allowed)  # fmt: skip
+
+
+def test_without_a_policy_nothing_is_decided(
+    pg: PostgresServer, witness: Witness, table: str
+) -> None:
+    done = psql(witness.port, "-c", f"delete from {table}")
+    assert done.returncode == 0, done.stderr
+    assert count(pg, table) == 0
+    [(command, _)] = decided(witness.trail, f"delete from {table}")
+    assert "decision" not in command
+
+
+CODE_ALLOWED = """
+[policy]
+default = "allow"
+
+[[policy.rules]]
+name = "code-allowed"
+action = "allow"
+kinds = ["do"]
+
+[[policy.rules]]
+name = "no-wipe"
+action = "block"
+kinds = ["update", "delete"]
+no_where = true
+"""
+
+
+def test_a_statement_code_redefined_runs_as_recorded_under_a_policy(
+    pg: PostgresServer, tmp_path: Path, table: str
+) -> None:
+    """The attack of the audit-truth issue, where a policy decides: a DO block (allowed
+    here) redefines s1 as a DELETE behind the protocol's back. Without a policy the trail
+    says it does not know what s1 runs; with one, Witness parses s1 again from its recorded
+    bytes before the Bind, so the backend runs the text the policy decided on."""
+    recorder = Witness(pg.port, tmp_path / "trail.db", tables=CODE_ALLOWED)
+    try:
+        do = (
+            f"DO $$ BEGIN EXECUTE 'DEALLOCATE s1'; "
+            f"EXECUTE 'PREPARE s1 AS DELETE FROM {table}'; END $$"
+        )
+        with RawClient(recorder.port) as client:
+            client.send(wire.parse("s1", f"select count(*) from {table}"), wire.sync())
+            client.until_ready()
+            client.send(wire.query(do))
+            assert client.tags() == ["DO"]
+            client.send(wire.bind("", "s1"), wire.execute(), wire.sync())
+            assert client.tags() == ["SELECT 1"]  # the recorded text ran, not the DELETE
+    finally:
+        recorder.stop()
+    assert count(pg, table) == 5
+    [(command, result)] = decided(recorder.trail, f"select count(*) from {table}")
+    assert command.get("text_known", True) is True and "prepared" not in command
+    assert command["decision"]["action"] == "allow"
+    assert result is not None and result["tags"] == ["SELECT 1"]
