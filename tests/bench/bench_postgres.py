@@ -1,4 +1,5 @@
-"""PostgreSQL recording benchmark: direct vs pgbouncer (session pool) vs Witness.
+"""PostgreSQL recording benchmark: direct vs pgbouncer (session pool) vs Witness, recording
+only and with a policy of 20 rules deciding every command (tests/bench/policy20.toml).
 
 Every path is measured in the same run, alternating, and the median of the rounds is kept:
 - ``pgbench -S -c 8 -j 2`` and ``-c 1`` (tps, the latency Witness adds at c=1, and the CPU
@@ -76,24 +77,32 @@ class Pgbouncer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Recorder:
-    """``witness serve`` recording every statement into a fresh trail."""
+POLICY = Path(__file__).parent / "policy20.toml"
 
-    def __init__(self, pg: PostgresServer) -> None:
+
+class Recorder:
+    """``witness serve`` recording every statement into a fresh trail; with ``policy``, a
+    policy file deciding each command too."""
+
+    def __init__(self, pg: PostgresServer, policy: Path | None = None) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="witness-bench-"))
         self.trail = self.dir / "trail.db"
+        argv = [
+            WITNESS, "serve", "--listen", f"127.0.0.1:{self.port}",
+            "--backend", f"postgresql://127.0.0.1:{pg.port}", "--trail", str(self.trail),
+        ]  # fmt: skip
+        if policy is not None:
+            config = self.dir / "witness.toml"
+            config.write_text(
+                f'[[backend]]\nname = "pg"\naddress = "127.0.0.1"\nport = {pg.port}\n\n'
+                f'[[listener]]\nlisten = "127.0.0.1:{self.port}"\nbackend = "pg"\n\n'
+                f'[trail]\npath = "{self.trail}"\n\n[identity]\nunbound = "allow"\n\n'
+                f'[policy]\nfile = "{policy}"\n'
+            )
+            argv = [WITNESS, "--config", str(config), "serve"]
         self.proc = subprocess.Popen(
-            [
-                WITNESS,
-                "serve",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--backend",
-                f"postgresql://127.0.0.1:{pg.port}",
-                "--trail",
-                str(self.trail),
-            ],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=(self.dir / "witness.log").open("wb"),
         )
@@ -187,7 +196,7 @@ def main() -> None:
 
     pg = PostgresServer({"shared_buffers": "256MB", "log_statement": "none"})
     pg.start()
-    bouncer = recorder = None
+    bouncer = recorder = guarded = None
     try:
         subprocess.run(
             [
@@ -209,13 +218,23 @@ def main() -> None:
         )
         bouncer = Pgbouncer(pg)
         recorder = Recorder(pg)
-        paths = {"direct": pg.port, "pgbouncer": bouncer.port, "witness": recorder.port}
+        guarded = Recorder(pg, POLICY)
+        paths = {
+            "direct": pg.port,
+            "pgbouncer": bouncer.port,
+            "witness": recorder.port,
+            "witness+policy": guarded.port,
+        }
         tps8: dict[str, list[float]] = {p: [] for p in paths}
         lat1: dict[str, list[float]] = {p: [] for p in paths}
         tps1: dict[str, list[float]] = {p: [] for p in paths}
         # CPU time per transaction of the proxy process at c=8: steadier than tps on a busy
         # two-core machine, so it is the figure to compare between versions.
-        proxies = {"pgbouncer": bouncer.proc.pid, "witness": recorder.proc.pid}
+        proxies = {
+            "pgbouncer": bouncer.proc.pid,
+            "witness": recorder.proc.pid,
+            "witness+policy": guarded.proc.pid,
+        }
         cpu8: dict[str, list[float]] = {p: [] for p in proxies}
         witness_done = 0
         for r in range(args.rounds):
@@ -246,6 +265,8 @@ def main() -> None:
     finally:
         if recorder:
             recorder.stop()
+        if guarded:
+            guarded.stop()
         if bouncer:
             bouncer.stop()
         pg.remove()
@@ -254,6 +275,7 @@ def main() -> None:
     d8, b8 = med(tps8["direct"]), med(tps8["pgbouncer"])
     # Each round measures both proxies back to back, so a round's ratio shows the spread.
     paired = [w / b for w, b in zip(tps8["witness"], tps8["pgbouncer"], strict=True)]
+    guarded_paired = [w / b for w, b in zip(tps8["witness+policy"], tps8["pgbouncer"], strict=True)]
     lines = [
         f"# PostgreSQL benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
         f"median of {args.rounds} alternating rounds of {args.seconds}s)",
@@ -277,6 +299,9 @@ def main() -> None:
         f"ratio {cw / cd:.2f} (target <= 1.3)",
         f"Witness at c=8 vs pgbouncer: {med(tps8['witness']) / b8:.2f} (target >= 0.6); "
         f"round by round {min(paired):.2f} to {max(paired):.2f}",
+        f"Witness with a policy of 20 rules at c=8 vs pgbouncer: "
+        f"{med(tps8['witness+policy']) / b8:.2f} (target >= 0.6, aim 0.8); round by round "
+        f"{min(guarded_paired):.2f} to {max(guarded_paired):.2f}",
         f"Statements recorded: {recorded} commands for {witness_done} pgbench transactions "
         f"(plus the COPY reads)",
         f"Witness peak RSS: {rss:.0f} MB",
