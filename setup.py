@@ -23,6 +23,7 @@ from setuptools.command.build_ext import build_ext
 HOT_PATH = [
     "appliance/model.py",
     "appliance/policy/guardrails.py",
+    "appliance/policy/shape.py",
     "appliance/protocols/errors.py",
     "appliance/protocols/events.py",
     "appliance/protocols/postgres/certainty.py",

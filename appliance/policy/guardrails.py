@@ -32,6 +32,7 @@ from appliance.policy import functions, kinds
 from appliance.policy.analysis import Analysis, Statement
 from appliance.policy.globs import Globs
 from appliance.policy.rules import PolicySettings, Rule
+from appliance.policy.shape import shape
 
 Analyse = Callable[[str], Analysis]
 IdentityKey = tuple[Any, ...] | None
@@ -63,6 +64,13 @@ class Fact:
     statement: Statement
     doubt: Doubt | None
     multiple: bool | None
+
+
+_UNPARSED = "the text does not parse"
+
+
+def _shaped(text: str | None) -> str | None:
+    return None if text is None else shape(text) or text
 
 
 def _flag(text: str) -> Doubt:
@@ -250,14 +258,29 @@ class Policy:
         who = _identity_key(identity)
         key: tuple[Any, ...] | None = None
         if known:
-            runs = tuple(p.text for p in command.prepared)
-            key = (command.kind, command.text, runs, who, backend, database)
-            cached = self._cache.get(key)
+            # By shape: texts that differ only in literal values are decided once. (A shape
+            # holds a NUL, which no text does: the two kinds of key never meet.)
+            text = command.text
+            shaped = shape(text)
+            runs = tuple(_shaped(p.text) for p in command.prepared)
+            key = (command.kind, text, runs, who, backend, database)
+            cache = self._cache
+            if shaped is not None and shaped != text:
+                cached = cache.get((command.kind, shaped, runs, who, backend, database))
+                if cached is not None:
+                    return cached
+            cached = cache.get(key)
             if cached is not None:
                 return cached
         rules = self._scope(who, identity, backend, database)
-        verdict = self._decide(rules, self.facts(command))
+        facts = self.facts(command)
+        verdict = self._decide(rules, facts)
         if key is not None:
+            doubt = facts[0].doubt if facts else None
+            if shaped is not None and (doubt is None or not doubt.why.startswith(_UNPARSED)):
+                # A reason that quotes the parser's error (its position moves with the
+                # literals' lengths) stays with its own text; any other serves the shape.
+                key = (command.kind, shaped, runs, who, backend, database)
             cache = self._cache
             if len(cache) >= self._size:
                 del cache[next(iter(cache))]
@@ -324,7 +347,7 @@ class Policy:
             return [Fact(_UNKNOWN, _flag(why), None)]
         analysis = self._analyse(command.text)
         if analysis.error is not None:
-            why = f"the text does not parse ({analysis.error})"
+            why = f"{_UNPARSED} ({analysis.error})"
             return [Fact(_UNKNOWN, _flag(why), None)]
         multiple = analysis.multiple
         facts: list[Fact] = []

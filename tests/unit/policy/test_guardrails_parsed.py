@@ -109,3 +109,22 @@ def test_a_quoted_upper_case_schema_is_another_schema() -> None:
     billing, so writing to it is not writing to billing.invoices."""
     decision = decide('UPDATE "BILLING".invoices SET paid = true WHERE id = 1')
     assert decision.action == "allow", decision
+
+
+def test_texts_that_differ_only_in_literal_values_are_decided_once() -> None:
+    calls: list[str] = []
+
+    def counting(text: str) -> object:
+        calls.append(text)
+        return analysis.analyse(text)
+
+    policy = Policy(parse(tomllib.loads(POLICY), Path("/")), counting)  # type: ignore[arg-type]
+    for aid in (1, 22, 333):
+        text = f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"
+        assert policy.decide(AGENT, "main", "shop", Command("query", text)).action == "allow"
+    assert len(calls) == 1
+    # A literal of another kind is another shape; and an unparseable text keeps its own.
+    policy.decide(AGENT, "main", "shop", Command("query", "SELECT 'x' FROM t"))
+    for bad in ("SELEC 1", "SELEC 22"):
+        assert policy.decide(AGENT, "main", "shop", Command("query", bad)).action == "block"
+    assert len(calls) == 4
