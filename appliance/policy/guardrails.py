@@ -254,24 +254,26 @@ class Policy:
         for what cannot be known), for reports such as ``witness policy test``."""
         if command.kind == "cancel":
             return Decision("allow", None, "a cancel request runs no statement"), "default"
-        known = command.text_known
         who = _identity_key(identity)
         key: tuple[Any, ...] | None = None
-        if known:
-            # By shape: texts that differ only in literal values are decided once. (A shape
-            # holds a NUL, which no text does: the two kinds of key never meet.)
+        shaped: tuple[Any, ...] | None = None
+        cache = self._cache
+        if command.text_known:
             text = command.text
-            shaped = shape(text)
-            runs = tuple(_shaped(p.text) for p in command.prepared)
+            runs = tuple(p.text for p in command.prepared)
             key = (command.kind, text, runs, who, backend, database)
-            cache = self._cache
-            if shaped is not None and shaped != text:
-                cached = cache.get((command.kind, shaped, runs, who, backend, database))
-                if cached is not None:
-                    return cached
             cached = cache.get(key)
             if cached is not None:
                 return cached
+            # By shape: texts that differ only in literal values are decided once. (A shape
+            # holds a NUL, which no text does: the two kinds of key never meet.)
+            form = shape(text)
+            if form is not None and form != text:
+                runs = tuple(_shaped(p.text) for p in command.prepared)
+                shaped = (command.kind, form, runs, who, backend, database)
+                cached = cache.get(shaped)
+                if cached is not None:
+                    return cached
         rules = self._scope(who, identity, backend, database)
         facts = self.facts(command)
         verdict = self._decide(rules, facts)
@@ -280,8 +282,7 @@ class Policy:
             if shaped is not None and (doubt is None or not doubt.why.startswith(_UNPARSED)):
                 # A reason that quotes the parser's error (its position moves with the
                 # literals' lengths) stays with its own text; any other serves the shape.
-                key = (command.kind, shaped, runs, who, backend, database)
-            cache = self._cache
+                key = shaped
             if len(cache) >= self._size:
                 del cache[next(iter(cache))]
             cache[key] = verdict

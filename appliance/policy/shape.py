@@ -19,6 +19,8 @@ comment) has no shape, and is decided by its own text.
 
 from __future__ import annotations
 
+import re
+
 # One mark per kind of literal: the grammar takes a string where it takes no number (a
 # typed literal, ``date '2024-01-01'``), and an integer where it takes no decimal.
 _STRING = "\0s"
@@ -27,42 +29,49 @@ _DECIMAL = "\0f"
 _INT_DIGITS = 9  # longer integers may not fit 32 bits, and the lexer makes them decimals
 
 
-def _digit(c: str) -> bool:
-    return "0" <= c <= "9"  # ASCII only, as PostgreSQL's lexer: other digits are letters
+# Where something may need a closer look: a quote, a dollar, a NUL, the start of a comment,
+# or a run of digits. Everything between is copied as it is, at C speed.
+_NOTABLE = re.compile(r"['\"$\0]|--|/\*|[0-9]+")
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
+_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 
 
 def _word(c: str) -> bool:
-    """A character that continues an identifier (or a keyword, or a parameter's number)."""
-    return "a" <= c <= "z" or "A" <= c <= "Z" or _digit(c) or c in "_$" or ord(c) >= 0x80
+    """A character that continues an identifier (or a keyword, or a parameter's number):
+    ASCII letters and digits, ``_``, ``$`` and every non-ASCII character (other scripts'
+    digits among them, which PostgreSQL's lexer takes for letters)."""
+    return c in _WORD or ord(c) >= 0x80
 
 
 def shape(text: str) -> str | None:
-    """The text with each plain literal replaced by a NUL, or None if it has no shape."""
+    """The text with each plain literal replaced by a mark, or None if it has no shape."""
     out: list[str] = []
     n = len(text)
-    i = 0
-    copied = 0  # text[copied:i] is yet to be copied
-    changed = False
-    while i < n:
+    copied = 0  # text[copied:at] is yet to be copied
+    at = 0
+    search = _NOTABLE.search
+    while True:
+        found = search(text, at)
+        if found is None:
+            break
+        i = found.start()
         c = text[i]
+        before = text[i - 1] if i else " "
         if c == "'":
-            if i > 0 and (_word(text[i - 1]) or text[i - 1] == "&"):
+            if _word(before) or before == "&":
                 return None  # E'..', B'..', X'..', N'..', U&'..': not plain
             j = i + 1
             while True:
                 end = text.find("'", j)
-                if end < 0:
-                    return None
-                if text.find("\\", j, end) >= 0:
-                    return None
+                if end < 0 or text.find("\\", j, end) >= 0:
+                    return None  # unterminated, or a backslash inside
                 if end + 1 < n and text[end + 1] == "'":
                     j = end + 2  # a doubled quote inside
                     continue
                 break
             out.append(text[copied:i])
             out.append(_STRING)
-            i = copied = end + 1
-            changed = True
+            at = copied = end + 1
         elif c == '"':
             end = i + 1
             while True:
@@ -73,52 +82,51 @@ def shape(text: str) -> str | None:
                     end += 2
                     continue
                 break
-            i = end + 1
-        elif c == "-" and i + 1 < n and text[i + 1] == "-":
+            at = end + 1
+        elif c == "-":  # --
             end = text.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and i + 1 < n and text[i + 1] == "*":
+            at = n if end < 0 else end + 1
+        elif c == "/":  # /*, nested as PostgreSQL nests them
             depth = 1
-            i += 2
+            at = i + 2
             while depth:
-                close = text.find("*/", i)
+                close = text.find("*/", at)
                 if close < 0:
                     return None
-                opened = text.find("/*", i, close)
+                opened = text.find("/*", at, close)
                 if opened >= 0:
                     depth += 1
-                    i = opened + 2
+                    at = opened + 2
                 else:
                     depth -= 1
-                    i = close + 2
-        elif c == "$" and (i == 0 or not _word(text[i - 1])):
-            if i + 1 < n and _digit(text[i + 1]):
-                i += 2  # a parameter, $1: kept
-                while i < n and _digit(text[i]):
-                    i += 1
+                    at = close + 2
+        elif c == "$":
+            if _word(before):
+                at = i + 1  # inside an identifier
+            elif i + 1 < n and "0" <= text[i + 1] <= "9":
+                at = _NUMBER.match(text, i + 1).end()  # type: ignore[union-attr]  # $1: kept
             else:
                 return None  # a dollar-quoted string, or something as rare
-        elif _digit(c) and (i == 0 or not (_word(text[i - 1]) or text[i - 1] == ".")):
-            j = i + 1
-            while j < n and _digit(text[j]):
-                j += 1
-            mark = _INTEGER if j - i <= _INT_DIGITS else ""
-            if j < n and text[j] == "." and j + 1 < n and _digit(text[j + 1]):
-                j += 1
+        elif c == "\0":
+            return None  # no text holds one: such a text is never the same as another's
+        elif _word(before) or before == ".":
+            at = found.end()  # digits inside an identifier (t1), or after a dot
+        else:
+            number = _NUMBER.match(text, i)
+            assert number is not None
+            j = number.end()
+            if number.group(1) is not None:
                 mark = _DECIMAL
-                while j < n and _digit(text[j]):
-                    j += 1
-            if not mark or (j < n and (_word(text[j]) or text[j] == ".")):
+            elif j - i <= _INT_DIGITS:
+                mark = _INTEGER
+            else:
+                return None  # it may not fit 32 bits: the lexer makes it a decimal
+            if j < n and (_word(text[j]) or text[j] == "."):
                 return None  # 1e5, 0x1F, 1., 1_000: PostgreSQL versions read these apart
             out.append(text[copied:i])
             out.append(mark)
-            i = copied = j
-            changed = True
-        elif c == "\0":
-            return None  # no text holds one: such a text is never the same as another's
-        else:
-            i += 1
-    if not changed:
+            at = copied = j
+    if not out:
         return text
     out.append(text[copied:])
     return "".join(out)
