@@ -611,7 +611,9 @@ class Session:
         back here when it is not yet)."""
         if self.state == st.ENDED:
             return
-        waiting = self.owner is None  # attribution is under way, and will come back here
+        # Attribution is under way, and comes back here; a refusal already decided is the
+        # answer whoever sent it.
+        waiting = self.owner is None and self.state != st.REFUSING
         self._move(st.CANCELLING)
         if not waiting:
             self._handle_cancel()
