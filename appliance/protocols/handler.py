@@ -126,8 +126,23 @@ class Handler(Protocol):
     def server_payload(self, data: bytes) -> bytes: ...
 
     def block(self, n: int, decision: Decision) -> None:
-        """Command ``n``, started by the chunk last received, must not reach the backend:
-        the client gets the protocol's own error for it, and stays in step."""
+        """Command ``n``, started by the chunk last received (or deferred), must not reach
+        the backend: the client gets the protocol's own error for it, and stays in step."""
+        ...
+
+    def defer(self, n: int) -> None:
+        """Command ``n``, started by the chunk last received, cannot be decided yet: the
+        session is not established (a protocol with no startup, such as Redis, may send
+        commands at once). Its bytes, and all that follow, wait for ``release``."""
+        ...
+
+    @property
+    def deferred_bytes(self) -> int:
+        """How many client bytes wait for ``release``."""
+        ...
+
+    def release(self) -> bytes:
+        """The deferred commands are decided (and blocked where need be): their bytes."""
         ...
 
     def command_record(self, n: int, command: Command) -> dict[str, Any]:

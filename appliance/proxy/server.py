@@ -53,11 +53,6 @@ log = logging.getLogger(__name__)
 OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
 # The policy: (identity, backend name, database, command) -> the decision for the command.
 Decide = Callable[[dict[str, Any] | None, str, str | None, Command], Decision]
-# A command sent before its session was established (before the backend said it was ready
-# to take one) is decided with no one to decide for: it is blocked.
-_EARLY = Decision(
-    "block", None, "the command was sent before the session was established (no identity yet)"
-)
 # A lookup cheap enough for the event loop (a map read), or None to take the slow one.
 QuickLookup = Callable[[tuple[str, int], tuple[str, int]], Owner | None]
 _CANCELLED = "cancel request handled"
@@ -226,6 +221,8 @@ class Session:
         self.gated = False  # held bytes wait for a commit
         self.unconfirmed: list[dict[str, Any]] = []  # command payloads not yet committed
         self.early: list[dict[str, Any]] = []  # commands sent before the session was recorded
+        # Of those, the ones a policy has yet to decide (it needs the identity and backend).
+        self.undecided: list[tuple[CommandStarted, dict[str, Any]]] = []
         self.bytes_in = 0
         self.bytes_out = 0
         self.commands = 0
@@ -378,10 +375,19 @@ class Session:
         return None
 
     def _start(self) -> None:
-        """The owner, the backend and who the client says it is are all known: record the
-        session, with the commands that came early, and let their bytes go once committed."""
+        """The owner, the backend and who the client says it is are all known: decide the
+        commands that came early, record the session with them, and let their bytes go once
+        committed."""
         self._move(st.LOGIN)
+        decide = self.relay.decide
+        if decide is not None:
+            for event, payload in self.undecided:
+                self._decide(decide, event, payload)
+            self.undecided.clear()
         self._record_start()
+        data = self.handler.release()
+        if data:
+            self._hold(data)
         self._gate()
 
     def _record_start(self) -> None:
@@ -437,8 +443,13 @@ class Session:
                 self.commands += 1
                 payload = handler.command_record(event.n, event.command)
                 decide = self.relay.decide
-                if decide is not None:
+                if decide is None:
+                    pass
+                elif self.state in st.RELAYING:
                     self._decide(decide, event, payload)
+                else:  # decided once the session is established; its bytes wait till then
+                    handler.defer(event.n)
+                    self.undecided.append((event, payload))
                 if self.state in st.RELAYING:
                     payload["identity"] = self.identity
                     if not self._record_command(payload):
@@ -466,15 +477,15 @@ class Session:
             else:
                 assert self.server is not None
                 self.server.write(data)
+        elif self.undecided and handler.deferred_bytes > HOLD_LIMIT:
+            self._pause(_HOLDING)  # bounded as held bytes are: see _hold
 
     def _decide(self, decide: Decide, event: CommandStarted, payload: dict[str, Any]) -> None:
         """The policy's decision, into the command's record; a block is carried out by the
         handler before any of the command's bytes are handed on."""
         opened, backend = self.opened, self.backend
-        if self.state in st.RELAYING and opened is not None and backend is not None:
-            decision = decide(self.identity, backend.name, opened.database, event.command)
-        else:
-            decision = _EARLY
+        assert opened is not None and backend is not None
+        decision = decide(self.identity, backend.name, opened.database, event.command)
         payload["decision"] = decision.as_dict()
         if decision.action == "block":
             self.handler.block(event.n, decision)

@@ -9,9 +9,11 @@ and the rule.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,29 +143,30 @@ def test_psql_a_block_inside_a_transaction_aborts_it_as_any_error_would(
     assert count(pg, table) == 5  # the insert before the block went with the transaction
 
 
-def _pipeline(url: str, table: str, bad: str) -> list[str]:
-    """Insert, something that fails, insert, Sync, insert: what each step did."""
-    outcome: list[str] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+def _pipeline(url: str, table: str, bad: str) -> tuple[list[str], list[int]]:
+    """Insert, something that fails, insert, Sync; then insert again: the errors raised
+    (their SQLSTATE classes; psycopg may raise one at any of the steps, as results come in)
+    and the rows left."""
+    errors: list[str] = []
+
+    def step(run: Callable[[], object]) -> None:
         try:
-            with conn.pipeline() as pipe:
-                cursors = []
-                for sql in (
-                    f"insert into {table} values (201, 'before')",
-                    bad,
-                    f"insert into {table} values (202, 'after, same batch')",
-                ):
-                    cursors.append(conn.cursor().execute(sql))
-                try:
-                    pipe.sync()
-                except psycopg.Error as exc:
-                    outcome.append(f"sync: {exc.sqlstate and exc.sqlstate[:2]} class error")
-                conn.execute(f"insert into {table} values (203, 'next batch')")
+            run()
         except psycopg.Error as exc:
-            outcome.append(f"pipeline: {type(exc).__name__}")
+            errors.append(f"{(exc.sqlstate or '??')[:2]} {type(exc).__name__}")
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.pipeline() as pipe:
+            for sql in (
+                f"insert into {table} values (201, 'before')",
+                bad,
+                f"insert into {table} values (202, 'after, same batch')",
+            ):
+                step(lambda sql=sql: conn.execute(sql))
+            step(pipe.sync)
+        conn.execute(f"insert into {table} values (203, 'next batch')")
         rows = conn.execute(f"select id from {table} where id > 200 order by id").fetchall()
-    outcome.append(" ".join(str(r[0]) for r in rows))
-    return outcome
+    return errors, [r[0] for r in rows]
 
 
 def test_psycopg_pipeline_a_blocked_command_fails_its_batch_as_postgresql_would(
@@ -174,9 +177,15 @@ def test_psycopg_pipeline_a_blocked_command_fails_its_batch_as_postgresql_would(
     with psycopg.connect(pg.url(), autocommit=True) as conn:
         conn.execute(f"delete from {table} where id > 200")
     through = _pipeline(guarded.url(), table, f"delete from {table}")
-    # The same steps failed and the same rows are there; the errors are the block (42501)
-    # and the division (22012).
-    assert through == [o.replace("22 class", "42 class") for o in direct], (through, direct)
+    # The batch failed whole, the next one ran, the same rows are there; the errors are the
+    # division (22012) straight to PostgreSQL and the block (42501) through Witness.
+    assert direct[1] == through[1] == [203], (direct, through)
+    assert direct[0][0] == "22 DivisionByZero", direct
+    assert through[0][0] == "42 InsufficientPrivilege", through
+    # Whether psycopg also raises PipelineAborted for the rest depends on when the results
+    # come in: straight to PostgreSQL as through Witness.
+    for errors in (direct[0][1:], through[0][1:]):
+        assert set(errors) <= {"?? PipelineAborted"}, (direct, through)
     assert count(pg, table) >= 5  # nothing of the table was deleted
     [(command, result)] = decided(guarded.trail, f"delete from {table}")
     assert command["decision"]["rule"] == "no-wipe"
@@ -269,3 +278,29 @@ def test_a_statement_code_redefined_runs_as_recorded_under_a_policy(
     assert command.get("text_known", True) is True and "prepared" not in command
     assert command["decision"]["action"] == "allow"
     assert result is not None and result["tags"] == ["SELECT 1"]
+
+
+def test_commands_sent_with_the_startup_packet_are_decided_once_the_session_is(
+    pg: PostgresServer, guarded: Witness, table: str
+) -> None:
+    """A client that does not wait for the login to end: its commands wait, undecided,
+    until the identity and backend are known, and are then decided like any other."""
+    sock = socket.create_connection(("127.0.0.1", guarded.port), timeout=30)
+    with contextlib.closing(sock):
+        sock.sendall(
+            wire.startup(user="postgres", database="postgres")
+            + wire.query(f"delete from {table}")
+            + wire.query(f"select count(*) from {table}")
+        )
+        answers = b""
+        while answers.count(b"Z\0\0\0\5") < 3:  # the login's, then one per query
+            chunk = sock.recv(65536)
+            assert chunk, answers
+            answers += chunk
+    assert b"blocked by rule 'no-wipe'" in answers
+    assert count(pg, table) == 5
+    [(command, result)] = decided(guarded.trail, f"delete from {table}")
+    assert command["decision"]["rule"] == "no-wipe"
+    assert result is not None and result["status"] == "blocked"
+    [(later, _)] = decided(guarded.trail, f"select count(*) from {table}")
+    assert later["decision"]["action"] == "allow"

@@ -180,6 +180,8 @@ class PostgresConnection:
         # held from there, so that a blocked Execute's Bind, and its planning, never go.
         self._binding = -1
         self._max_message = max_message
+        # Where the first command that cannot be decided yet starts (defer): held from there.
+        self._deferred = -1
         # Refresh: a named statement the wire can no longer vouch for is parsed again, from
         # the bytes it was defined with, just before a Bind to it (see _refresh).
         self.refresh = refresh
@@ -228,6 +230,8 @@ class PostgresConnection:
                 self._binding = -1  # no client binds this much before it runs or flushes
             else:
                 hold = max(hold, self._client_bytes - self._binding)
+        if self._deferred >= 0:
+            hold = max(hold, self._client_bytes - self._deferred)
         if self._forward_from <= start:
             return self._out.take(data, self._client_bytes, hold)
         if self._startup_packet is None:
@@ -258,8 +262,41 @@ class PostgresConnection:
         hold = len(self._server._buf) if self._rewrites else 0
         return self._back.take(data, self._server_bytes, hold)
 
+    def defer(self, n: int) -> None:
+        """Command ``n``, started by the chunk last received, cannot be decided yet (its
+        session is not established): its bytes, and all that follow, wait for ``release``;
+        ``block`` can still reach it until then."""
+        cmd = self._find(n)
+        start = cmd.span[0]
+        if self._binding >= 0:
+            start = min(start, self._binding)
+        if self._deferred < 0 or start < self._deferred:
+            self._deferred = start
+
+    @property
+    def deferred_bytes(self) -> int:
+        """Client bytes held for commands not decided yet."""
+        return 0 if self._deferred < 0 else self._client_bytes - self._deferred
+
+    def release(self) -> bytes:
+        """The deferred commands are decided: their bytes, blocked ones replaced."""
+        if self._deferred < 0:
+            return b""
+        self._deferred = -1
+        hold = len(self._client._buf)
+        if self._binding >= 0:
+            hold = max(hold, self._client_bytes - self._binding)
+        return self._out.take(b"", self._client_bytes, hold)
+
+    def _find(self, n: int) -> _Command:
+        for entry in reversed(self._queue):
+            if isinstance(entry, _Command) and entry.n == n:
+                return entry
+        raise ValueError(f"command {n} is not one the server has yet to answer")
+
     def block(self, n: int, decision: Decision) -> None:
-        """Command ``n``, started by the chunk last received, must not reach the server.
+        """Command ``n``, started by the chunk last received (or deferred), must not reach
+        the server.
 
         The server gets a statement its grammar refuses in its place (a simple Query for a
         Query or FunctionCall; for an Execute a Parse, from the portal's Bind when that was
@@ -269,13 +306,9 @@ class PostgresConnection:
         command: the server's own state machine aborts the transaction block, or skips the
         extended-protocol batch to its Sync, as it would have.
         """
-        cmd = None
-        for entry in reversed(self._queue):
-            if isinstance(entry, _Command) and entry.n == n:
-                cmd = entry
-                break
-        if cmd is None or cmd.blocked is not None:
-            raise ValueError(f"command {n} is not one the last chunk started")
+        cmd = self._find(n)
+        if cmd.blocked is not None:
+            raise ValueError(f"command {n} is blocked already")
         start, end = cmd.span
         if cmd.until_ready:
             instead = query_message(BLOCKED)

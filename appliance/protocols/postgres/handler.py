@@ -73,6 +73,16 @@ class PostgresHandler:
     def block(self, n: int, decision: Decision) -> None:
         self.pg.block(n, decision)
 
+    def defer(self, n: int) -> None:
+        self.pg.defer(n)
+
+    @property
+    def deferred_bytes(self) -> int:
+        return self.pg.deferred_bytes
+
+    def release(self) -> bytes:
+        return self.pg.release()
+
     def command_record(self, n: int, command: Command) -> dict[str, Any]:
         """The command's record, its secrets redacted: literals in its text and in the
         prepared texts it names, and the bind parameters that stand for them."""

@@ -282,3 +282,25 @@ def test_a_refreshed_statement_that_is_blocked_sends_neither_bind_nor_execute(
     ends.server([pg.close_complete(), pg.parse_complete(), SYNTAX, pg.ready_for_query("I")])
     assert ends.to_client == TOLD + pg.ready_for_query("I")
     assert ends.results()[2] == ("blocked", "42501")
+
+
+@chunkings
+def test_commands_deferred_until_the_session_is_established(chunker: Chunker) -> None:
+    """A client that sends commands with its startup packet: they wait, undecided, until
+    the relay can decide them; then the blocked one is replaced, the rest go as sent."""
+    conn = PostgresConnection()
+    early = [pg.query("select 1"), pg.query("delete from t"), pg.query("select 2")]
+    sent = b""
+    started = []
+    for chunk in chunker([LOGIN_IN[0], *early]):
+        for event in conn.receive_client(chunk):
+            if isinstance(event, CommandStarted):
+                conn.defer(event.n)
+                started.append(event)
+        sent += conn.client_payload(chunk)
+    assert sent == LOGIN_IN[0]  # the startup packet goes; the commands wait
+    assert conn.deferred_bytes == len(b"".join(early))
+    conn.block(started[1].n, RULE)
+    assert conn.release() == pg.query("select 1") + pg.query(BLOCKED) + pg.query("select 2")
+    assert conn.deferred_bytes == 0
+    assert conn.release() == b""
