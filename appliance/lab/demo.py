@@ -45,14 +45,27 @@ TOKEN_TTL = 8 * 3600  # the demo's tokens last a working day
 CHECKPOINT_SECONDS = 1.0  # so that verify, right after the session, finds it all signed
 NOBODY = 65534
 
-# The agent's session: a few statements through one connection, one of them failing.
+# The agent's session: a few statements through one connection, one of them failing and one
+# blocked by the demo's policy.
 AGENT_SQL = """\
 create table orders (id int primary key, customer text, total numeric);
 insert into orders values (1, 'ada', 12.50), (2, 'grace', 99.00), (3, 'linus', 7.25);
 select customer, total from orders where total > 10 order by id;
 update orders set total = total * 1.1 where id = 2;
 select * from invoices;
+delete from orders;
 select count(*) from orders;
+"""
+POLICY = """\
+[policy]
+default = "allow"
+
+[[policy.rules]]
+name = "no-wipe"
+action = "block"
+kinds = ["update", "delete"]
+no_where = true
+message = "UPDATE and DELETE need a WHERE"
 """
 
 Say = Callable[[str], None]
@@ -135,6 +148,7 @@ def up(
         agents=1,
         ebpf=probe.available,
         identity=identity,
+        policy=POLICY,
         warden=True,
         directory=directory,
         witness=_reachable_witness(directory, say),

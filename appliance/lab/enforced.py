@@ -108,6 +108,7 @@ def _config(
     identity: str,
     checkpoint_seconds: float | None,
     backend_interfaces: Sequence[str],
+    policy: str = "",
 ) -> str:
     topo = lab.topology
     protect = ", ".join(f'"{n}"' for n in topo.networks)
@@ -128,7 +129,8 @@ def _config(
         f"protect_ports = [{', '.join(str(p) for p in ports)}]\n\n"
         f'[trail]\npath = "{trail}"\n{checkpoints}\n'
         f'[enforce]\nservice_user = "{user}"\nredirect_port = {redirect_port}\n{interfaces}\n'
-        f"{identity}"
+        f"{identity}\n"
+        f"{policy}"
     )
 
 
@@ -175,6 +177,7 @@ class EnforcedLab:
         agents: int = 0,
         ebpf: bool = False,
         identity: str | Callable[[EnforcedLab], str] = ALLOW_UNBOUND,
+        policy: str = "",
         warden: bool = False,
         directory: Path | None = None,
         witness: str = WITNESS,
@@ -194,6 +197,7 @@ class EnforcedLab:
         self.serve_ports = tuple(serve_ports)
         self.ebpf = ebpf
         self.identity = identity
+        self.policy = policy  # the recorder's [policy] table, if any
         self.warden = warden
         self.agent_root: Path | None = None
         self.directory: Path | None = None
@@ -298,6 +302,7 @@ class EnforcedLab:
                         self.redirect_port,
                         identity=identity,
                         checkpoint_seconds=self.checkpoint_seconds,
+                        policy=self.policy,
                         backend_interfaces=self.backend_interfaces,
                     )
                 )

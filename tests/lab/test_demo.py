@@ -101,6 +101,10 @@ def test_the_agents_session_is_recorded_under_its_identity(run: Run) -> None:
     assert all(c["identity"]["subject"] == "agent-ci" for c in session["commands"])
     assert info["owner"]["uid"] != 0
     assert "/witness-agents/run-" in info["owner"]["cgroup"]
+    # The demo's policy blocked the DELETE without a WHERE; the script went on.
+    [delete] = [c for c in session["commands"] if c["text"] == "delete from orders;"]
+    assert delete["decision"]["rule"] == "no-wipe", delete
+    assert "ERROR:  witness: blocked by rule 'no-wipe'" in run.out
 
 
 def test_the_ways_around_fail_and_the_direct_one_is_recorded_as_refused(run: Run) -> None:
