@@ -62,6 +62,7 @@ class Statement:
     no_where: bool = False
     unknown: str | None = None
     inner: frozenset[str] = frozenset()
+    by_value: bool = False  # a literal's value decided a fact (EXPLAIN's ANALYZE 1, 'off')
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,4 +214,5 @@ def _statement(wrapper: object) -> Statement:
         no_where=facts.no_where,
         unknown=facts.unknown,
         inner=inner,
+        by_value=facts.by_value,
     )

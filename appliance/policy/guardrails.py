@@ -38,7 +38,10 @@ Analyse = Callable[[str], Analysis]
 IdentityKey = tuple[Any, ...] | None
 
 _UNKNOWN = Statement("unknown", "other")  # stands for a text whose statements are not known
-_SETTERS = ("set", "reset")  # statements that may name search_path (SET SCHEMA does too)
+# Statements that may name search_path: SET and RESET (SET SCHEMA too), and the ALTER ROLE
+# and ALTER DATABASE ... SET that the next sessions start with.
+_SETTERS = ("set", "reset", "alter_role", "alter_database")
+_SET_NODES = ("AlterRoleSetStmt", "AlterDatabaseSetStmt")
 _SET_CONFIG = ("set_config", "pg_catalog.set_config")
 _ARTICLE = {"do": "a DO block", "call": "a CALL", "execute": "an EXECUTE"}
 
@@ -67,6 +70,13 @@ class Fact:
 
 
 _UNPARSED = "the text does not parse"
+_MOVED_AT_CONNECT = (
+    "the session set its search_path when it connected, which changes what unqualified names mean"
+)
+
+
+def _too_long(length: int, longest: int) -> str:
+    return f"the text is {length} characters long, more than the policy reads (max_text {longest})"
 
 
 def _shaped(text: str | None) -> str | None:
@@ -92,7 +102,11 @@ def _moves_search_path(text: str) -> bool:
     except pgparse.PGQueryError:
         return True
     for entry in parsed:
-        node = entry.get("stmt", {}).get("VariableSetStmt")
+        stmt = entry.get("stmt", {})
+        node = stmt.get("VariableSetStmt")
+        for name in _SET_NODES:
+            if name in stmt:
+                node = stmt[name].get("setstmt")
         if node is not None and str(node.get("name", "")).lower() == "search_path":
             return True
     return False
@@ -182,12 +196,12 @@ class _Compiled:
             return False
         if (self.kinds is not None or self.categories is not None) and not self._kind(statement):
             return False
-        if self.reads is not None and not self.reads.any(statement.reads):
+        if self.reads is not None and not self._names(self.reads, statement.reads):
             return False
-        if self.writes is not None and not self.writes.any(statement.writes):
+        if self.writes is not None and not self._names(self.writes, statement.writes):
             return False
-        if self.tables is not None and not (
-            self.tables.any(statement.reads) or self.tables.any(statement.writes)
+        if self.tables is not None and not self._names(
+            self.tables, statement.reads | statement.writes
         ):
             return False
         if self.functions is not None and not self.functions.any(statement.functions):
@@ -195,6 +209,14 @@ class _Compiled:
         if rule.no_where and not statement.no_where:
             return False
         return not (rule.multiple and fact.multiple is not True)
+
+    def _names(self, globs: Globs, names: frozenset[str]) -> bool:
+        """A blocking rule matches if any name may be one of its globs, whatever the case
+        (a quoted "Billing" is another schema, but blocking it too is the safe side); an
+        allowing rule only if every name surely is, as written."""
+        if self.block:
+            return globs.any(n.lower() for n in names)
+        return bool(names) and globs.all(names)
 
     def _covers(self, doubt: Doubt) -> bool:
         """Whether this (allowing) rule names the doubt, so may allow in spite of it."""
@@ -239,9 +261,11 @@ class Policy:
         backend: str,
         database: str | None,
         command: Command,
+        moved: bool = False,
     ) -> Decision:
-        """Allow or block ``command``, sent under ``identity`` to ``database`` on ``backend``."""
-        return self.verdict(identity, backend, database, command)[0]
+        """Allow or block ``command``, sent under ``identity`` to ``database`` on ``backend``;
+        ``moved``: the session set its search_path when it connected."""
+        return self.verdict(identity, backend, database, command, moved)[0]
 
     def verdict(
         self,
@@ -249,11 +273,15 @@ class Policy:
         backend: str,
         database: str | None,
         command: Command,
+        moved: bool = False,
     ) -> tuple[Decision, str]:
         """The decision, and what made it: ``rule``, ``default``, or ``unknown`` (the setting
         for what cannot be known), for reports such as ``witness policy test``."""
         if command.kind == "cancel":
             return Decision("allow", None, "a cancel request runs no statement"), "default"
+        if moved:  # every unqualified name may mean something else: nothing is known
+            rules = self._scope(_identity_key(identity), identity, backend, database)
+            return self._decide(rules, [Fact(_UNKNOWN, _flag(_MOVED_AT_CONNECT), None)])
         who = _identity_key(identity)
         key: tuple[Any, ...] | None = None
         shaped: tuple[Any, ...] | None = None
@@ -279,9 +307,14 @@ class Policy:
         verdict = self._decide(rules, facts)
         if key is not None:
             doubt = facts[0].doubt if facts else None
-            if shaped is not None and (doubt is None or not doubt.why.startswith(_UNPARSED)):
+            if (
+                shaped is not None
+                and (doubt is None or not doubt.why.startswith(_UNPARSED))
+                and not any(f.statement.by_value for f in facts)
+            ):
                 # A reason that quotes the parser's error (its position moves with the
-                # literals' lengths) stays with its own text; any other serves the shape.
+                # literals' lengths) stays with its own text, and so does a decision a
+                # literal's value made (EXPLAIN (ANALYZE 1)); any other serves the shape.
                 key = shaped
             if len(cache) >= self._size:
                 del cache[next(iter(cache))]
@@ -346,6 +379,9 @@ class Policy:
         if command.kind == "function_call":
             why = "the effect of a fast-path function call cannot be known"
             return [Fact(_UNKNOWN, _flag(why), None)]
+        longest = self.settings.max_text
+        if len(command.text) > longest:
+            return [Fact(_UNKNOWN, _flag(_too_long(len(command.text), longest)), None)]
         analysis = self._analyse(command.text)
         if analysis.error is not None:
             why = f"{_UNPARSED} ({analysis.error})"
@@ -366,6 +402,10 @@ class Policy:
         facts: list[Fact] = []
         for entry in prepared:
             if entry.kind != "statement" or not entry.known or entry.text is None:
+                continue
+            if len(entry.text) > self.settings.max_text:
+                why = _too_long(len(entry.text), self.settings.max_text)
+                facts.append(Fact(_UNKNOWN, _flag(why), multiple))
                 continue
             analysis = self._analyse(entry.text)
             if analysis.error is not None:

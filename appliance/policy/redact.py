@@ -74,6 +74,17 @@ escapes, which could be any of them.
 """
 
 _CACHE_SIZE = 4096
+LONGEST = 256 * 1024
+"""Longer texts that may hold a secret are not searched (on the relay's loop, a long parse
+would stall every session): they are recorded without their text."""
+
+
+def _withheld(text: str) -> Redaction:
+    return Redaction(
+        f"[redacted: {len(text)} characters that may hold a secret, too long to search]",
+        frozenset(),
+        (),
+    )
 _MIN_BARE = 4
 """Secrets shorter than this are scrubbed from messages only inside quoted fragments."""
 
@@ -130,6 +141,8 @@ class Redactor:
         lowered = text.lower()
         for word in self._prefilter:
             if word in lowered:
+                if len(text) > LONGEST:
+                    return _withheld(text)
                 return self._cached(text)
         return None
 

@@ -36,7 +36,8 @@ LIST_KEYS = (*IDENTITY_KEYS, "backends", "databases", "kinds", "reads", "writes"
 GLOB_KEYS = ("reads", "writes", "tables", "functions")
 FLAGS = ("no_where", "multiple", "unknown")
 RULE_KEYS = ("name", "action", "message", *LIST_KEYS, "functions", *FLAGS)
-TOP_KEYS = ("default", "unknown", "functions", "rules")
+TOP_KEYS = ("default", "unknown", "functions", "max_text", "rules")
+MAX_TEXT = 65536  # characters the analysis reads by default; a longer text is unknown
 
 
 class PolicyError(Exception):
@@ -79,6 +80,8 @@ class PolicySettings:
     unknown: str = "block"
     functions: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
+    max_text: int = MAX_TEXT
+    """The longest text the analysis reads (it runs on the relay's loop): longer is unknown."""
     file: Path | None = None
     """The policy file it was read from, when the configuration names one."""
 
@@ -126,6 +129,12 @@ def _globs(value: Any, where: str) -> tuple[str, ...]:
         except globs.GlobError as exc:
             raise PolicyError(f"{where}[{i}]: {exc}") from None
     return tuple(out)
+
+
+def _max_text(value: Any, where: str) -> int:
+    if type(value) is not int or not 1024 <= value <= 16 << 20:
+        raise PolicyError(f"{where}: expected a number of characters, 1024 to 16777216")
+    return value
 
 
 def _action(value: Any, where: str, choices: tuple[str, ...]) -> str:
@@ -209,6 +218,7 @@ def parse_document(data: dict[str, Any], prefix: str, file: Path | None = None) 
         default=_action(data.get("default", "allow"), f"{prefix}default", ACTIONS),
         unknown=_action(data.get("unknown", "block"), f"{prefix}unknown", ("block", "allow")),
         functions=_globs(data["functions"], f"{prefix}functions") if "functions" in data else (),
+        max_text=_max_text(data.get("max_text", MAX_TEXT), f"{prefix}max_text"),
         rules=tuple(_rule(raw, i, prefix, seen) for i, raw in enumerate(raw_rules)),
         file=file,
     )

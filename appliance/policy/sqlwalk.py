@@ -68,6 +68,7 @@ _ON_RELATIONS = frozenset(
 # The weakest lock that a write takes (RowExclusiveLock); LOCK in a weaker mode only reads.
 _ROW_EXCLUSIVE = 3
 
+_MERGE_ACTIONS = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert"}
 _FALSE_WORDS = frozenset(("false", "fals", "fal", "fa", "f", "no", "n", "off", "of", "0"))
 
 
@@ -81,6 +82,7 @@ class Facts:
     inner: set[str] = field(default_factory=set)
     no_where: bool = False
     unknown: str | None = None
+    by_value: bool = False
 
 
 _Frame = tuple[Node, frozenset[str], bool]
@@ -149,6 +151,16 @@ class _Walk:
             where = fields.get("whereClause")
             if node in ("UpdateStmt", "DeleteStmt") and not _mentions_column(where):
                 facts.no_where = True
+            if node == "MergeStmt":
+                # What its WHEN clauses do are writes of their own; with a join condition
+                # that names no column (ON true), they reach every row.
+                for clause in fields.get("mergeWhenClauses") or ():
+                    when = clause.get("MergeWhenClause") if isinstance(clause, dict) else None
+                    done = _MERGE_ACTIONS.get(str((when or {}).get("commandType")))
+                    if done is not None:
+                        facts.inner.add(done)
+                if not _mentions_column(fields.get("joinCondition")):
+                    facts.no_where = True
 
         targets = _targets(node, fields)
         if node == "CreateForeignTableStmt":
@@ -168,6 +180,7 @@ class _Walk:
         child_live = live
         if node == "ExplainStmt":
             child_live = live and _explain_analyses(fields)
+            facts.by_value = facts.by_value or _options_by_value(fields)
         never_runs = _NEVER_RUN.get(node)
         rest = {}
         for key, value in fields.items():
@@ -272,6 +285,17 @@ def _explain_analyses(fields: Node) -> bool:
     for option in fields.get("options") or ():
         elem = option.get("DefElem") if isinstance(option, dict) else None
         if isinstance(elem, dict) and elem.get("defname") == "analyze" and _truthy(elem.get("arg")):
+            return True
+    return False
+
+
+def _options_by_value(fields: Node) -> bool:
+    """Whether an option's value is a literal (``ANALYZE 1``, ``'off'``): texts that differ
+    only there do different things."""
+    for option in fields.get("options") or ():
+        elem = option.get("DefElem") if isinstance(option, dict) else None
+        arg = elem.get("arg") if isinstance(elem, dict) else None
+        if isinstance(arg, dict) and not arg.keys() <= {"Boolean"}:
             return True
     return False
 

@@ -52,11 +52,14 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """Who the client says it is: ``user``, ``database`` and the rest of its ``params``."""
+    """Who the client says it is: ``user``, ``database`` and the rest of its ``params``;
+    ``moved``: the settings it set at connect time that change what unqualified names mean
+    (PostgreSQL's search_path), which a policy must know."""
 
     user: str | None
     database: str | None
     params: dict[str, str]
+    moved: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,9 @@ from appliance.trail.db import TrailFull
 log = logging.getLogger(__name__)
 
 OwnerLookup = Callable[[tuple[str, int], tuple[str, int]], Owner]
-# The policy: (identity, backend name, database, command) -> the decision for the command.
-Decide = Callable[[dict[str, Any] | None, str, str | None, Command], Decision]
+# The policy: (identity, backend name, database, command, whether the session moved its
+# search_path at connect time) -> the decision for the command.
+Decide = Callable[[dict[str, Any] | None, str, str | None, Command, bool], Decision]
 # A lookup cheap enough for the event loop (a map read), or None to take the slow one.
 QuickLookup = Callable[[tuple[str, int], tuple[str, int]], Owner | None]
 _CANCELLED = "cancel request handled"
@@ -485,7 +486,8 @@ class Session:
         handler before any of the command's bytes are handed on."""
         opened, backend = self.opened, self.backend
         assert opened is not None and backend is not None
-        decision = decide(self.identity, backend.name, opened.database, event.command)
+        moved = bool(opened.moved)
+        decision = decide(self.identity, backend.name, opened.database, event.command, moved)
         payload["decision"] = decision.as_dict()
         if decision.action == "block":
             self.handler.block(event.n, decision)

@@ -69,6 +69,7 @@ class _Command:
         "span",
         "started",
         "until_ready",
+        "window",
     )
 
     def __init__(
@@ -96,6 +97,7 @@ class _Command:
         self.reread = reread
         self.span = span  # where its message lies in the client stream
         self.blocked: ErrorInfo | None = None  # what the client is told instead, if blocked
+        self.window = 0  # the pipeline it was sent in (Syncs, Queries sent before it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,8 @@ class PostgresConnection:
         self._back = Splicer()
         self._server_bytes = 0
         self._rewrites = 0  # answers still to come that the client gets otherwise, or not
-        self._bound: dict[str, tuple[int, int]] = {}  # portal -> its Bind's offset, command
+        # portal -> its Bind's offset, the command and the pipeline it was sent after
+        self._bound: dict[str, tuple[int, int, int]] = {}
         # Where the first Bind not yet followed by an Execute (or a Sync, a Flush) starts:
         # held from there, so that a blocked Execute's Bind, and its planning, never go.
         self._binding = -1
@@ -321,7 +324,14 @@ class PostgresConnection:
                 edits.pop()
                 instead = self._refreshed.pop(bound[0], b"") + instead
             floor = max(self._out.sent, edits[-1][1] if edits else 0)
-            if bound is not None and bound[1] == n - 1 and floor <= bound[0] < start:
+            # From the Bind only within its pipeline: a Sync between them ends the error the
+            # replacement raises, and must reach the server.
+            if (
+                bound is not None
+                and bound[1] == n - 1
+                and bound[2] == cmd.window
+                and floor <= bound[0] < start
+            ):
                 start = bound[0]
         self._out.replace(start, end, instead)
         who = f"rule {decision.rule!r}" if decision.rule else "the policy's default"
@@ -426,19 +436,19 @@ class PostgresConnection:
         self._n += 1
         self._binding = -1
         framer, base = self._client, self._forward_from
-        self._queue.append(
-            _Command(
-                self._n,
-                command,
-                formats,
-                started=self._clock(),
-                mark=self._server.seen,
-                room=self._capture_bytes,
-                ops=NO_OPS if ops is None else ops,
-                reread=reread,
-                span=(base + framer.start, base + framer.seen),
-            )
+        cmd = _Command(
+            self._n,
+            command,
+            formats,
+            started=self._clock(),
+            mark=self._server.seen,
+            room=self._capture_bytes,
+            ops=NO_OPS if ops is None else ops,
+            reread=reread,
+            span=(base + framer.start, base + framer.seen),
         )
+        cmd.window = self._bounds_sent
+        self._queue.append(cmd)
         self._events.append(CommandStarted(self._n, command))
 
     def _query(self, body: bytes) -> None:
@@ -531,7 +541,7 @@ class PostgresConnection:
             self._certain.bound(portal, self._portals)
         self._portals[key(bind.portal)] = portal
         at = self._forward_from + self._client.start
-        self._bound[key(bind.portal)] = (at, self._n)
+        self._bound[key(bind.portal)] = (at, self._n, self._bounds_sent)
         if self._binding < 0:
             self._binding = at
 

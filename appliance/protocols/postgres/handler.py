@@ -30,6 +30,16 @@ SQLSTATE = {
 _READY = {status: h.Ready(status) for status in "ITE"}
 _CLOSED = h.Closed()
 _REMEMBERED = 32  # secrets of recent commands, to scrub from errors that name no command
+_MOVED = ("search_path",)
+
+
+def _moves_search_path(params: dict[str, str]) -> bool:
+    """Whether the startup packet sets search_path: as a parameter of its own, or in
+    ``options`` (``-c search_path=...``, in any spelling the server accepts)."""
+    return any(
+        "search_path" in name.lower() or (name == "options" and "search_path" in value.lower())
+        for name, value in params.items()
+    )
 
 
 class PostgresHandler:
@@ -161,7 +171,8 @@ def _neutral(events: list[ev.Event]) -> list[h.Event]:
         elif isinstance(event, ev.Startup):
             params = event.params
             user = params.get("user")
-            out.append(h.Opened(user, params.get("database", user), params))
+            moved = _MOVED if _moves_search_path(params) else ()
+            out.append(h.Opened(user, params.get("database", user), params, moved))
         elif isinstance(event, ev.NegotiationRequest):
             out.append(h.Reply(event.reply, event.kind))
         elif isinstance(event, ev.CancelRequest):

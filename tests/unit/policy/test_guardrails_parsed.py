@@ -104,11 +104,88 @@ def test_a_statement_that_does_not_parse_is_blocked() -> None:
     assert "does not parse" in decision.reason
 
 
-def test_a_quoted_upper_case_schema_is_another_schema() -> None:
-    """PostgreSQL folds unquoted names to lower case and keeps quoted ones: "BILLING" is not
-    billing, so writing to it is not writing to billing.invoices."""
+def test_a_quoted_upper_case_schema_is_blocked_too() -> None:
+    """PostgreSQL folds unquoted names to lower case and keeps quoted ones: "BILLING" is
+    another schema than billing, but a blocking rule meets it too (the safe side)."""
     decision = decide('UPDATE "BILLING".invoices SET paid = true WHERE id = 1')
-    assert decision.action == "allow", decision
+    assert decision.rule == "no-billing", decision
+
+
+def _fresh() -> Policy:
+    return Policy(parse(tomllib.loads(POLICY), Path("/")))
+
+
+def test_a_comment_ended_by_a_carriage_return_borrows_no_decision() -> None:
+    """PostgreSQL ends a -- comment at \r as at \n: a text that is all comment to a lexer
+    that waits for \n must not lend its decision to one that hides a DELETE."""
+    policy = _fresh()
+    first = policy.decide(AGENT, "main", "shop", Command("query", "SELECT --\r'\n'; --'"))
+    assert first.action == "allow"
+    hidden = "SELECT --\r'\n'; DELETE FROM audit.log WHERE id = 1; --'"
+    assert policy.decide(AGENT, "main", "shop", Command("query", hidden)).action == "block"
+
+
+@pytest.mark.parametrize(
+    ("harmless", "harmful"),
+    [
+        ("EXPLAIN (ANALYZE 0) DELETE FROM audit.log WHERE id = 1",
+         "EXPLAIN (ANALYZE 1) DELETE FROM audit.log WHERE id = 1"),
+        ("EXPLAIN (ANALYZE 'off') DELETE FROM audit.log WHERE id = 1",
+         "EXPLAIN (ANALYZE 'on') DELETE FROM audit.log WHERE id = 1"),
+        ("SET U&\"search!005fpath\" UESCAPE '#' TO evil",
+         "SET U&\"search!005fpath\" UESCAPE '!' TO evil"),
+    ],
+)  # fmt: skip
+def test_a_literal_that_decides_a_fact_lends_no_decision(harmless: str, harmful: str) -> None:
+    policy = _fresh()
+    policy.decide(AGENT, "main", "shop", Command("query", harmless))
+    assert policy.decide(AGENT, "main", "shop", Command("query", harmful)).action == "block"
+
+
+def test_merge_without_a_condition_on_columns_meets_the_no_where_rule() -> None:
+    found = decide("MERGE INTO orders USING orders s ON true WHEN MATCHED THEN DELETE")
+    assert found.rule == "no-wipe", found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ALTER ROLE CURRENT_USER SET search_path = evil, pg_catalog",
+        "ALTER DATABASE shop SET search_path TO evil",
+        "ALTER ROLE agent IN DATABASE shop SET search_path = evil",
+    ],
+)
+def test_moving_the_search_path_of_sessions_to_come_is_unknown(text: str) -> None:
+    found = decide(text)
+    assert found.action == "block" and "search_path" in found.reason, found
+
+
+def test_an_allowing_rule_must_cover_every_table_it_names() -> None:
+    text = """
+[[rules]]
+name = "scratch"
+action = "allow"
+writes = ["scratch.*"]
+
+[[rules]]
+name = "no-writes"
+action = "block"
+kinds = ["write"]
+"""
+    policy = Policy(parse(tomllib.loads(text), Path("/")))
+    mixed = (
+        "WITH d AS (DELETE FROM billing.invoices WHERE id = 1 RETURNING 1) "
+        "INSERT INTO scratch.log SELECT 1 FROM d"
+    )
+    assert policy.decide(AGENT, "main", "shop", Command("query", mixed)).rule == "no-writes"
+    own = "INSERT INTO scratch.log VALUES (1)"
+    assert policy.decide(AGENT, "main", "shop", Command("query", own)).rule == "scratch"
+
+
+def test_a_text_longer_than_the_policy_reads_is_unknown() -> None:
+    text = "SELECT " + ", ".join(["1"] * 40_000)
+    found = decide(text)
+    assert found.action == "block" and "max_text" in found.reason, found
 
 
 def test_texts_that_differ_only_in_literal_values_are_decided_once() -> None:
@@ -128,3 +205,11 @@ def test_texts_that_differ_only_in_literal_values_are_decided_once() -> None:
     for bad in ("SELEC 1", "SELEC 22"):
         assert policy.decide(AGENT, "main", "shop", Command("query", bad)).action == "block"
     assert len(calls) == 4
+
+
+def test_a_session_that_set_its_search_path_at_connect_time_knows_nothing() -> None:
+    policy = _fresh()
+    plain = Command("query", "SELECT lower('x')")
+    assert policy.decide(AGENT, "main", "shop", plain).action == "allow"
+    moved = policy.decide(AGENT, "main", "shop", plain, moved=True)
+    assert moved.action == "block" and "search_path" in moved.reason, moved

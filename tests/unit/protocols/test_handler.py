@@ -159,3 +159,25 @@ def test_nothing_but_the_protocol_error_escapes(
     except ProtocolError:
         pass
     handler.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "moved"),
+    [
+        ({"user": "app"}, ()),
+        ({"user": "app", "options": "-c search_path=evil,pg_catalog"}, ("search_path",)),
+        ({"user": "app", "options": "--SEARCH_PATH=evil"}, ("search_path",)),
+        ({"user": "app", "search_path": "evil"}, ("search_path",)),
+        ({"user": "app", "options": "-c statement_timeout=5"}, ()),
+    ],
+)
+def test_a_search_path_set_at_connect_time_is_told(params: dict[str, str], moved: tuple) -> None:
+    [opened] = fresh().receive_client(pg.startup(**params))
+    assert isinstance(opened, h.Opened) and opened.moved == moved
+
+
+def test_a_text_too_long_to_search_for_secrets_is_not_recorded() -> None:
+    handler = fresh()
+    text = "select 'password', " + "1, " * 100_000 + "1"
+    record = handler.command_record(1, Command("query", text))
+    assert "password" not in record["text"] and record["redacted"] is True

@@ -304,3 +304,27 @@ def test_commands_deferred_until_the_session_is_established(chunker: Chunker) ->
     assert conn.release() == pg.query("select 1") + pg.query(BLOCKED) + pg.query("select 2")
     assert conn.deferred_bytes == 0
     assert conn.release() == b""
+
+
+@chunkings
+def test_a_sync_between_bind_and_a_blocked_execute_still_reaches_the_server(
+    chunker: Chunker,
+) -> None:
+    """The replacement may start at the Bind only within one pipeline: the Sync between
+    them must reach the server, or its answers and the trail's commands fall out of step."""
+    ends = Ends(chunker)
+    ends.client([pg.query("begin")])
+    ends.server([pg.command_complete("BEGIN"), pg.ready_for_query("T")])
+    ends.to_server = ends.to_client = b""
+    batch = [pg.parse("", "delete from t"), pg.bind("", ""), pg.sync(), pg.execute(""), pg.sync()]
+    ends.client(batch)
+    assert ends.to_server == b"".join(batch[:3]) + pg.parse(BLOCKED_STATEMENT, BLOCKED) + batch[4]
+    ends.server(
+        [pg.parse_complete(), pg.bind_complete(), pg.ready_for_query("T"), SYNTAX,
+         pg.ready_for_query("E")]
+    )  # fmt: skip
+    assert ends.to_client.endswith(TOLD + pg.ready_for_query("E"))
+    assert ends.results()[2] == ("blocked", "42501")
+    ends.client([pg.query("rollback")])
+    ends.server([pg.command_complete("ROLLBACK"), pg.ready_for_query("I")])
+    assert ends.results()[3] == ("ok", None)
