@@ -85,6 +85,8 @@ def _withheld(text: str) -> Redaction:
         frozenset(),
         (),
     )
+
+
 _MIN_BARE = 4
 """Secrets shorter than this are scrubbed from messages only inside quoted fragments."""
 
