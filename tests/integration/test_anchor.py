@@ -164,7 +164,8 @@ class Recorder:
             conn.execute(sql)
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
 
 
@@ -189,6 +190,7 @@ def test_the_recorder_publishes_through_a_restart_of_either_side(
     pg: PostgresServer, tmp_path: Path
 ) -> None:
     own = Anchor()  # this test stops and starts its anchor
+    recorder: Recorder | None = None
     try:
         settings = own.settings(own.role("bastion-1"), tmp_path)
         port = free_port()
@@ -232,6 +234,8 @@ def test_the_recorder_publishes_through_a_restart_of_either_side(
         text = run(WITNESS, "--config", str(config), "verify").stdout
         assert f"the anchor holds {report['anchored']} of its checkpoints" in text
     finally:
+        if recorder is not None:
+            recorder.stop()  # also when an assertion failed: no recorder outlives its test
         own.server.remove()
 
 
