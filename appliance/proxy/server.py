@@ -444,13 +444,12 @@ class Session:
                 self.commands += 1
                 payload = handler.command_record(event.n, event.command)
                 decide = self.relay.decide
-                if decide is None:
-                    pass
-                elif self.state in st.RELAYING:
-                    self._decide(decide, event, payload)
-                else:  # decided once the session is established; its bytes wait till then
-                    handler.defer(event.n)
-                    self.undecided.append((event, payload))
+                if decide is not None:
+                    if self.state in st.RELAYING:
+                        self._decide(decide, event, payload)
+                    else:  # decided once the session is established; its bytes wait
+                        handler.defer(event.n)
+                        self.undecided.append((event, payload))
                 if self.state in st.RELAYING:
                     payload["identity"] = self.identity
                     if not self._record_command(payload):

@@ -227,14 +227,7 @@ class PostgresConnection:
         nothing is released, and then the packet is released as parsed.
         """
         start = self._chunk_start
-        hold = len(self._client._buf)
-        if self._binding >= 0:
-            if self._client_bytes - self._binding > self._max_message:
-                self._binding = -1  # no client binds this much before it runs or flushes
-            else:
-                hold = max(hold, self._client_bytes - self._binding)
-        if self._deferred >= 0:
-            hold = max(hold, self._client_bytes - self._deferred)
+        hold = self._held()
         if self._forward_from <= start:
             return self._out.take(data, self._client_bytes, hold)
         if self._startup_packet is None:
@@ -286,10 +279,20 @@ class PostgresConnection:
         if self._deferred < 0:
             return b""
         self._deferred = -1
+        return self._out.take(b"", self._client_bytes, self._held())
+
+    def _held(self) -> int:
+        """How many of the client bytes received so far must wait: an unfinished message,
+        a Bind not yet followed by its Execute (or a Sync, a Flush), commands deferred."""
         hold = len(self._client._buf)
         if self._binding >= 0:
-            hold = max(hold, self._client_bytes - self._binding)
-        return self._out.take(b"", self._client_bytes, hold)
+            if self._client_bytes - self._binding > self._max_message:
+                self._binding = -1  # no client binds this much before it runs or flushes
+            else:
+                hold = max(hold, self._client_bytes - self._binding)
+        if self._deferred >= 0:
+            hold = max(hold, self._client_bytes - self._deferred)
+        return hold
 
     def _find(self, n: int) -> _Command:
         for entry in reversed(self._queue):

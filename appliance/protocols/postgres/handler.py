@@ -6,7 +6,8 @@ events in the relay's words and its errors in PostgreSQL's: SQLSTATEs, ErrorResp
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from appliance.model import Command, Decision, ErrorInfo, Result
 from appliance.policy.redact import SCRUBBED, Redactor
@@ -105,10 +106,7 @@ class PostgresHandler:
             payload["text"] = found.text
             secrets += found.secrets
             if found.params and command.params:
-                payload["params"] = [
-                    SCRUBBED if i in found.params else value
-                    for i, value in enumerate(command.params, 1)
-                ]
+                payload["params"] = _scrubbed(command.params, found.params)
         for entry in payload.get("prepared", ()):
             text = entry.get("text")
             inner = None if text is None else redactor.command(text)
@@ -133,10 +131,7 @@ class PostgresHandler:
                 reading["text"] = found.text
                 secrets = [*(secrets or ()), *found.secrets]
                 if found.params and reading.get("params"):
-                    reading["params"] = [
-                        SCRUBBED if i in found.params else value
-                        for i, value in enumerate(reading["params"], 1)
-                    ]
+                    reading["params"] = _scrubbed(reading["params"], found.params)
         error = payload.get("error")
         if error is not None and secrets:
             error["message"] = self.redactor.scrub(error["message"], secrets)
@@ -156,28 +151,34 @@ class PostgresHandler:
         return _neutral(self.pg.close())
 
 
+def _scrubbed(params: Sequence[str | None], secret: frozenset[int]) -> list[str | None]:
+    """The parameters with those numbered in ``secret`` (1-based) scrubbed."""
+    return [SCRUBBED if i in secret else value for i, value in enumerate(params, 1)]
+
+
 def _neutral(events: list[ev.Event]) -> list[h.Event]:
-    """The parser's events in the relay's words; the command events are already."""
-    out: list[h.Event] = []
-    for event in events:
+    """The parser's events in the relay's words, in place (the list is the parser's fresh
+    one each call); the command events, most of them, are already."""
+    out = cast(list[h.Event], events)
+    for i, event in enumerate(events):
         if isinstance(event, ev.CommandStarted | ev.CommandFinished):
-            out.append(event)
-        elif isinstance(event, ev.Ready):
-            out.append(_READY[event.status])
+            continue
+        if isinstance(event, ev.Ready):
+            out[i] = _READY[event.status]
         elif isinstance(event, ev.BackendKey):
-            out.append(h.CancelKey((event.pid, event.secret), event.pid))
+            out[i] = h.CancelKey((event.pid, event.secret), event.pid)
         elif isinstance(event, ev.SessionError):
-            out.append(h.Failed(event.error))
+            out[i] = h.Failed(event.error)
         elif isinstance(event, ev.Startup):
             params = event.params
             user = params.get("user")
             moved = _MOVED if _moves_search_path(params) else ()
-            out.append(h.Opened(user, params.get("database", user), params, moved))
+            out[i] = h.Opened(user, params.get("database", user), params, moved)
         elif isinstance(event, ev.NegotiationRequest):
-            out.append(h.Reply(event.reply, event.kind))
+            out[i] = h.Reply(event.reply, event.kind)
         elif isinstance(event, ev.CancelRequest):
             key = (event.pid, event.secret)
-            out.append(h.Cancel(key, f"cancel backend pid {event.pid}", event.packet))
+            out[i] = h.Cancel(key, f"cancel backend pid {event.pid}", event.packet)
         elif isinstance(event, ev.Terminate):
-            out.append(_CLOSED)
+            out[i] = _CLOSED
     return out
