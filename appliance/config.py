@@ -255,6 +255,27 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """Who may approve a held statement, and how a hold ends (``[approvals]``).
+
+    A hold needs ``required`` approvals from identities in ``groups``, none of them the
+    identity that sent the statement; any one of them may deny it. It is denied when
+    ``timeout_seconds`` pass without a decision. An approver may grant a window of at most
+    ``max_window_minutes`` (0: none), during which the same statement shape from the same
+    identity on the same backend and database goes on without another hold. ``webhook`` is
+    told of each new hold (a Slack-compatible JSON POST), tried ``webhook_attempts`` times.
+    """
+
+    groups: tuple[str, ...]
+    required: int = 1
+    timeout_seconds: float = 300.0
+    max_window_minutes: int = 0
+    webhook: str | None = None
+    webhook_attempts: int = 5
+    webhook_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listeners: tuple[Listener, ...]
     backends: dict[str, Backend]
@@ -265,6 +286,8 @@ class Settings:
     policy: PolicySettings | None = None
     """The guardrails: the ``[policy]`` table, or the policy file it names. None without
     one: commands are recorded, and none is decided (nothing is blocked)."""
+    approvals: ApprovalSettings | None = None
+    """Who approves the statements a ``hold`` rule holds; required by such a rule."""
     max_message_bytes: int = 64 * 1024 * 1024
     transparent: bool = False
     """The file has an ``[enforce]`` table: ``witness serve`` then also accepts the connections
@@ -721,12 +744,66 @@ def _policy(raw: Any, base: Path, backends: dict[str, Backend]) -> PolicySetting
     return policy
 
 
+def _approvals(raw: Any, policy: PolicySettings | None) -> ApprovalSettings | None:
+    holding = [r.name for r in policy.rules if r.action == "hold"] if policy else []
+    if raw is None:
+        if holding:
+            raise ConfigError(
+                f"approvals: the policy's rule {holding[0]!r} holds statements for approval, "
+                "but there is no [approvals] table saying who may approve (groups)"
+            )
+        return None
+    table = _table(raw, "approvals")
+    _no_unknown(
+        table,
+        "approvals",
+        {
+            "groups",
+            "required",
+            "timeout_seconds",
+            "max_window_minutes",
+            "webhook",
+            "webhook_attempts",
+            "webhook_timeout_seconds",
+        },
+    )
+    if "groups" not in table:
+        raise ConfigError("approvals.groups: required (the groups whose members may approve)")
+    return ApprovalSettings(
+        groups=_strings(table["groups"], "approvals.groups"),
+        required=_int(table.get("required", 1), "approvals.required", 1, 16),
+        timeout_seconds=_number(
+            table.get("timeout_seconds", 300.0), "approvals.timeout_seconds", 1
+        ),
+        max_window_minutes=_int(
+            table.get("max_window_minutes", 0), "approvals.max_window_minutes", 0, 24 * 60
+        ),
+        webhook=_url(table["webhook"], "approvals.webhook") if "webhook" in table else None,
+        webhook_attempts=_int(
+            table.get("webhook_attempts", 5), "approvals.webhook_attempts", 1, 50
+        ),
+        webhook_timeout_seconds=_number(
+            table.get("webhook_timeout_seconds", 5.0), "approvals.webhook_timeout_seconds", 0.1
+        ),
+    )
+
+
 def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     """Validate a parsed TOML document. Relative paths are taken from ``base``."""
     _no_unknown(
         data,
         "",
-        {"listener", "backend", "trail", "capture", "limits", "enforce", "identity", "policy"},
+        {
+            "listener",
+            "backend",
+            "trail",
+            "capture",
+            "limits",
+            "enforce",
+            "identity",
+            "policy",
+            "approvals",
+        },
     )
     raw_backends = data.get("backend", [])
     if not isinstance(raw_backends, list) or not raw_backends:
@@ -748,6 +825,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     )
     limits = _table(data.get("limits", {}), "limits")
     _no_unknown(limits, "limits", {"max_message_bytes"})
+    policy = _policy(data.get("policy"), base, backends)
     return Settings(
         listeners=listeners,
         backends=backends,
@@ -755,7 +833,8 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         capture=_capture(data.get("capture", {})),
         enforce=_enforce(data.get("enforce", {})),
         identity=_identity(data.get("identity", {}), base),
-        policy=_policy(data.get("policy"), base, backends),
+        policy=policy,
+        approvals=_approvals(data.get("approvals"), policy),
         max_message_bytes=_int(
             limits.get("max_message_bytes", 64 * 1024 * 1024),
             "limits.max_message_bytes",

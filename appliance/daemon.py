@@ -22,12 +22,16 @@ from appliance.enforce.divert import Routes
 from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
 from appliance.identity.oidc import Validator
 from appliance.policy.access import Access
+from appliance.policy.approvals import Approvals
 from appliance.policy.guardrails import Policy
 from appliance.policy.limits import Limits
 from appliance.protocols.handler import EXPIRED
 from appliance.proxy.control import Control
+from appliance.proxy.holds import Desk
+from appliance.proxy.notify import Webhook
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
+from appliance.trail import db, query
 from appliance.trail.anchor import where
 from appliance.trail.publisher import Publisher
 from appliance.trail.store import Trail
@@ -93,9 +97,11 @@ class Expiry:
         for relay in self.relays:
             for session in list(relay.sessions):
                 bound, backend = session.binding, session.backend
-                if bound is None or backend is None or not backend.end_at_expiry:
+                if bound is None or backend is None or not bound.expired(now):
                     continue
-                if bound.expired(now):
+                if session.holds and relay.desk is not None:
+                    relay.desk.deny_session(session, f"the identity {bound.describe()} expired")
+                if backend.end_at_expiry:
                     session.terminate(
                         EXPIRED,
                         f"the identity {bound.describe()} expired; "
@@ -165,6 +171,26 @@ async def run(
     else:
         decide = Policy(settings.policy).decide
         log.info("policy: %s", settings.policy.summary())
+    desk = None
+    if settings.approvals is not None:
+        approving = settings.approvals
+        webhook = None
+        if approving.webhook is not None:
+            webhook = Webhook(
+                approving.webhook, approving.webhook_attempts, approving.webhook_timeout_seconds
+            )
+        desk = Desk(Approvals(approving), recorder, webhook)
+        with db.reading(settings.trail.path) as conn:
+            left = query.pending_holds(conn)
+        if left:
+            log.warning("%d statement(s) were held when the recorder stopped: denied", len(left))
+            desk.deny_left_over(left)
+        log.info(
+            "approvals: %d of %s, within %g s",
+            approving.required,
+            ", ".join(approving.groups),
+            approving.timeout_seconds,
+        )
     relays: list[Relay] = []
     servers: list[asyncio.Server] = []
     control: Control | None = None
@@ -181,6 +207,7 @@ async def run(
                 access=access,
                 limits=limits,
                 decide=decide,
+                desk=desk,
             )
             try:
                 server = await loop.create_server(
@@ -215,6 +242,7 @@ async def run(
                 access=access,
                 limits=limits,
                 decide=decide,
+                desk=desk,
             )
             relays.append(relay)
             port = settings.enforce.redirect_port
@@ -248,9 +276,9 @@ async def run(
                     for b in settings.backends.values()
                 ),
             )
-        if settings.identity.issuers:
+        if settings.identity.issuers or desk is not None:
             control = Control(
-                settings.identity, bindings, recorder, Validator(settings.identity.issuers)
+                settings.identity, bindings, recorder, Validator(settings.identity.issuers), desk
             )
             try:
                 await control.start()
@@ -306,6 +334,8 @@ async def run(
     finally:
         if control is not None:
             control.close()
+        if desk is not None:
+            desk.shutdown()
         for server in servers:
             server.close()
         for relay in relays:

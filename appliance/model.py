@@ -310,7 +310,8 @@ class Result:
 class Decision:
     """What the policy decided for one command, before any of its bytes reach the backend.
 
-    ``action`` is ``allow`` or ``block``. ``rule`` names the rule that decided, or is None
+    ``action`` is ``allow``, ``block`` or ``hold`` (it waits for a person's approval, then
+    goes on as ``allow`` or ``block``). ``rule`` names the rule that decided, or is None
     when no rule matched and the policy's default (or its setting for commands whose effect
     cannot be known) did. ``reason`` is for people: the rule's message, or why.
     """

@@ -8,6 +8,7 @@ import click
 
 from appliance import __version__
 from appliance.cli import (
+    approvals,
     enforce,
     identity,
     lab,
@@ -35,5 +36,16 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj = config_path
 
 
-for module in (serve, sessions, trail, lab, enforce, warden, identity, provision, policy):
+for module in (
+    serve,
+    sessions,
+    trail,
+    lab,
+    enforce,
+    warden,
+    identity,
+    approvals,
+    provision,
+    policy,
+):
     module.register(main)

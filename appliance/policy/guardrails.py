@@ -44,6 +44,7 @@ _SETTERS = ("set", "reset", "alter_role", "alter_database")
 _SET_NODES = ("AlterRoleSetStmt", "AlterDatabaseSetStmt")
 _SET_CONFIG = ("set_config", "pg_catalog.set_config")
 _ARTICLE = {"do": "a DO block", "call": "a CALL", "execute": "an EXECUTE"}
+_TRANSACTION_CONTROL = "transaction"  # the category of BEGIN, COMMIT, ROLLBACK, SAVEPOINT...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,8 @@ class _Compiled:
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
-        self.block = rule.action == "block"
+        # A hold restricts as a block does: it matches whatever a statement might be.
+        self.block = rule.action != "allow"
         closed = self.block
 
         def globs(items: tuple[str, ...]) -> Globs | None:
@@ -335,13 +337,20 @@ class Policy:
         return found
 
     def _decide(self, rules: tuple[_Compiled, ...], facts: list[Fact]) -> tuple[Decision, str]:
+        """A block of any statement blocks the command; else a hold of any holds it."""
         first: tuple[Decision, str] | None = None
+        held: tuple[Decision, str] | None = None
         for fact in facts:
             verdict = self._statement(rules, fact)
-            if verdict[0].action == "block":
+            action = verdict[0].action
+            if action == "block":
                 return verdict
+            if action == "hold" and held is None:
+                held = verdict
             if first is None:
                 first = verdict
+        if held is not None:
+            return held
         if first is None:  # an empty text: nothing runs
             return Decision(
                 self.settings.default, None, "the command holds no statement"
@@ -350,14 +359,17 @@ class Policy:
 
     def _statement(self, rules: tuple[_Compiled, ...], fact: Fact) -> tuple[Decision, str]:
         doubt = fact.doubt
+        control = fact.statement.category == _TRANSACTION_CONTROL
         for compiled in rules:
+            rule = compiled.rule
+            if rule.action == "hold" and control:
+                continue  # BEGIN, COMMIT, SAVEPOINT...: never held on their own
             if compiled.matches(fact):
-                rule = compiled.rule
                 if not compiled.block:
                     return Decision("allow", rule.name, f"allowed by rule {rule.name!r}"), "rule"
                 if doubt is not None and not compiled.holds(fact):
-                    return Decision("block", rule.name, f"{rule.text} ({doubt.why})"), "rule"
-                return Decision("block", rule.name, rule.text), "rule"
+                    return Decision(rule.action, rule.name, f"{rule.text} ({doubt.why})"), "rule"
+                return Decision(rule.action, rule.name, rule.text), "rule"
         if doubt is not None:
             action = self.settings.unknown
             verb = "blocks" if action == "block" else "allows"

@@ -10,8 +10,9 @@ keys at its top level; never both. The keys:
   known from its text and that no rule matches;
 - ``functions``: functions allowed beyond the built-in list (:mod:`.functions`), as globs;
 - ``rules``: an array of tables, tried in order for each statement; the first that matches
-  decides. Each has a unique ``name``, an ``action`` (``allow`` or ``block``), for a block
-  an optional ``message`` shown to the client, and match keys, all optional, all of which
+  decides. Each has a unique ``name``, an ``action`` (``allow``, ``block``, or ``hold``: the
+  statement waits for a person's approval, see :mod:`.approvals`), for a block or a hold an
+  optional ``message`` shown to the client, and match keys, all optional, all of which
   must match: ``subjects``, ``emails``, ``groups`` (the session's identity), ``backends``,
   ``databases``, ``kinds`` (statement kinds or categories), ``reads``, ``writes``,
   ``tables`` (globs, see :mod:`.globs`), ``functions`` (globs), and the flags ``no_where``,
@@ -29,8 +30,8 @@ from typing import Any
 
 from appliance.policy import globs, kinds
 
-ACTIONS = ("allow", "block")
-LATER = ("mask", "hold")  # named in the design; refused with a clear message until built
+ACTIONS = ("allow", "block", "hold")
+LATER = ("mask",)  # a rule's action in the design; masking has rules of its own
 IDENTITY_KEYS = ("subjects", "emails", "groups")
 LIST_KEYS = (*IDENTITY_KEYS, "backends", "databases", "kinds", "reads", "writes", "tables")
 GLOB_KEYS = ("reads", "writes", "tables", "functions")
@@ -68,8 +69,11 @@ class Rule:
 
     @property
     def text(self) -> str:
-        """What a client is told when this rule blocks its command."""
-        return self.message or f"blocked by the policy's rule {self.name!r}"
+        """What a client is told when this rule blocks or holds its command."""
+        if self.message:
+            return self.message
+        verb = "held for approval" if self.action == "hold" else "blocked"
+        return f"{verb} by the policy's rule {self.name!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +141,19 @@ def _max_text(value: Any, where: str) -> int:
     return value
 
 
+def _either(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
 def _action(value: Any, where: str, choices: tuple[str, ...]) -> str:
     if value in LATER:
         raise PolicyError(
-            f"{where}: {value!r} is not built yet (expected {' or '.join(choices)};"
-            " mask and hold come in a later version)"
+            f"{where}: {value!r} is not an action (expected {_either(choices)};"
+            " masking has rules of its own)"
         )
     if value not in choices:
         hint = _suggest(value, choices) if isinstance(value, str) else ""
-        raise PolicyError(f"{where}: expected {' or '.join(choices)}, got {value!r}{hint}")
+        raise PolicyError(f"{where}: expected {_either(choices)}, got {value!r}{hint}")
     return str(value)
 
 
@@ -177,12 +185,14 @@ def _rule(raw: Any, index: int, prefix: str, seen: dict[str, int]) -> Rule:
     seen[name] = index
     _unknown_keys(raw, where, RULE_KEYS)
     if "action" not in raw:
-        raise PolicyError(f"{where}action: required (allow or block)")
+        raise PolicyError(f"{where}action: required (allow, block or hold)")
     action = _action(raw["action"], f"{where}action", ACTIONS)
     message = None
     if "message" in raw:
-        if action != "block":
-            raise PolicyError(f"{where}message: only a block rule has a message for the client")
+        if action == "allow":
+            raise PolicyError(
+                f"{where}message: only a block or hold rule has a message for the client"
+            )
         message = _string(raw["message"], f"{where}message")
     fields: dict[str, Any] = {}
     for key in LIST_KEYS:
@@ -215,7 +225,7 @@ def parse_document(data: dict[str, Any], prefix: str, file: Path | None = None) 
         raise PolicyError(f"{prefix}rules: expected an array of tables ([[rules]])")
     seen: dict[str, int] = {}
     return PolicySettings(
-        default=_action(data.get("default", "allow"), f"{prefix}default", ACTIONS),
+        default=_action(data.get("default", "allow"), f"{prefix}default", ("allow", "block")),
         unknown=_action(data.get("unknown", "block"), f"{prefix}unknown", ("block", "allow")),
         functions=_globs(data["functions"], f"{prefix}functions") if "functions" in data else (),
         max_text=_max_text(data.get("max_text", MAX_TEXT), f"{prefix}max_text"),

@@ -41,7 +41,19 @@ PROTOCOL = "protocol"  # a peer broke the protocol
 TRAIL = "trail"  # the trail cannot be written
 INTERNAL = "internal"  # Witness failed
 EXPIRED = "expired"  # the identity expired
-REASONS = (NOT_BOUND, DENIED, TOO_MANY, DIVERSION, UNREACHABLE, PROTOCOL, TRAIL, INTERNAL, EXPIRED)
+CANCELLED = "cancelled"  # the client withdrew it (a held statement, cancelled)
+REASONS = (
+    NOT_BOUND,
+    DENIED,
+    TOO_MANY,
+    DIVERSION,
+    UNREACHABLE,
+    PROTOCOL,
+    TRAIL,
+    INTERNAL,
+    EXPIRED,
+    CANCELLED,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +140,22 @@ class Handler(Protocol):
 
     def server_payload(self, data: bytes) -> bytes: ...
 
-    def block(self, n: int, decision: Decision) -> None:
+    def block(self, n: int, decision: Decision, why: str = DENIED) -> None:
         """Command ``n``, started by the chunk last received (or deferred), must not reach
-        the backend: the client gets the protocol's own error for it, and stays in step."""
+        the backend: the client gets the protocol's own error for it (for reason ``why``),
+        and stays in step."""
+        ...
+
+    def notice(self, message: str, hint: str | None = None) -> bytes:
+        """News for the client that answers nothing it sent (a statement is held): the bytes
+        to write at once, or empty if they go with the server's next bytes instead."""
         ...
 
     def defer(self, n: int) -> None:
         """Command ``n``, started by the chunk last received, cannot be decided yet: the
         session is not established (a protocol with no startup, such as Redis, may send
-        commands at once). Its bytes, and all that follow, wait for ``release``."""
+        commands at once), or it is held for approval. Its bytes, and all that follow,
+        wait for ``release``."""
         ...
 
     @property

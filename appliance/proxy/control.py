@@ -41,6 +41,8 @@ from appliance.identity import login
 from appliance.identity.bindings import Binding, BindingError, Bindings, Caller
 from appliance.identity.limits import MAX_TOKEN, shown
 from appliance.identity.oidc import ProviderError, TokenError, Validated, Validator
+from appliance.policy.approvals import ApprovalError, Hold, same_person
+from appliance.proxy.holds import Desk
 from appliance.proxy.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ MAX_REQUEST = 64 * 1024
 """Bytes a request line may have: a token of the largest size fits, with room to spare."""
 REQUEST_WAIT = 10.0
 """Seconds a client has to send its whole request line, however it trickles it."""
+_WATCH_ALIVE = 5.0  # seconds between the lines that keep a quiet watch checked
 MAX_OPEN = 8
 """Connections one uid may have open at once, so that no user can hold all of them."""
 
@@ -105,9 +108,12 @@ class Control:
         bindings: Bindings,
         recorder: Recorder,
         validator: Validator,
+        desk: Desk | None = None,
+        *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.desk = desk
         self.bindings = bindings
         self.recorder = recorder
         self.validator = validator
@@ -214,7 +220,99 @@ class Control:
             return await self._bind_uid(caller, checked)
         if op == "run":
             return await self._run(request.get("token"), caller)
-        raise Refused(f"unknown request {shown(op)} (expected whoami, login, run or logout)")
+        if op == "approvals":
+            return await self._approvals(request, caller, writer)
+        raise Refused(
+            f"unknown request {shown(op)} (expected whoami, login, run, logout or approvals)"
+        )
+
+    # --- approvals -----------------------------------------------------------------------
+
+    def _identity(self, caller: Caller) -> dict[str, Any] | None:
+        """The caller's own identity, as its binding says (None: unbound or expired)."""
+        binding = self.bindings.for_caller(caller)
+        if binding is None or binding.expired(self.clock()):
+            return None
+        return binding.record
+
+    async def _approvals(
+        self, request: dict[str, Any], caller: Caller, writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
+        desk = self.desk
+        if desk is None:
+            raise Refused("this recorder holds nothing for approval (no [approvals] table)")
+        action = request.get("action")
+        identity = self._identity(caller)
+        if action in ("approve", "deny"):
+            hold_id = request.get("id")
+            reason = request.get("reason")
+            window = request.get("window_minutes", 0)
+            if not isinstance(hold_id, str):
+                raise Refused("name the hold to decide: its approval id")
+            if reason is not None and not isinstance(reason, str):
+                raise Refused("the reason must be a string")
+            if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+                raise Refused("the window must be a whole number of minutes")
+            try:
+                hold = await desk.vote(hold_id, identity, action == "approve", reason, window)
+            except ApprovalError as exc:
+                raise Refused(str(exc)) from None
+            return {"hold": hold.as_dict()}
+        # Reading: approvers and root see every hold; anyone else only their own.
+        everything = caller.uid == 0 or desk.approvals.refusal(identity) is None
+
+        def visible(hold: Hold) -> bool:
+            return everything or same_person(identity, hold.identity)
+
+        if action == "list":
+            holds = (
+                list(desk.approvals.holds.values())
+                if request.get("all")
+                else desk.approvals.pending()
+            )
+            return {"holds": [h.as_dict() for h in holds if visible(h)]}
+        if action == "show":
+            try:
+                hold = desk.approvals.get(str(request.get("id")))
+            except ApprovalError as exc:
+                raise Refused(str(exc)) from None
+            if not visible(hold):
+                raise Refused(f"hold {hold.id} is not yours, and you are not an approver")
+            return {"hold": hold.as_dict()}
+        if action == "watch":
+            await self._watch(desk, visible, writer)
+            return {"watching": False}
+        raise Refused(
+            f"unknown approvals action {shown(action)} (expected list, show, approve, deny or"
+            " watch)"
+        )
+
+    async def _watch(
+        self, desk: Desk, visible: Callable[[Hold], bool], writer: asyncio.StreamWriter
+    ) -> None:
+        """Stream each hold's steps as they happen, one JSON line each, until the caller
+        goes away; the pending holds first."""
+        queue = desk.watch()
+        try:
+            for hold in desk.approvals.pending():
+                if visible(hold):
+                    self._send(writer, {"ok": True, "step": "pending", "hold": hold.as_dict()})
+            await writer.drain()
+            while not writer.is_closing():
+                try:
+                    news = await asyncio.wait_for(queue.get(), _WATCH_ALIVE)
+                except TimeoutError:  # a line now and then finds a watcher that went away
+                    self._send(writer, {"ok": True, "step": "alive"})
+                    await writer.drain()
+                    continue
+                found = desk.approvals.holds.get(news["hold"]["id"])
+                if found is None or visible(found):
+                    self._send(writer, {"ok": True, **news})
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            desk.unwatch(queue)
 
     def _view(self, binding: Binding | None) -> dict[str, Any] | None:
         if binding is None:

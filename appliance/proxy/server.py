@@ -24,8 +24,10 @@ from appliance.enforce.divert import NotDiverted, Routes, original_destination
 from appliance.identity.bindings import Binding
 from appliance.model import Command, Decision, Owner
 from appliance.policy.access import Access
+from appliance.policy.approvals import APPROVED, Hold
 from appliance.policy.limits import Lease, Limits
 from appliance.policy.redact import Redactor
+from appliance.policy.shape import shape
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.events import CommandFinished, CommandStarted
 from appliance.protocols.handler import (
@@ -45,6 +47,7 @@ from appliance.protocols.handler import (
 )
 from appliance.protocols.registry import handler_for
 from appliance.proxy import states as st
+from appliance.proxy.holds import Desk
 from appliance.proxy.recorder import Recorder
 from appliance.trail.db import TrailFull
 
@@ -66,6 +69,7 @@ STARTUP_WAIT = 5.0
 HOLD_LIMIT = 1 << 20
 _BACKEND_FULL = 1  # the backend's send buffer is full
 _HOLDING = 2  # HOLD_LIMIT bytes are held
+_HELD = 4  # a statement is held for approval: nothing more of the session moves
 
 
 def _hostport(addr: Any) -> tuple[str, int]:
@@ -111,6 +115,7 @@ class Relay:
         access: Access | None = None,
         limits: Limits | None = None,
         decide: Decide | None = None,
+        desk: Desk | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -124,6 +129,7 @@ class Relay:
         self.access = access
         self.limits = limits
         self.decide = decide
+        self.desk = desk  # where held statements wait for approval
         self.redactor = Redactor(dict(capture.redact_functions))
         self.sessions: set[Session] = set()
         # What a cancel request names -> session, so that it reaches the right backend.
@@ -224,6 +230,9 @@ class Session:
         self.early: list[dict[str, Any]] = []  # commands sent before the session was recorded
         # Of those, the ones a policy has yet to decide (it needs the identity and backend).
         self.undecided: list[tuple[CommandStarted, dict[str, Any]]] = []
+        # Held for approval: hold id -> command; and those decided, to hold once recorded.
+        self.holds: dict[str, int] = {}
+        self.to_hold: list[tuple[CommandStarted, dict[str, Any], Decision]] = []
         self.bytes_in = 0
         self.bytes_out = 0
         self.commands = 0
@@ -386,9 +395,12 @@ class Session:
                 self._decide(decide, event, payload)
             self.undecided.clear()
         self._record_start()
-        data = self.handler.release()
-        if data:
-            self._hold(data)
+        if self.to_hold:
+            self._start_holds()
+        if not self.holds:
+            data = self.handler.release()
+            if data:
+                self._hold(data)
         self._gate()
 
     def _record_start(self) -> None:
@@ -454,6 +466,8 @@ class Session:
                     payload["identity"] = self.identity
                     if not self._record_command(payload):
                         return
+                    if self.to_hold:
+                        self._start_holds()
                     self._gate()
                 else:  # recorded after session_start, so the session's events stay together
                     self.early.append(payload)
@@ -487,9 +501,84 @@ class Session:
         assert opened is not None and backend is not None
         moved = bool(opened.moved)
         decision = decide(self.identity, backend.name, opened.database, event.command, moved)
+        if decision.action == "hold":
+            decision = self._held(event, payload, decision)
         payload["decision"] = decision.as_dict()
         if decision.action == "block":
             self.handler.block(event.n, decision)
+
+    def _held(self, event: CommandStarted, payload: dict[str, Any], decision: Decision) -> Decision:
+        """A statement the policy holds: it goes on at once if an approval's window covers
+        it; otherwise its bytes, and all that follow, wait (the hold starts once its record
+        is written), and the client is no longer read."""
+        desk = self.relay.desk
+        if desk is None:  # the configuration requires [approvals] for a hold rule
+            return Decision("block", decision.rule, f"{decision.reason} (no one can approve)")
+        opened, backend = self.opened, self.backend
+        assert opened is not None and backend is not None
+        command = event.command
+        form = (shape(command.text) or command.text) if command.text_known else None
+        granted = desk.approvals.granted(self.identity, backend.name, opened.database, form)
+        if granted is not None:
+            return Decision("allow", decision.rule, f"within the window approval {granted} granted")
+        self.handler.defer(event.n)
+        self.to_hold.append((event, payload, decision))
+        self._pause(_HELD)
+        return decision
+
+    def _start_holds(self) -> None:
+        """The held commands are recorded: hand them to the desk."""
+        desk = self.relay.desk
+        opened, backend = self.opened, self.backend
+        assert desk is not None and opened is not None and backend is not None
+        for event, payload, decision in self.to_hold:
+            command = event.command
+            form = (shape(command.text) or command.text) if command.text_known else None
+            hold = desk.hold(
+                self,
+                event.n,
+                payload,
+                rule=decision.rule,
+                reason=decision.reason,
+                where=(backend.name, opened.database),
+                shape=form,
+            )
+            payload["decision"]["approval"] = hold.id  # amended before it is committed
+            self.holds[hold.id] = event.n
+        self.to_hold.clear()
+
+    def tell_held(self, hold: Hold) -> None:
+        """The hold is recorded: the client hears of it at once (the session's socket is
+        not read meanwhile, so this is all it hears until there is a decision)."""
+        desk = self.relay.desk
+        assert desk is not None
+        timeout = desk.approvals.settings.timeout_seconds
+        rule = f"rule {hold.rule!r}" if hold.rule else "the policy"
+        data = self.handler.notice(
+            f"witness: this statement is held for approval {hold.id} by {rule}: {hold.reason}",
+            f"It waits until an approver runs `witness approvals approve {hold.id}` (or deny),"
+            f" for at most {timeout:g} s; cancel it to withdraw the request.",
+        )
+        if data and self.client is not None and not self.client.is_closing():
+            self.client.write(data)
+
+    def resolve(self, hold: Hold, why: str) -> None:
+        """The hold ended (its end is committed): the statement goes on if approved, and is
+        answered with the protocol's error for ``why`` if not; once no hold is left, the
+        session's bytes move again."""
+        n = self.holds.pop(hold.id, None)
+        if n is None or self.ended:
+            return
+        if hold.state != APPROVED:
+            reason = f"held for approval {hold.id}, and {hold.state}: {hold.why}"
+            self.handler.block(n, Decision("block", hold.rule, reason), why)
+        if self.holds:
+            return
+        data = self.handler.release()
+        if data:
+            self._hold(data)
+        self._gate()
+        self._resume(_HELD)
 
     def _record_command(self, payload: dict[str, Any]) -> bool:
         """Record a command to be committed before its bytes move; if the trail cannot keep
@@ -662,6 +751,14 @@ class Session:
                     "identity": self.identity,
                 },
             )
+            desk = self.relay.desk
+            if target.holds and desk is not None:
+                # What it cancels is held, not running: withdrawn, and never delivered (it
+                # would interrupt whatever the session runs next).
+                desk.withdraw(target, "the client cancelled it", cancelled=True)
+                if self.client is not None:
+                    self.client.close()
+                return
             self.recorder.gate(_CancelDelivery(self, target, request.packet))
         except TrailFull:  # unrecorded, so undelivered
             if self.client is not None:
@@ -818,6 +915,8 @@ class Session:
             self.lease = None
         if self.key is not None:
             self.relay.keys.pop(self.key, None)
+        if self.holds and self.relay.desk is not None:
+            self.relay.desk.withdraw(self, f"the session ended: {reason}")
         handler = self.handler
         for event in handler.close():
             if isinstance(event, CommandFinished):

@@ -451,3 +451,32 @@ def _identity_json(text: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return identity if isinstance(identity, dict) else None
+
+
+_ENDS = ("approved", "denied", "expired", "withdrawn")
+
+
+def pending_holds(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Holds the trail shows requested and never ended (a recorder stopped while they
+    waited), oldest first: each a ``requested`` step's payload with its session. Only
+    sessions the trail never saw end can have one, so only their span is read."""
+    first = conn.execute("SELECT min(start_seq) FROM sessions WHERE end_seq IS NULL").fetchone()
+    if first is None or first[0] is None:
+        return []
+    open_holds: dict[str, dict[str, Any]] = {}
+    rows = conn.execute(
+        "SELECT seq, session, payload FROM events WHERE seq >= ? AND type = 'approval'"
+        " ORDER BY seq",
+        (first[0],),
+    )
+    for seq, session, text in rows:
+        payload = _json(text, seq)
+        hold_id = payload.get("id")
+        step = payload.get("step")
+        if not isinstance(hold_id, str):
+            continue
+        if step == "requested":
+            open_holds[hold_id] = {**payload, "session": session}
+        elif step in _ENDS:
+            open_holds.pop(hold_id, None)
+    return list(open_holds.values())

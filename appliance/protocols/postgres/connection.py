@@ -33,6 +33,7 @@ from appliance.protocols.postgres.messages import (
     SERVER_MESSAGES,
     close_message,
     error_response,
+    notice_response,
     parse_message,
     query_message,
 )
@@ -175,6 +176,7 @@ class PostgresConnection:
         # back for them replaced by the ones the clients are told.
         self._out = Splicer()
         self._back = Splicer()
+        self._notices: list[bytes] = []  # for the client, at the next message boundary
         self._server_bytes = 0
         self._rewrites = 0  # answers still to come that the client gets otherwise, or not
         # portal -> its Bind's offset, the command and the pipeline it was sent after
@@ -243,7 +245,37 @@ class PostgresConnection:
         events = self._receive(self._server, data)
         if not rewriting:  # the relay hands the chunk on whole: see ``rewriting``
             self._back.skip_to(self._server_bytes)
+        elif self._notices:
+            self._place_notices()
         return events
+
+    def notice(self, code: str, message: str, hint: str | None = None) -> bytes:
+        """A NoticeResponse for the client: returned if it can go at once (every server byte
+        received has gone on, and ended a message), else sent between the server's messages
+        as soon as one ends (the relay then parses the server's bytes first)."""
+        data = notice_response(code, message, hint)
+        back = self._back
+        if (
+            not self._notices
+            and not self._server._buf
+            and back.sent == self._server_bytes
+            and not back.edits
+            and not back.tail
+        ):
+            return data
+        self._notices.append(data)
+        self._place_notices()
+        return b""
+
+    def _place_notices(self) -> None:
+        """Put waiting notices at the end of the last whole server message, if it has not
+        gone on yet (a message cut by the fast path went whole-chunk: wait for the next)."""
+        boundary = self._server_bytes - len(self._server._buf)
+        back = self._back
+        if boundary < back.sent or (back.edits and boundary < back.edits[-1][1]):
+            return
+        back.replace(boundary, boundary, b"".join(self._notices))
+        self._notices.clear()
 
     @property
     def rewriting(self) -> bool:
@@ -251,7 +283,7 @@ class PostgresConnection:
         (the answer to a blocked command): if so, the relay hands on ``server_payload`` of
         each chunk, after ``receive_server``; if not, the chunk as it came, at once."""
         back = self._back
-        return self._rewrites > 0 or bool(back.edits) or bool(back.tail)
+        return self._rewrites > 0 or bool(back.edits) or bool(back.tail) or bool(self._notices)
 
     def server_payload(self, data: bytes) -> bytes:
         """What of ``data``, the chunk last given to ``receive_server``, goes to the client."""
@@ -300,15 +332,15 @@ class PostgresConnection:
                 return entry
         raise ValueError(f"command {n} is not one the server has yet to answer")
 
-    def block(self, n: int, decision: Decision) -> None:
+    def block(self, n: int, decision: Decision, code: str = "42501") -> None:
         """Command ``n``, started by the chunk last received (or deferred), must not reach
-        the server.
+        the server; the client is told ``code`` (insufficient_privilege by default).
 
         The server gets a statement its grammar refuses in its place (a simple Query for a
         Query or FunctionCall; for an Execute a Parse, from the portal's Bind when that was
         in the same unsent bytes, so that its planning does not run either). It answers
         with an error where the command's answer would have been, and that error reaches
-        the client as a 42501 naming the rule. Everything else is as for any failed
+        the client as ``code``, naming the rule. Everything else is as for any failed
         command: the server's own state machine aborts the transaction block, or skips the
         extended-protocol batch to its Sync, as it would have.
         """
@@ -338,7 +370,7 @@ class PostgresConnection:
                 start = bound[0]
         self._out.replace(start, end, instead)
         who = f"rule {decision.rule!r}" if decision.rule else "the policy's default"
-        cmd.blocked = ErrorInfo("ERROR", "42501", f"witness: blocked by {who}: {decision.reason}")
+        cmd.blocked = ErrorInfo("ERROR", code, f"witness: blocked by {who}: {decision.reason}")
         self._rewrites += 1
 
     def _receive(

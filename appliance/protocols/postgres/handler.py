@@ -27,7 +27,9 @@ SQLSTATE = {
     h.TRAIL: "58030",  # io_error
     h.INTERNAL: "XX000",  # internal_error
     h.EXPIRED: "28000",
+    h.CANCELLED: "57014",  # query_canceled
 }
+_HELD = "01000"  # warning: a NOTICE's code
 _READY = {status: h.Ready(status) for status in "ITE"}
 _CLOSED = h.Closed()
 _REMEMBERED = 32  # secrets of recent commands, to scrub from errors that name no command
@@ -81,8 +83,11 @@ class PostgresHandler:
     def server_payload(self, data: bytes) -> bytes:
         return self.pg.server_payload(data)
 
-    def block(self, n: int, decision: Decision) -> None:
-        self.pg.block(n, decision)
+    def block(self, n: int, decision: Decision, why: str = h.DENIED) -> None:
+        self.pg.block(n, decision, SQLSTATE[why])
+
+    def notice(self, message: str, hint: str | None = None) -> bytes:
+        return self.pg.notice(_HELD, message, hint)
 
     def defer(self, n: int) -> None:
         self.pg.defer(n)

@@ -77,6 +77,19 @@ def error_response(severity: str, code: str, message: str) -> bytes:
     return _message(b"E", body)
 
 
+def notice_response(code: str, message: str, hint: str | None = None) -> bytes:
+    """A NoticeResponse: news for the client that answers nothing it sent."""
+    body = (
+        _field(b"S", "NOTICE")
+        + _field(b"V", "NOTICE")
+        + _field(b"C", code)
+        + _field(b"M", message)
+        + (_field(b"H", hint) if hint else b"")
+        + b"\0"
+    )
+    return _message(b"N", body)
+
+
 def query_message(text: str) -> bytes:
     return _message(b"Q", text.encode() + b"\0")
 

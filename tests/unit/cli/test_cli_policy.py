@@ -229,7 +229,7 @@ def test_a_bad_policy_is_refused_before_the_trail_is_read(cli: click.Group, tmp_
     path.write_text('default = "mask"\n')
     result = run(cli, "policy", "test", str(path), "--trail", str(tmp_path / "none.db"))
     assert result.exit_code == 2
-    assert "default: 'mask' is not built yet" in result.stderr
+    assert "default: 'mask' is not an action" in result.stderr
 
 
 @needs_analysis
