@@ -409,12 +409,15 @@ def _error_line(payload: dict[str, Any]) -> str:
 
 def _commands_table(commands: Iterable[CommandView]) -> Table:
     table = Table()
-    for name in ("n", "kind", "text", "status", "rows", "bytes", "ms", "error / refused"):
+    for name in ("n", "kind", "text", "status", "rows", "bytes", "ms", "hold / error / refused"):
         table.add_column(name, overflow="fold")
     for view in commands:
         c = view.command.payload
         r = view.result.payload if view.result is not None else {}
         problem = []
+        held = view.held()
+        if held is not None:
+            problem.append(held)
         if c.get("refused"):
             problem.append(f"refused: {c['refused']}")
         if isinstance(r.get("error"), dict):

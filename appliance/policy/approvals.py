@@ -204,14 +204,14 @@ class Approvals:
         hold = self.get(hold_id)
         if hold.state != PENDING:
             raise ApprovalError(f"hold {hold_id} is {hold.state} already")
-        why_not = self.refusal(identity)
-        if why_not is not None:
-            raise ApprovalError(why_not)
-        assert identity is not None
         if same_person(identity, hold.identity):
             raise ApprovalError(
                 f"{who(identity)} sent this statement, and may not decide its own hold"
             )
+        why_not = self.refusal(identity)
+        if why_not is not None:
+            raise ApprovalError(why_not)
+        assert identity is not None
         if any(same_person(identity, v.identity) for v in hold.votes):
             raise ApprovalError(f"{who(identity)} has voted on hold {hold_id} already")
         if window_minutes and not approve:

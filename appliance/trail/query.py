@@ -119,6 +119,21 @@ class CommandView:
     command: Event
     result: Event | None = None
     session_identity: dict[str, Any] | None = None
+    approval: tuple[Event, ...] = ()
+    """The steps of the hold it waited in, if a rule held it."""
+
+    def held(self) -> str | None:
+        """The hold in one line for people: its id, how it ended, by whom, after how long."""
+        if not self.approval:
+            return None
+        last = self.approval[-1].payload
+        line = f"held for approval {last.get('id')}: {last.get('step')}"
+        if last.get("why"):
+            line += f" ({last['why']})"
+        waited = last.get("waited_ms")
+        if isinstance(waited, int | float):
+            line += f", after {waited / 1000.0:.1f} s"
+        return line
 
     @property
     def identity(self) -> dict[str, Any] | None:
@@ -133,6 +148,9 @@ class CommandView:
         out["seq"] = self.command.seq
         out["time"] = iso(self.command.ts)
         out["result"] = None if self.result is None else self.result.payload
+        if self.approval:
+            steps = self.approval
+            out["approval"] = [{"seq": e.seq, "time": iso(e.ts), **e.payload} for e in steps]
         return out
 
 
@@ -352,9 +370,12 @@ def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
     commands: list[Event] = []
     results: dict[Any, Event] = {}
     errors: list[Event] = []
+    holds: dict[Any, list[Event]] = {}
     for event in events:
         if event.type == "command":
             commands.append(event)
+        elif event.type == "approval":
+            holds.setdefault(event.payload.get("n"), []).append(event)
         elif event.type == "result":
             results.setdefault(event.payload.get("n"), event)
         elif event.type == "error":
@@ -368,7 +389,15 @@ def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
         end_payload=None if end is None else end.payload,
     )
     identity = info.identity
-    views = [CommandView(c, results.get(c.payload.get("n")), identity) for c in commands]
+    views = [
+        CommandView(
+            c,
+            results.get(c.payload.get("n")),
+            identity,
+            tuple(holds.get(c.payload.get("n"), ())) if c.payload.get("decision") else (),
+        )
+        for c in commands
+    ]
     return SessionDetail(info, views, errors, events)
 
 

@@ -19,7 +19,8 @@ WITNESS = str(Path(sys.executable).parent / "witness")
 class Witness:
     """``witness serve`` as a child process: quick-start style, or, with ``backend_options``
     (TOML keys for the backend's table) or ``tables`` (more tables, such as ``[policy]``),
-    from a configuration file written beside the trail that is otherwise the same."""
+    from a configuration file written beside the trail that is otherwise the same; its
+    ``[identity]`` table holds ``identity``."""
 
     def __init__(
         self,
@@ -28,6 +29,8 @@ class Witness:
         extra: list[str] | None = None,
         backend_options: str | None = None,
         tables: str | None = None,
+        *,
+        identity: str = 'unbound = "allow"',
     ) -> None:
         self.port = free_port()
         self.trail = trail
@@ -50,7 +53,7 @@ class Witness:
                 f'[[backend]]\nname = "default"\naddress = "127.0.0.1"\nport = {backend_port}\n'
                 f"{backend_options or ''}\n\n"
                 f'[[listener]]\nlisten = "127.0.0.1:{self.port}"\nbackend = "default"\n\n'
-                f'[trail]\npath = "{trail}"\n\n[identity]\nunbound = "allow"\n\n'
+                f'[trail]\npath = "{trail}"\n\n[identity]\n{identity}\n\n'
                 f"{tables or ''}\n"
             )
             argv = [WITNESS, "--config", str(config), "serve", *(extra or [])]
