@@ -462,3 +462,31 @@ def test_the_cache_is_bounded() -> None:
         decide(policy, text)
     assert analyse.calls == ["select", "insert", "drop", "select"]  # the first was let go
     assert len(policy._cache) == 2
+
+
+def test_a_hold_rule_holds_but_never_transaction_control_and_a_block_wins() -> None:
+    from appliance.policy.rules import parse_document
+
+    policy = Policy(
+        parse_document(
+            {
+                "rules": [
+                    {"name": "no-drop", "action": "block", "kinds": ["drop_table"]},
+                    {"name": "hold-all", "action": "hold"},
+                ]
+            },
+            "policy.",
+        )
+    )
+    held = policy.decide(None, "db", None, Command("query", "DELETE FROM t"))
+    assert (held.action, held.rule) == ("hold", "hold-all")
+    for text in ("BEGIN", "COMMIT", "SAVEPOINT a", "ROLLBACK TO SAVEPOINT a"):
+        assert policy.decide(None, "db", None, Command("query", text)).action == "allow", text
+    both = policy.decide(None, "db", None, Command("query", "SELECT 1; DROP TABLE t"))
+    assert (both.action, both.rule) == ("block", "no-drop")
+    # What cannot be known might be a DROP: the block rule, first, takes it.
+    unknown = policy.decide(None, "db", None, Command("query", "DO $$ BEGIN END $$"))
+    assert (unknown.action, unknown.rule) == ("block", "no-drop")
+    only_hold = Policy(parse_document({"rules": [{"name": "h", "action": "hold"}]}, "policy."))
+    unknown = only_hold.decide(None, "db", None, Command("query", "DO $$ BEGIN END $$"))
+    assert unknown.action == "hold"  # held, like anything a hold rule matches
