@@ -28,7 +28,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.model import Command
+from appliance.policy import maskguard
 from appliance.policy.globs import Globs
+from appliance.policy.maskguard import CopyOut, Masked
 from appliance.policy.maskrules import MaskRule
 
 # Types whose values are strings in either format: a mask can stand in their place.
@@ -119,6 +122,16 @@ class Cell:
 
 
 Plan = tuple[Cell | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """A COPY TO STDOUT's columns, each masked or not; ``everything``: the table is not
+    known, so every field is masked."""
+
+    copy: CopyOut
+    cells: tuple[Cell | None, ...]
+    everything: bool = False
 
 
 class _Compiled:
@@ -230,6 +243,7 @@ class SessionMasks:
         self.trail = any(r.trail for r in self.rules)
         self._plans: dict[tuple[Field, ...], Plan | None] = {}
         self._seen: Snapshot | None = None
+        self._masked: tuple[Snapshot, Masked] | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -291,6 +305,95 @@ class SessionMasks:
                 continue
             return Cell(None, type_name, wire=rule.wire, trail=rule.trail, scan=scan)
         return None
+
+    # --- the decision point -----------------------------------------------------------
+
+    def masked(self) -> Masked:
+        """What the masks cover, by name, in the newest snapshot (see :mod:`.maskguard`)."""
+        snapshot = self.snapshot
+        if self._masked is not None and self._masked[0] is snapshot:
+            return self._masked[1]
+        tables: dict[str, dict[str, str]] = {}
+        pairs: set[tuple[int, int]] = set()
+        for oid, table in snapshot.tables.items():
+            for attnum, column in table.columns.items():
+                if self.covered(table, column) is not None:
+                    pairs.add((oid, attnum))
+                    for name in (table.name.lower(), table.qualified):
+                        tables.setdefault(name, {})[column.name.lower()] = column.base
+        views: set[int] = set()
+        grew = True
+        while grew:  # views over views over masked columns
+            grew = False
+            for view, reads in snapshot.depends.items():
+                if view not in views and not reads.isdisjoint(pairs):
+                    views.add(view)
+                    table = snapshot.tables.get(view)
+                    if table is not None:
+                        pairs.update((view, attnum) for attnum in table.columns)
+                    grew = True
+        names: set[str] = set()
+        for view in views:
+            table = snapshot.tables.get(view)
+            if table is not None:
+                names.update((table.name.lower(), table.qualified))
+        found = Masked(tables, frozenset(names))
+        self._masked = (snapshot, found)
+        return found
+
+    def refusal(self, command: Command, formats: Sequence[int]) -> str | None:
+        """Why ``command`` may not run in this session, or None (see :mod:`.maskguard`)."""
+        if not self._columns:
+            return None
+        if command.kind == "cancel":
+            return None
+        if command.kind == "function_call":
+            return "a fast-path function call may read masked columns"
+        if not command.text_known:
+            return "the text the backend runs is not known, so masked columns may be read"
+        binary = any(f == 1 for f in formats)
+        masked = self.masked()
+        if not masked.tables:
+            return None
+        texts = [command.text]
+        texts += [p.text for p in command.prepared if p.kind == "statement" and p.text]
+        for text in texts:
+            why = maskguard.refusal(text, masked, binary)
+            if why is not None:
+                return why
+        return None
+
+    def copy_plan(self, text: str) -> CopyPlan | None:
+        """How a COPY TO STDOUT's rows are masked, or None if none of its columns is."""
+        out = maskguard.copy_out(text)
+        if out is None:
+            return None
+        tables = self.snapshot.by_name(
+            out.relname if out.schema is None else f"{out.schema}.{out.relname}".lower()
+        )
+        if not tables:
+            return CopyPlan(out, (), everything=True)
+        order = out.columns or tuple(
+            c.name.lower() for _, c in sorted(max(tables, key=lambda t: len(t.columns)).columns.items())
+        )
+        cells: list[Cell | None] = []
+        for name in order:
+            cell = None
+            for table in tables:
+                column = next((c for c in table.columns.values() if c.name.lower() == name), None)
+                if column is None:
+                    continue
+                rule = self.covered(table, column)
+                if rule is not None and rule.wire:
+                    cell = Cell(rule, column.base, wire=True, trail=rule.trail)
+                    break
+                found = self._content_cell(column.base, table, column)
+                if found is not None and found.wire:
+                    cell = found
+            cells.append(cell)
+        if not any(cells):
+            return None
+        return CopyPlan(out, tuple(cells))
 
     def unknown_plan(self, count: int) -> Plan:
         """Every column masked: a result whose columns are not known."""
