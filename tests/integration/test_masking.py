@@ -162,31 +162,30 @@ def test_psycopg_text_and_binary(masked: Witness, table: str) -> None:
 
 
 def test_copy_out_is_masked_and_binary_copy_is_refused(masked: Witness, table: str) -> None:
-    with psycopg.connect(masked.url(), autocommit=True) as conn:
-        with conn.cursor() as cur:
-            out = io.BytesIO()
-            with cur.copy(f"copy {table} (id, ssn, card) to stdout") as copy:
-                for chunk in copy:
-                    out.write(chunk)
-            assert out.getvalue().decode().splitlines() == [
-                "1\t[masked:ssn]\t***1111",
-                "2\t[masked:ssn]\t***5559",
-                "3\t[masked:ssn]\t\\N",
-            ]
-            out = io.BytesIO()
-            with cur.copy(f"copy {table} to stdout with (format csv, header)") as copy:
-                for chunk in copy:
-                    out.write(chunk)
-            lines = out.getvalue().decode().splitlines()
-            assert lines[0] == "id,name,ssn,card,email,dob"
-            assert lines[1].startswith('1,person 1,"[masked:ssn]","***1111","tok_')
-            with (
-                pytest.raises(psycopg.Error) as refused,
-                cur.copy(f"copy {table} to stdout with (format binary)") as copy,
-            ):
-                for _ in copy:
-                    pass
-            assert refused.value.sqlstate == "42501"
+    with psycopg.connect(masked.url(), autocommit=True) as conn, conn.cursor() as cur:
+        out = io.BytesIO()
+        with cur.copy(f"copy {table} (id, ssn, card) to stdout") as copy:
+            for chunk in copy:
+                out.write(chunk)
+        assert out.getvalue().decode().splitlines() == [
+            "1\t[masked:ssn]\t***1111",
+            "2\t[masked:ssn]\t***5559",
+            "3\t[masked:ssn]\t\\N",
+        ]
+        out = io.BytesIO()
+        with cur.copy(f"copy {table} to stdout with (format csv, header)") as copy:
+            for chunk in copy:
+                out.write(chunk)
+        lines = out.getvalue().decode().splitlines()
+        assert lines[0] == "id,name,ssn,card,email,dob"
+        assert lines[1].startswith('1,person 1,"[masked:ssn]","***1111","tok_')
+        with (
+            pytest.raises(psycopg.Error) as refused,
+            cur.copy(f"copy {table} to stdout with (format binary)") as copy,
+        ):
+            for _ in copy:
+                pass
+        assert refused.value.sqlstate == "42501"
     stdout, stderr = psql(masked.port, "-c", f"\\copy {table} (ssn) to stdout")
     assert (stdout, stderr) == ("[masked:ssn]\n" * 3, "")
     assert_no_clear_values(masked)
