@@ -67,6 +67,10 @@ class Backend:
     """Sessions one Unix user (whatever its identities) may hold open to this backend."""
     max_new_connections_per_second: float = 20.0
     """New sessions one identity may open per second (a burst of one second's worth)."""
+    catalog_user: str | None = None
+    """The role the recorder reads the catalog as, to resolve masked columns."""
+    catalog_password_file: Path | None = None
+    """A file holding that role's password (its first line), if the backend asks for one."""
 
     @property
     def restricted(self) -> bool:
@@ -144,6 +148,11 @@ class TrailSettings:
     def checkpoint_file(self) -> Path:
         """The newest signed checkpoint, kept beside the key so a cut tail can be noticed."""
         return self.signing_key.with_name(self.signing_key.name + ".checkpoint")
+
+    @property
+    def mask_key(self) -> Path:
+        """The key of masking's tokens (HMAC-SHA256), beside the signing key."""
+        return self.signing_key.with_name(self.signing_key.name + ".mask")
 
     @property
     def anchor_state(self) -> Path:
@@ -407,7 +416,7 @@ def parse_backend_url(text: str, key: str = "--backend") -> Backend:
 # --- the file -------------------------------------------------------------------------------
 
 
-def _backend(raw: Any, key: str) -> Backend:
+def _backend(raw: Any, key: str, base: Path) -> Backend:
     table = _table(raw, key)
     _no_unknown(
         table,
@@ -426,6 +435,8 @@ def _backend(raw: Any, key: str) -> Backend:
             "max_connections_per_identity",
             "max_connections_per_uid",
             "max_new_connections_per_second",
+            "catalog_user",
+            "catalog_password_file",
         },
     )
     protect: tuple[Network, ...] = ()
@@ -473,6 +484,13 @@ def _backend(raw: Any, key: str) -> Backend:
             f"{key}.max_new_connections_per_second",
             1.0,
         ),
+        catalog_user=_str(table["catalog_user"], f"{key}.catalog_user")
+        if "catalog_user" in table
+        else None,
+        catalog_password_file=base
+        / _str(table["catalog_password_file"], f"{key}.catalog_password_file")
+        if "catalog_password_file" in table
+        else None,
     )
 
 
@@ -741,6 +759,7 @@ def _policy(raw: Any, base: Path, backends: dict[str, Backend]) -> PolicySetting
         _check_policy_backends(policy, backends)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
+    _check_catalog_users(policy, backends)
     return policy
 
 
@@ -788,6 +807,23 @@ def _approvals(raw: Any, policy: PolicySettings | None) -> ApprovalSettings | No
     )
 
 
+def _check_catalog_users(policy: PolicySettings, backends: dict[str, Backend]) -> None:
+    """A backend whose results a mask covers by column names a role to read its catalog:
+    without one, its columns could not be resolved, and every result would be masked."""
+    for index, mask in enumerate(policy.masks):
+        if not mask.by_column:
+            continue
+        for i, backend in enumerate(backends.values()):
+            if backend.catalog_user is None and (
+                not mask.backends or backend.name in mask.backends
+            ):
+                raise ConfigError(
+                    f"backend[{i}].catalog_user: required, since the policy's masks[{index}]"
+                    f" ({mask.name!r}) masks columns of backend {backend.name!r}: the recorder"
+                    " reads the catalog as this role to know which table a column is of"
+                )
+
+
 def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     """Validate a parsed TOML document. Relative paths are taken from ``base``."""
     _no_unknown(
@@ -810,7 +846,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
         raise ConfigError("backend: expected at least one [[backend]] table")
     backends: dict[str, Backend] = {}
     for i, raw in enumerate(raw_backends):
-        backend = _backend(raw, f"backend[{i}]")
+        backend = _backend(raw, f"backend[{i}]", base)
         if backend.name in backends:
             raise ConfigError(f"backend[{i}].name: {backend.name!r} is defined twice")
         backends[backend.name] = backend

@@ -28,11 +28,13 @@ from appliance.policy.limits import Limits
 from appliance.protocols.handler import EXPIRED
 from appliance.proxy.control import Control
 from appliance.proxy.holds import Desk
+from appliance.proxy.masks import Masking
 from appliance.proxy.notify import Webhook
 from appliance.proxy.recorder import Recorder
 from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
-from appliance.trail import db, query
+from appliance.trail import db, maskkey, query
 from appliance.trail.anchor import where
+from appliance.trail.db import TrailError
 from appliance.trail.publisher import Publisher
 from appliance.trail.store import Trail
 
@@ -146,6 +148,21 @@ def _redirect_socket(address: str, family: socket.AddressFamily, port: int) -> s
     return sock
 
 
+def _masking(settings: Settings) -> Masking | None:
+    """The policy's masks, with their token key (made beside the signing key if absent)."""
+    policy = settings.policy
+    if policy is None or not policy.masks:
+        return None
+    try:
+        key, made = maskkey.load_or_create(settings.trail.mask_key)
+    except TrailError as exc:
+        raise StartError(str(exc)) from None
+    if made:
+        log.info("masking: token key %s created", settings.trail.mask_key)
+    log.info("masking: %d mask%s", len(policy.masks), "" if len(policy.masks) == 1 else "s")
+    return Masking(policy.masks, key)
+
+
 async def run(
     settings: Settings,
     owner_lookup: OwnerLookup = owners.lookup,
@@ -191,6 +208,7 @@ async def run(
             ", ".join(approving.groups),
             approving.timeout_seconds,
         )
+    masking = _masking(settings)
     relays: list[Relay] = []
     servers: list[asyncio.Server] = []
     control: Control | None = None
@@ -208,6 +226,7 @@ async def run(
                 limits=limits,
                 decide=decide,
                 desk=desk,
+                masking=masking,
             )
             try:
                 server = await loop.create_server(
@@ -243,6 +262,7 @@ async def run(
                 limits=limits,
                 decide=decide,
                 desk=desk,
+                masking=masking,
             )
             relays.append(relay)
             port = settings.enforce.redirect_port

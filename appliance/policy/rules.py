@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.policy import globs, kinds
+from appliance.policy import globs, kinds, maskrules
+from appliance.policy.maskrules import MaskRule
 
 ACTIONS = ("allow", "block", "hold")
 LATER = ("mask",)  # a rule's action in the design; masking has rules of its own
@@ -37,7 +38,7 @@ LIST_KEYS = (*IDENTITY_KEYS, "backends", "databases", "kinds", "reads", "writes"
 GLOB_KEYS = ("reads", "writes", "tables", "functions")
 FLAGS = ("no_where", "multiple", "unknown")
 RULE_KEYS = ("name", "action", "message", *LIST_KEYS, "functions", *FLAGS)
-TOP_KEYS = ("default", "unknown", "functions", "max_text", "rules")
+TOP_KEYS = ("default", "unknown", "functions", "max_text", "rules", "masks")
 MAX_TEXT = 65536  # characters the analysis reads by default; a longer text is unknown
 
 
@@ -88,6 +89,8 @@ class PolicySettings:
     """The longest text the analysis reads (it runs on the relay's loop): longer is unknown."""
     file: Path | None = None
     """The policy file it was read from, when the configuration names one."""
+    masks: tuple[MaskRule, ...] = ()
+    """What is masked, for whom (see :mod:`.maskrules`)."""
 
     def summary(self) -> str:
         """One line for people."""
@@ -231,7 +234,15 @@ def parse_document(data: dict[str, Any], prefix: str, file: Path | None = None) 
         max_text=_max_text(data.get("max_text", MAX_TEXT), f"{prefix}max_text"),
         rules=tuple(_rule(raw, i, prefix, seen) for i, raw in enumerate(raw_rules)),
         file=file,
+        masks=_masks(data.get("masks", []), prefix),
     )
+
+
+def _masks(raw: Any, prefix: str) -> tuple[MaskRule, ...]:
+    try:
+        return maskrules.parse(raw, prefix)
+    except maskrules.MaskError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 def load_file(path: Path) -> PolicySettings:
@@ -271,4 +282,10 @@ def check_backends(policy: PolicySettings, names: Any) -> None:
             if backend not in names:
                 known = ", ".join(sorted(names)) or "none are defined"
                 where = f"{prefix}rules[{index}] ({json.dumps(rule.name)}): backends[{i}]"
+                raise PolicyError(f"{where}: no backend is named {backend!r} ({known})")
+    for index, mask in enumerate(policy.masks):
+        for i, backend in enumerate(mask.backends):
+            if backend not in names:
+                known = ", ".join(sorted(names)) or "none are defined"
+                where = f"{prefix}masks[{index}] ({json.dumps(mask.name)}): backends[{i}]"
                 raise PolicyError(f"{where}: no backend is named {backend!r} ({known})")

@@ -151,6 +151,14 @@ class Handler(Protocol):
         to write at once, or empty if they go with the server's next bytes instead."""
         ...
 
+    def mask(self, masks: Any) -> None:
+        """Mask results from now on, as ``masks`` (a SessionMasks) say."""
+        ...
+
+    def formats(self, n: int) -> tuple[int, ...]:
+        """The result formats command ``n`` asks for (empty: the protocol's default)."""
+        ...
+
     def defer(self, n: int) -> None:
         """Command ``n``, started by the chunk last received, cannot be decided yet: the
         session is not established (a protocol with no startup, such as Redis, may send

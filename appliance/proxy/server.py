@@ -26,6 +26,7 @@ from appliance.model import Command, Decision, Owner
 from appliance.policy.access import Access
 from appliance.policy.approvals import APPROVED, Hold
 from appliance.policy.limits import Lease, Limits
+from appliance.policy.masking import SessionMasks
 from appliance.policy.redact import Redactor
 from appliance.policy.shape import shape
 from appliance.protocols.errors import ProtocolError
@@ -47,7 +48,9 @@ from appliance.protocols.handler import (
 )
 from appliance.protocols.registry import handler_for
 from appliance.proxy import states as st
+from appliance.proxy.catalog import CatalogError
 from appliance.proxy.holds import Desk
+from appliance.proxy.masks import Masking
 from appliance.proxy.recorder import Recorder
 from appliance.trail.db import TrailFull
 
@@ -116,6 +119,7 @@ class Relay:
         limits: Limits | None = None,
         decide: Decide | None = None,
         desk: Desk | None = None,
+        masking: Masking | None = None,
     ) -> None:
         if (backend is None) == (routes is None):
             raise ValueError("a relay has either a backend or routes for diverted connections")
@@ -130,6 +134,7 @@ class Relay:
         self.limits = limits
         self.decide = decide
         self.desk = desk  # where held statements wait for approval
+        self.masking = masking
         self.redactor = Redactor(dict(capture.redact_functions))
         self.sessions: set[Session] = set()
         # What a cancel request names -> session, so that it reaches the right backend.
@@ -240,6 +245,8 @@ class Session:
         self.key: object = None  # what a cancel request for this session names
         self.ended: str | None = None
         self.started = False  # its session_start is recorded (relayed, or refused)
+        self.masks: SessionMasks | None = None  # what is masked of its results
+        self.schema_changes: set[int] = set()  # commands after which the catalog is read again
 
     def _move(self, to: str) -> None:
         self.state = st.move(self.state, to)
@@ -367,7 +374,7 @@ class Session:
         if self.opened is None:
             self._move(st.OPENING)
         else:
-            self._start()
+            self._begin()
 
     def _admission(self, owner: Owner, backend: Backend) -> tuple[str, str, str] | None:
         """Whether the owner may reach the backend: a (reason, message, where) refusal, or
@@ -383,6 +390,32 @@ class Session:
         if refusal is not None:
             return refusal.why, refusal.message, "identity"
         return None
+
+    def _begin(self) -> None:
+        """Start, once the masks that apply to the session know its database's catalog."""
+        masking, backend, opened = self.relay.masking, self.backend, self.opened
+        if masking is None or backend is None or opened is None:
+            self._start()
+            return
+        rules = masking.rules_for(self.identity, backend.name, opened.database)
+        if not rules:
+            self._start()
+            return
+        self.relay.spawn(self._begin_masked(masking, rules))
+
+    async def _begin_masked(self, masking: Masking, rules: Any) -> None:
+        backend, opened = self.backend, self.opened
+        assert backend is not None and opened is not None
+        try:
+            masks = await masking.session(rules, backend, opened.database or "")
+        except CatalogError as exc:  # nothing is relayed that could not be masked
+            self._refuse_connection(INTERNAL, f"connection refused: masking: {exc}")
+            return
+        if self.ended or self.state not in (st.DIALING, st.OPENING):
+            return
+        self.masks = masks
+        self.handler.mask(masks)
+        self._start()
 
     def _start(self) -> None:
         """The owner, the backend and who the client says it is are all known: decide the
@@ -479,7 +512,7 @@ class Session:
                 if self.state == st.REFUSING:
                     self._refuse_now()
                 elif self.state == st.OPENING:
-                    self._start()
+                    self._begin()
             elif isinstance(event, Cancel):
                 self.cancel = event
                 self._cancel_requested()
@@ -501,6 +534,9 @@ class Session:
         assert opened is not None and backend is not None
         moved = bool(opened.moved)
         decision = decide(self.identity, backend.name, opened.database, event.command, moved)
+        masking = self.relay.masking
+        if masking is not None:
+            decision = self._masked(masking, decision, event)
         if decision.action == "hold":
             decision = self._held(event, payload, decision)
         payload["decision"] = decision.as_dict()
@@ -579,6 +615,19 @@ class Session:
             self._hold(data)
         self._gate()
         self._resume(_HELD)
+
+    def _masked(self, masking: Masking, decision: Decision, event: CommandStarted) -> Decision:
+        """The decision, with the ways around the session's masks refused."""
+        if masking.changes_schema(event.command):
+            self.schema_changes.add(event.n)
+        masks = self.masks
+        if decision.action == "block" or masks is None:
+            return decision
+        why = masks.refusal(event.command, self.handler.formats(event.n))
+        if why is None:
+            return decision
+        rule = next((r.name for r in masks.rules if r.by_column), None)
+        return Decision("block", rule, f"masked data: {why}")
 
     def _record_command(self, payload: dict[str, Any]) -> bool:
         """Record a command to be committed before its bytes move; if the trail cannot keep
@@ -674,6 +723,8 @@ class Session:
                 self.recorder.record(
                     "result", self.id, handler.result_record(event.n, event.result)
                 )
+                if self.schema_changes:
+                    self._schema_changed(event.n)
             elif isinstance(event, Ready):
                 if self.state == st.LOGIN:
                     self._move(st.READY)
@@ -684,6 +735,14 @@ class Session:
             elif isinstance(event, Failed):
                 error = handler.error_record(event.error)
                 self.recorder.record("error", self.id, {"where": "server", **error})
+
+    def _schema_changed(self, n: int) -> None:
+        """Command ``n`` may have changed the schema: masking reads the catalog again."""
+        masking, backend, opened = self.relay.masking, self.backend, self.opened
+        if n in self.schema_changes:
+            self.schema_changes.discard(n)
+            if masking is not None and backend is not None and opened is not None:
+                masking.changed(backend, opened.database or "")
 
     def pause_client(self) -> None:
         self._pause(_BACKEND_FULL)

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.model import Command, Decision, Decoding, ErrorInfo, Prepared, Result
+from appliance.policy.masking import CopyPlan, Field, Plan, SessionMasks, masked_text, rebuild_row
 from appliance.protocols.errors import ProtocolError
-from appliance.protocols.postgres import decode, sql
+from appliance.protocols.postgres import copyrows, decode, sql
 from appliance.protocols.postgres.certainty import NO_OPS, Certainty
 from appliance.protocols.postgres.events import (
     BackendKey,
@@ -59,14 +60,19 @@ class _Command:
 
     __slots__ = (
         "blocked",
+        "columns",
         "command",
+        "copy",
+        "copy_rows",
         "formats",
         "mark",
         "n",
         "ops",
+        "plan",
         "reread",
         "result",
         "room",
+        "shaped",
         "span",
         "started",
         "until_ready",
@@ -99,6 +105,13 @@ class _Command:
         self.span = span  # where its message lies in the client stream
         self.blocked: ErrorInfo | None = None  # what the client is told instead, if blocked
         self.window = 0  # the pipeline it was sent in (Syncs, Queries sent before it)
+        # Masking: how its result's columns are masked (None: none is), whether their shape
+        # is known, their formats, and the plan of its COPY TO STDOUT.
+        self.plan: Plan | None = None
+        self.shaped = False
+        self.columns: tuple[int, ...] = ()
+        self.copy: CopyPlan | None = None
+        self.copy_rows = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +222,35 @@ class PostgresConnection:
             account=PostgresConnection._server_account,
         )
         self._server_ready = SERVER_READY
+        self.masks: SessionMasks | None = None
+        self._masking = False  # results are masked on the wire: parsed before they go
+        self._described: Statement | None = None  # the statement a Describe is answered for
         if capture_rows > 0:
             self._server_ready = SERVER_READY_CAPTURE
             self._server.row_room = capture_bytes
+
+    def mask(self, masks: SessionMasks) -> None:
+        """Mask results from now on (before any command's answer has come): with a mask on
+        the wire, every server message is parsed before it goes, and DataRows and COPY rows
+        are rebuilt with the masked values."""
+        self.masks = masks
+        if not masks.wire:
+            return
+        self._masking = True
+        server = self._server
+        server.row_room = sys.maxsize
+        ready = server.phase is self._server_ready
+        self._server_ready = SERVER_READY_MASK
+        if ready:
+            server.phase = SERVER_READY_MASK
+
+    def formats(self, n: int) -> tuple[int, ...]:
+        """The result formats command ``n`` asked for (its Bind's; none for a Query)."""
+        return self._find(n).formats
+
+    def _room(self, room: int) -> None:
+        if not self._masking:  # masking reads every row
+            self._server.row_room = room
 
     def receive_client(self, data: bytes | bytearray | memoryview) -> list[Event]:
         self._chunk_start = self._client_bytes
@@ -283,11 +322,17 @@ class PostgresConnection:
         (the answer to a blocked command): if so, the relay hands on ``server_payload`` of
         each chunk, after ``receive_server``; if not, the chunk as it came, at once."""
         back = self._back
-        return self._rewrites > 0 or bool(back.edits) or bool(back.tail) or bool(self._notices)
+        return (
+            self._masking
+            or self._rewrites > 0
+            or bool(back.edits)
+            or bool(back.tail)
+            or bool(self._notices)
+        )
 
     def server_payload(self, data: bytes) -> bytes:
         """What of ``data``, the chunk last given to ``receive_server``, goes to the client."""
-        hold = len(self._server._buf) if self._rewrites else 0
+        hold = len(self._server._buf) if self._rewrites or self._masking else 0
         return self._back.take(data, self._server_bytes, hold)
 
     def defer(self, n: int) -> None:
@@ -671,6 +716,18 @@ class PostgresConnection:
             "execute", text, portal.params, portal.statement, name, prepared, decoding
         )
         self._start(command, portal.formats, ops, reread)
+        if self.masks is not None and statement is not None and statement.fields is not None:
+            # Described as a statement (asyncpg), so its rows come with no RowDescription.
+            found = statement.fields
+            formats = decode.expand_formats(portal.formats, len(found))
+            shape = [
+                Field(f[0], f[1], f[2], f[3], fmt) for f, fmt in zip(found, formats, strict=True)
+            ]
+            cmd = self._queue[-1]
+            assert isinstance(cmd, _Command)
+            cmd.plan = self.masks.plan(shape)
+            cmd.shaped = True
+            cmd.columns = tuple(formats)
 
     def _flush(self, body: bytes) -> None:
         self._binding = -1  # the client waits for the answers to what it sent
@@ -817,7 +874,7 @@ class PostgresConnection:
             self._copy_in = None
         self._events.append(CommandFinished(cmd.n, result))
         if self._capture_rows:
-            self._server.row_room = self._capture_bytes
+            self._room(self._capture_bytes)
 
     def _settle_ops(self, cmd: _Command, status: str) -> None:
         """The answer to a command that defines or drops prepared statements: a Query's
@@ -868,7 +925,15 @@ class PostgresConnection:
             self._bounds_sent -= 1
 
     def _copy_out_response(self, body: bytes) -> None:
-        self._head("CopyOutResponse")  # its CopyData is counted as it passes
+        cmd = self._head("CopyOutResponse")  # its CopyData is counted as it passes
+        if not self._masking:
+            return
+        masks = self.masks
+        assert masks is not None
+        cmd.copy = plan = masks.copy_plan(cmd.command.text)
+        if plan is not None and body[:1] != b"\0":
+            # Refused at the decision point; should one come anyway, nothing of it goes.
+            raise ProtocolError("server", "a binary COPY of a masked table cannot be masked")
 
     def _parse_complete(self, body: bytes) -> None:
         if self._head_marker("ParseComplete", "Parse").injected:
@@ -893,7 +958,8 @@ class PostgresConnection:
         marker = self._head_marker("ParameterDescription", "Describe")
         if marker.statement is not None:
             marker.statement.oids = oids
-        self._describing = self._capture_rows > 0
+        self._described = marker.statement
+        self._describing = self._capture_rows > 0 or self.masks is not None
 
     def _error_response(self, body: bytes) -> None:
         info = decode.error_info(body, self._reader.at(self._bounds_done))
@@ -980,8 +1046,16 @@ class PostgresConnection:
     # --- server: row capture -----------------------------------------------------------------
 
     def _row_description(self, body: bytes) -> None:
+        masks = self.masks
         if self._describing:
             self._describing = False
+            if masks is not None and self._described is not None:
+                codec = self._reader.at(self._bounds_done)
+                self._described.fields = tuple(decode.fields(body, codec))
+            return
+        if masks is not None:
+            self._shape(masks, body)
+        if self._capture_rows <= 0:
             return
         names, formats = decode.row_description(body, self._reader.at(self._bounds_done))
         cmd = self._capturing()
@@ -995,7 +1069,23 @@ class PostgresConnection:
         else:
             self._stop_capture(cmd)  # a second result set: its rows have another shape
 
+    def _shape(self, masks: SessionMasks, body: bytes) -> None:
+        """A result's columns are known: how each is masked, for the command at the head."""
+        queue = self._queue
+        if not queue or not isinstance(queue[0], _Command):
+            return
+        cmd = queue[0]
+        found = [Field(*f) for f in decode.fields(body, self._reader.at(self._bounds_done))]
+        cmd.plan = masks.plan(found)
+        cmd.shaped = True
+        cmd.columns = tuple(f.format for f in found)
+
     def _data_row(self, body: bytes) -> None:
+        if self._masking:
+            self._mask_row(body)
+        if self.masks is not None and self._capture_rows > 0:
+            self._capture_masked(body)
+            return
         cmd = self._capturing()
         if cmd is None:
             return
@@ -1011,7 +1101,103 @@ class PostgresConnection:
         cmd.room -= len(body)
         # Once full, let the framer skip rows unread; it reports them, which sets truncated.
         full = len(result.captured) >= self._capture_rows
-        self._server.row_room = -1 if full else cmd.room
+        self._room(-1 if full else cmd.room)
+
+    def _plan_of(self, cmd: _Command, count: int) -> tuple[Plan | None, tuple[int, ...]]:
+        """The command's plan and its columns' formats; every column masked when the shape
+        of its result is not known (no Describe told it), or is not the row's."""
+        masks = self.masks
+        assert masks is not None
+        if cmd.shaped and (cmd.plan is None or len(cmd.plan) == count):
+            return cmd.plan, cmd.columns
+        formats = tuple(decode.expand_formats(cmd.formats, count))
+        return masks.unknown_plan(count), formats
+
+    def _mask_row(self, body: bytes) -> None:
+        """A DataRow with its masked values replaced, in place, on the way to the client."""
+        queue = self._queue
+        if not queue or not isinstance(queue[0], _Command):
+            return
+        masks = self.masks
+        assert masks is not None
+        values = decode.row_values(body)
+        plan, formats = self._plan_of(queue[0], len(values))
+        if plan is None:
+            return
+        codec = self._reader.at(self._bounds_done)
+        changed = False
+        for i, raw in enumerate(values):
+            cell = plan[i]
+            if cell is None or not cell.wire or raw is None:
+                continue
+            fmt = formats[i] if i < len(formats) else 0
+            masked = masks.wire_value(cell, raw, fmt, codec)
+            if masked != raw:
+                values[i] = masked
+                changed = True
+        if changed:
+            rebuilt = rebuild_row(values)
+            end = self._server.seen
+            message = b"D" + (len(rebuilt) + 4).to_bytes(4, "big") + rebuilt
+            self._back.replace(self._server.start, end, message)
+
+    def _capture_masked(self, body: bytes) -> None:
+        """Row capture under masks: what the trail keeps, the masked values masked."""
+        cmd = self._capturing()
+        if cmd is None:
+            return
+        result = cmd.result
+        if result.captured is None:
+            result.captured = []
+        if len(body) > cmd.room or len(result.captured) >= self._capture_rows:
+            result.truncated = True
+            self._stop_capture(cmd)
+            return
+        masks = self.masks
+        assert masks is not None
+        codec = self._reader.at(self._bounds_done)
+        shown = decode.data_row(body, cmd.formats, codec)
+        plan, _ = self._plan_of(cmd, len(shown))
+        if plan is not None:
+            shown = [
+                value if cell is None else masks.trail_value(cell, value)
+                for cell, value in zip(plan, shown, strict=True)
+            ]
+        result.captured.append(shown)
+        cmd.room -= len(body)
+        full = len(result.captured) >= self._capture_rows
+        self._room(-1 if full else cmd.room)
+
+    def _copy_data(self, body: bytes) -> None:
+        """A row of COPY TO STDOUT output, masked on the way if its table is."""
+        queue = self._queue
+        if not queue or not isinstance(queue[0], _Command):
+            return
+        cmd = queue[0]
+        cmd.result.copy_bytes += len(body)
+        plan = cmd.copy
+        if plan is None:
+            return
+        cmd.copy_rows += 1
+        if plan.copy.header and cmd.copy_rows == 1:
+            return
+        masks = self.masks
+        assert masks is not None
+        cells = plan.cells
+
+        def mask(index: int, value: str) -> str:
+            cell = None if plan.everything or index >= len(cells) else cells[index]
+            if cell is None:
+                return masked_text(None, value, masks.key)
+            return masks.text(cell, value) or value
+
+        codec = self._reader.at(self._bounds_done)
+        flags = () if plan.everything else tuple(c is not None for c in cells)
+        row = copyrows.mask_row(body, plan.copy, flags, mask, codec.python or "utf-8")
+        if row != body:
+            end = self._server.seen
+            message = b"d" + (len(row) + 4).to_bytes(4, "big") + row
+            self._back.replace(self._server.start, end, message)
 
     def _no_data(self, body: bytes) -> None:
         self._describing = False
@@ -1025,7 +1211,7 @@ class PostgresConnection:
 
     def _stop_capture(self, cmd: _Command) -> None:
         cmd.room = -1
-        self._server.row_room = -1
+        self._room(-1)
 
 
 _C = PostgresConnection
@@ -1076,6 +1262,17 @@ _SERVER_ANSWERS = {
     b"S": _C._parameter_status,
 }
 SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NAVc"), _SERVER_ANSWERS)
+SERVER_READY_MASK: Phase[_C] = Phase(
+    "ready",
+    types("2NAVc"),
+    {
+        **_SERVER_ANSWERS,
+        b"T": _C._row_description,
+        b"D": _C._data_row,
+        b"n": _C._no_data,
+        b"d": _C._copy_data,
+    },
+)
 SERVER_READY_CAPTURE: Phase[_C] = Phase(
     "ready",
     types("d2NAVc"),

@@ -22,6 +22,7 @@ _U32 = struct.Struct("!I")
 _I64 = struct.Struct("!q")
 _F32 = struct.Struct("!f")
 _F64 = struct.Struct("!d")
+_FIELD = struct.Struct("!IhI")  # a RowDescription field's table OID, column number, type OID
 
 Value = str | None
 Raw = bytes | None
@@ -308,6 +309,28 @@ def row_description(body: bytes, codec: Codec) -> tuple[list[str], tuple[int, ..
         pos += 18
     _end(body, pos)
     return names, tuple(formats)
+
+
+def fields(body: bytes, codec: Codec) -> list[tuple[str, int, int, int, int]]:
+    """A RowDescription's fields: name, table OID, column number, type OID, format code."""
+    n, pos = _count(body, 0, 19, "field")
+    out: list[tuple[str, int, int, int, int]] = []
+    for i in range(n):
+        column, pos = _cstring(body, pos, f"name of field {i + 1}", codec)
+        if pos + 18 > len(body):
+            raise DecodeError(f"field {i + 1} ({column!r}) is cut short")
+        table, attnum, oid = _FIELD.unpack_from(body, pos)
+        out.append((column, table, attnum, oid, _I16.unpack_from(body, pos + 16)[0]))
+        pos += 18
+    _end(body, pos)
+    return out
+
+
+def row_values(body: bytes) -> list[Raw]:
+    """A DataRow's values, as they came (None is NULL)."""
+    values, pos = _values(body, 0, "column")
+    _end(body, pos)
+    return values
 
 
 def data_row(body: bytes, formats: Sequence[int], codec: Codec) -> list[Value]:

@@ -89,6 +89,12 @@ class PostgresHandler:
     def notice(self, message: str, hint: str | None = None) -> bytes:
         return self.pg.notice(_HELD, message, hint)
 
+    def mask(self, masks: Any) -> None:
+        self.pg.mask(masks)
+
+    def formats(self, n: int) -> tuple[int, ...]:
+        return self.pg.formats(n)
+
     def defer(self, n: int) -> None:
         self.pg.defer(n)
 

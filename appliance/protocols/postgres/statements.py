@@ -57,6 +57,7 @@ two names that agree that far are one name.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from appliance.model import Decoding, Prepared
 from appliance.protocols.postgres.encodings import Codec
@@ -93,6 +94,7 @@ class Statement:
         "decoding",
         "defined",
         "doubt",
+        "fields",
         "final",
         "how",
         "oids",
@@ -131,6 +133,8 @@ class Statement:
         # codec they were read with.
         self.source: bytes | None = None
         self.codec: Codec | None = None
+        # Its result's columns, as a Describe of it said (for masking), or None.
+        self.fields: tuple[Any, ...] | None = None
 
 
 class _Op:

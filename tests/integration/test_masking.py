@@ -1,0 +1,305 @@
+"""Masking with real clients: psql, psycopg in text and binary mode, COPY out, through
+``witness serve`` with [[policy.masks]], against a real PostgreSQL.
+
+The referees: what the clients print or get, PostgreSQL's own view of the table (the clear
+values are there), and the trail's files byte by byte (the clear values are not).
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from witnessproc import WITNESS, Witness, events, run
+
+from appliance.lab.postgres import PostgresServer
+
+SSNS = ("123-45-6789", "987-65-4321")
+CARDS = ("4111111111111111", "5500005555555559")
+EMAILS = ("alice@example.com", "bob@example.com")
+
+MASKS = """
+[capture]
+rows = 100
+
+[policy]
+default = "allow"
+
+[[policy.masks]]
+name = "ssn"
+tables = ["mk_*"]
+columns = ["ssn"]
+except_groups = ["dba"]
+
+[[policy.masks]]
+name = "card"
+tables = ["mk_*"]
+columns = ["card"]
+method = "partial"
+except_groups = ["dba"]
+
+[[policy.masks]]
+name = "email"
+tables = ["mk_*"]
+columns = ["email"]
+method = "token"
+except_groups = ["dba"]
+
+[[policy.masks]]
+name = "dob"
+tables = ["mk_*"]
+columns = ["dob"]
+except_groups = ["dba"]
+"""
+
+BACKEND = 'catalog_user = "postgres"'
+
+
+def dba_binding() -> str:
+    return f"""
+[[identity.binding]]
+user = "{getpass.getuser()}"
+issuer = "https://idp.example.test"
+subject = "dba-1"
+groups = ["dba"]
+"""
+
+
+@pytest.fixture
+def table(pg: PostgresServer) -> Iterator[str]:
+    name = f"mk_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(
+            f"create table {name} (id int primary key, name text, ssn text, card text,"
+            " email text, dob date)"
+        )
+        for i in range(2):
+            conn.execute(
+                f"insert into {name} values (%s, %s, %s, %s, %s, '1980-01-0{i + 1}')",
+                [i + 1, f"person {i + 1}", SSNS[i], CARDS[i], EMAILS[i]],
+            )
+        conn.execute(f"insert into {name} values (3, 'person 3', %s, null, %s, null)",
+                     [SSNS[0], EMAILS[0]])  # fmt: skip
+    yield name
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(f"drop view if exists v_{name}")
+        conn.execute(f"drop table if exists {name}, c_{name}")
+
+
+@pytest.fixture
+def masked(pg: PostgresServer, tmp_path: Path, table: str) -> Iterator[Witness]:
+    recorder = Witness(pg.port, tmp_path / "trail.db", backend_options=BACKEND, tables=MASKS)
+    yield recorder
+    recorder.stop()
+
+
+def psql(port: int, *argv: str) -> tuple[str, str]:
+    done = run(
+        "psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+        "-d", "postgres", *argv,
+    )  # fmt: skip
+    return done.stdout, done.stderr
+
+
+def trail_bytes(trail: Path) -> bytes:
+    """Every byte Witness wrote for the trail: the database, its WAL, the checkpoint."""
+    return b"".join(p.read_bytes() for p in trail.parent.iterdir() if p.is_file())
+
+
+def assert_no_clear_values(witness: Witness) -> None:
+    witness.stop()
+    written = trail_bytes(witness.trail)
+    for value in (*SSNS, *CARDS, *EMAILS, "1980-01-01"):
+        assert value.encode() not in written, value
+
+
+def test_psql_shows_masked_values_and_the_trail_keeps_none_in_the_clear(
+    pg: PostgresServer, masked: Witness, table: str
+) -> None:
+    out, err = psql(
+        masked.port, "-c", f"select id, name, ssn, card, email, dob from {table} order by id"
+    )
+    assert err == ""
+    rows = [line.split("|") for line in out.splitlines()]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert [r[1] for r in rows] == ["person 1", "person 2", "person 3"]
+    assert [r[2] for r in rows] == ["[masked:ssn]"] * 3
+    assert [r[3] for r in rows] == ["***1111", "***5559", ""]  # partial; NULL stays NULL
+    assert rows[0][4].startswith("tok_") and rows[0][4] == rows[2][4] != rows[1][4]
+    assert [r[5] for r in rows] == ["[masked:dob]", "[masked:dob]", ""]
+    # An alias keeps the column's origin.
+    out, err = psql(masked.port, "-c", f"select ssn as x, p.card as y from {table} p where id = 1")
+    assert (out, err) == ("[masked:ssn]|***1111\n", "")
+    found = [e for e in events(masked.trail) if e["type"] == "result" and e.get("captured")]
+    assert found and found[0]["captured"][0][2] == "[masked:ssn]"
+    with psycopg.connect(pg.url()) as direct:  # the table itself is untouched
+        assert direct.execute(f"select ssn from {table} where id = 1").fetchone() == (SSNS[0],)
+    assert_no_clear_values(masked)
+
+
+def test_psycopg_text_and_binary(masked: Witness, table: str) -> None:
+    with psycopg.connect(masked.url(), autocommit=True) as conn:
+        rows = conn.execute(f"select id, ssn, card from {table} where id = %s", [2]).fetchall()
+        assert rows == [(2, "[masked:ssn]", "***5559")]
+        with conn.cursor(binary=True) as cur:
+            cur.execute(f"select id, ssn, email from {table} order by id")
+            got = cur.fetchall()
+        assert [r[1] for r in got] == ["[masked:ssn]"] * 3
+        assert got[0][2].startswith("tok_")
+        with conn.cursor(binary=True) as cur, pytest.raises(psycopg.Error) as refused:
+            cur.execute(f"select id, dob from {table}")
+        assert refused.value.sqlstate == "42501"
+        assert "cannot be masked in binary format" in str(refused.value)
+        # The session goes on.
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert_no_clear_values(masked)
+
+
+def test_copy_out_is_masked_and_binary_copy_is_refused(masked: Witness, table: str) -> None:
+    with psycopg.connect(masked.url(), autocommit=True) as conn, conn.cursor() as cur:
+        out = io.BytesIO()
+        with cur.copy(f"copy {table} (id, ssn, card) to stdout") as copy:
+            for chunk in copy:
+                out.write(chunk)
+        assert out.getvalue().decode().splitlines() == [
+            "1\t[masked:ssn]\t***1111",
+            "2\t[masked:ssn]\t***5559",
+            "3\t[masked:ssn]\t\\N",
+        ]
+        out = io.BytesIO()
+        with cur.copy(f"copy {table} to stdout with (format csv, header)") as copy:
+            for chunk in copy:
+                out.write(chunk)
+        lines = out.getvalue().decode().splitlines()
+        assert lines[0] == "id,name,ssn,card,email,dob"
+        assert lines[1].startswith('1,person 1,"[masked:ssn]","***1111","tok_')
+        with (
+            pytest.raises(psycopg.Error) as refused,
+            cur.copy(f"copy {table} to stdout with (format binary)") as copy,
+        ):
+            for _ in copy:
+                pass
+        assert refused.value.sqlstate == "42501"
+    stdout, stderr = psql(masked.port, "-c", f"\\copy {table} (ssn) to stdout")
+    assert (stdout, stderr) == ("[masked:ssn]\n" * 3, "")
+    assert_no_clear_values(masked)
+
+
+BYPASSES = [
+    "select upper(ssn) from {t}",
+    "select ssn || '' from {t}",
+    "select concat(ssn) from {t}",
+    "select ssn::text from {t}",
+    "select cast(ssn as bytea) from {t}",
+    "select {t} from {t}",
+    "select row_to_json({t}) from {t}",
+    "select to_jsonb(p.*) from {t} p",
+    "select (select ssn from {t} limit 1)",
+    "select * from (select ssn from {t}) s",
+    "with c as (select ssn from {t}) select * from c",
+    "select ssn from {t} union select 'x'",
+    "select id from {t} where ssn like '123%'",
+    "select id from {t} order by ssn",
+    "create table c_{t} as select * from {t}",
+    "select * into c_{t} from {t}",
+    "insert into {t} select id + 100, name, ssn, card, email, dob from {t}",
+    "update {t} set name = name where id = 1 returning ssn",
+    "delete from {t} where id = 99 returning *",
+    "copy {t} to '/tmp/witness-masked-copy'",
+    "copy (select ssn from {t}) to stdout",
+    "create view v_{t} as select ssn from {t}",
+    "alter table {t} rename column ssn to notes",
+    "declare c binary cursor with hold for select ssn from {t}",
+    "prepare leak as select upper(ssn) from {t}",
+]
+
+
+@pytest.mark.parametrize("sql", BYPASSES)
+def test_each_way_around_masking_is_refused(masked: Witness, table: str, sql: str) -> None:
+    text = sql.format(t=table)
+    with psycopg.connect(masked.url(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(text)
+        assert refused.value.sqlstate == "42501", str(refused.value)
+        assert "masked data" in str(refused.value)
+        assert conn.execute(f"select count(*) from {table}").fetchone() == (3,)
+    out, err = psql(masked.port, "-c", text)
+    assert "witness: blocked by rule 'ssn': masked data" in err, (out, err)
+    assert_no_clear_values(masked)
+
+
+def test_a_view_over_masked_columns_is_refused(
+    pg: PostgresServer, masked: Witness, table: str
+) -> None:
+    with psycopg.connect(pg.url(), autocommit=True) as direct:  # a DBA made it
+        direct.execute(f"create view v_{table} as select id, lower(ssn) as s from {table}")
+    with psycopg.connect(masked.url(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(f"select * from v_{table}")
+        assert refused.value.sqlstate == "42501"
+        assert "view over masked columns" in str(refused.value)
+    assert_no_clear_values(masked)
+
+
+def test_what_does_not_touch_masked_columns_runs(masked: Witness, table: str) -> None:
+    with psycopg.connect(masked.url(), autocommit=True) as conn:
+        assert conn.execute(f"select count(*) from {table}").fetchone() == (3,)
+        conn.execute(f"update {table} set name = 'renamed' where id = 3")
+        conn.execute(f"insert into {table} (id, name, ssn) values (4, 'p4', %s)", ["000-00-0000"])
+        assert conn.execute(f"select name, ssn from {table} where id = 4").fetchone() == (
+            "p4",
+            "[masked:ssn]",
+        )
+
+
+def test_a_table_made_after_the_session_opened_is_masked_until_known(
+    pg: PostgresServer, masked: Witness, table: str
+) -> None:
+    with psycopg.connect(masked.url(), autocommit=True) as conn:
+        assert conn.execute(f"select ssn from {table} limit 1").fetchone() == ("[masked:ssn]",)
+        with psycopg.connect(pg.url(), autocommit=True) as direct:
+            direct.execute(f"create table c_{table} (id int, ssn text)")
+            direct.execute(f"insert into c_{table} values (1, 'no-rule-covers-it')")
+        # Unknown to the snapshot: every column masked (fail closed), and the catalog is
+        # read again; then no rule covers the table (c_mk_... is not mk_*), and it is clear.
+        assert conn.execute(f"select ssn from c_{table}").fetchone() == ("[masked]",)
+        for _ in range(50):
+            got = conn.execute(f"select ssn from c_{table}").fetchone()
+            if got != ("[masked]",):
+                break
+            time.sleep(0.1)
+        assert got == ("no-rule-covers-it",)
+
+
+def test_the_dba_group_sees_clear_values(pg: PostgresServer, tmp_path: Path, table: str) -> None:
+    recorder = Witness(
+        pg.port, tmp_path / "trail.db", backend_options=BACKEND, tables=MASKS + dba_binding()
+    )
+    try:
+        with psycopg.connect(recorder.url(), autocommit=True) as conn:
+            row = conn.execute(f"select ssn, card, upper(ssn) from {table} where id = 1").fetchone()
+        assert row == (SSNS[0], CARDS[0], SSNS[0])
+    finally:
+        recorder.stop()
+    start = next(e for e in events(recorder.trail) if e["type"] == "session_start")
+    assert start["identity"]["groups"] == ["dba"]
+
+
+def test_without_catalog_user_the_configuration_is_refused(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "w.toml"
+    config.write_text(
+        f'[[backend]]\nname = "db"\naddress = "127.0.0.1"\nport = {pg.port}\n\n'
+        '[[listener]]\nlisten = "127.0.0.1:1"\nbackend = "db"\n\n'
+        f'[trail]\npath = "{tmp_path / "t.db"}"\n' + MASKS
+    )
+    done = run(WITNESS, "--config", str(config), "check")
+    assert done.returncode == 2
+    assert "backend[0].catalog_user: required" in done.stderr
