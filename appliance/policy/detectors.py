@@ -449,12 +449,11 @@ class _Phones:
             candidate = match.group()
             pos = end
             if end < len(text) and text[end] in _DIGITS:
-                # The pattern stopped at its most digits inside a group: the number, if
-                # any, ends at an earlier group, and the next one may start at this group.
+                # The pattern stopped at its most digits inside a group: a number, if any,
+                # ends at an earlier group.
                 candidate = candidate.rstrip("0123456789").rstrip(" .()-")
                 if sum(c in _DIGITS for c in candidate) < _PHONE_DIGITS_MIN:
                     continue
-                pos = start + len(candidate)
             elif end < len(text) and text[end] in _ALNUM:
                 continue
             if _ISO_DATE.match(candidate) or _TIME_AFTER.match(text, start + len(candidate)):
