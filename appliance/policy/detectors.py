@@ -79,11 +79,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import phonenumbers
 import re2
@@ -518,13 +520,21 @@ def _phone_region(region: str | None) -> str | None:
 _PATTERN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
-def _custom(name: str, pattern: str) -> Detect:
-    """A named RE2 pattern as a detector; matches of no characters are ignored."""
+Compiled = Any
+"""A pattern compiled by RE2 (google-re2 has no type information)."""
+
+
+def _re2_options() -> Any:
     options = re2.Options()
-    options.log_errors = False
-    options.never_capture = True
+    options.log_errors = False  # RE2 would print each refusal; the DetectorError says it
+    options.never_capture = True  # only where a match is, not its groups: RE2's fastest path
+    return options
+
+
+def _compile(name: str, pattern: str) -> Compiled:
+    """``pattern`` compiled by RE2, or a DetectorError that names it and says why not."""
     try:
-        compiled = re2.compile(pattern, options)
+        compiled = re2.compile(pattern, _re2_options())
     except re2.error as error:
         reason = error.args[0] if error.args else error
         if isinstance(reason, bytes):
@@ -535,22 +545,48 @@ def _custom(name: str, pattern: str) -> Detect:
         ) from None
     if compiled.fullmatch("") is not None:
         raise DetectorError(f"pattern {name!r} ({pattern!r}) matches the empty text")
+    return compiled
 
-    def detect(text: str) -> Iterator[Span]:
+
+class _Patterns:
+    """The custom patterns, and one RE2 pattern that joins them all, so that a text none of
+    them matches (the common case) costs one search rather than one per pattern. Should the
+    joined pattern be refused (RE2's memory bound for a large set), each is searched alone.
+    """
+
+    __slots__ = ("_compiled", "_joined")
+
+    def __init__(self, patterns: list[str], names: list[str]) -> None:
+        self._compiled = tuple(_compile(n, p) for n, p in zip(names, patterns, strict=True))
+        self._joined: Compiled | None = None
+        if len(patterns) > 1:
+            with contextlib.suppress(re2.error):
+                self._joined = re2.compile("|".join(f"(?:{p})" for p in patterns), _re2_options())
+
+    def __bool__(self) -> bool:
+        return bool(self._compiled)
+
+    def find(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, index of the pattern) of each match of one character or more."""
         try:
-            matches = list(compiled.finditer(text))
+            return self._find(text)
         except UnicodeEncodeError:
             # RE2 reads UTF-8, which a lone surrogate (bytes decoded with surrogateescape)
             # has no encoding in: it is searched as '?', one character for one, so the
-            # offsets still fit the text.
-            safe = text.encode("utf-8", "replace").decode("utf-8")
-            matches = list(compiled.finditer(safe))
-        for match in matches:
-            start, end = match.span()
-            if end > start:
-                yield start, end
+            # offsets still fit the text. Every search encodes the whole text, so the
+            # first one fails, before anything was found.
+            return self._find(text.encode("utf-8", "replace").decode("utf-8"))
 
-    return detect
+    def _find(self, text: str) -> list[tuple[int, int, int]]:
+        if self._joined is not None and self._joined.search(text) is None:
+            return []
+        found = []
+        for index, compiled in enumerate(self._compiled):
+            for match in compiled.finditer(text):
+                start, end = match.span()
+                if end > start:
+                    found.append((start, end, index))
+        return found
 
 
 _BUILT_IN: dict[str, Detect] = {
@@ -568,7 +604,7 @@ class Scanner:
     """A chosen set of detectors and custom patterns, built (and checked) once, then used on
     any number of texts."""
 
-    __slots__ = ("_detectors", "_kinds")
+    __slots__ = ("_detectors", "_kinds", "_patterns")
 
     def __init__(
         self,
@@ -593,6 +629,8 @@ class Scanner:
             if name in chosen:
                 kinds.append(name)
                 found.append(_Phones(region) if name == "phone" else _BUILT_IN[name])
+        names: list[str] = []
+        regexes: list[str] = []
         for entry in patterns:
             if not (
                 isinstance(entry, tuple | list)
@@ -606,17 +644,18 @@ class Scanner:
                     f"pattern name {name!r}: expected a letter, then up to 63 letters, digits,"
                     " '_' or '-'"
                 )
-            if name in NAMES or name in kinds:
+            if name in NAMES or name in names:
                 raise DetectorError(f"pattern name {name!r} is already taken")
-            kinds.append(name)
-            found.append(_custom(name, pattern))
-        self._kinds = tuple(kinds)
+            names.append(name)
+            regexes.append(pattern)
         self._detectors = tuple(found)
+        self._patterns = _Patterns(regexes, names)
+        self._kinds = (*kinds, *names)
 
     @property
     def empty(self) -> bool:
         """Whether there is nothing to look for (no detector and no pattern)."""
-        return not self._detectors
+        return not self._detectors and not self._patterns
 
     def find(self, text: str) -> list[Finding]:
         """The validated findings in ``text``, sorted and not overlapping."""
@@ -624,6 +663,11 @@ class Scanner:
         for order, detect in enumerate(self._detectors):
             for start, end in detect(text):
                 spans.append((start, end, order))
+        if self._patterns:
+            first = len(self._detectors)
+            spans.extend(
+                (start, end, first + index) for start, end, index in self._patterns.find(text)
+            )
         if not spans:
             return []
         return _settle(spans, self._kinds)

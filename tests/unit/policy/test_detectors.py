@@ -461,11 +461,19 @@ def test_private_key_cut_short_runs_to_the_end() -> None:
 
 
 def test_custom_patterns_by_name() -> None:
-    scanner = Scanner(patterns=[("employee", r"EMP-\d{6}"), ("ticket", r"(?i)tkt-[a-z0-9]{8}")])
-    assert found(scanner, "EMP-123456 filed tkt-AB12cd34 for EMP-12345") == [
+    scanner = Scanner(patterns=[("ticket", r"(?i)tkt-[a-z0-9]{8}"), ("employee", r"EMP-\d{6}")])
+    # One pattern's flag does not reach the other (they are also searched as one).
+    assert found(scanner, "EMP-123456 filed TKT-AB12cd34 for EMP-12345 and emp-654321") == [
         ("employee", "EMP-123456"),
-        ("ticket", "tkt-AB12cd34"),
+        ("ticket", "TKT-AB12cd34"),
     ]
+    assert scanner.find("nothing here") == []
+
+
+def test_custom_patterns_that_cannot_be_joined_are_searched_alone() -> None:
+    # \Q quotes to the end of its pattern, so the joined pattern would not close.
+    scanner = Scanner(patterns=[("literal", r"\Qa.b"), ("digits", r"\d{4}")])
+    assert found(scanner, "axb a.b 1234") == [("literal", "a.b"), ("digits", "1234")]
 
 
 def test_custom_pattern_matches_of_nothing_are_ignored() -> None:
