@@ -412,3 +412,26 @@ def test_fifty_holds_across_ten_sessions_leave_other_sessions_running(lab: Lab) 
         tags = [body for kind, body in session.until_ready() if kind == b"C"]
         assert tags == [b"DELETE 0\0"] * 5
         session.sock.close()
+
+
+def test_nothing_sent_after_a_held_statement_gets_past_it(lab: Lab, pg: PostgresServer) -> None:
+    """The hostile agent's try: pipeline an allowed INSERT behind the held DELETE, hoping it
+    runs while the DELETE waits. It waits with it; once the DELETE is denied, the server
+    skips the rest of the pipeline to its Sync, as for any error."""
+    offset = size(pg.log_path)
+    agent = RawSession(lab.witness.port)
+    sent = b"".join(
+        pgwire.parse("", text) + pgwire.bind("", "") + pgwire.execute()
+        for text in ("DELETE FROM held WHERE id = 1", "INSERT INTO held VALUES (42)")
+    )
+    agent.sock.sendall(sent + pgwire.sync())
+    (hold,) = lab.pending()
+    time.sleep(0.5)
+    assert not _ran(pg, offset, "INSERT INTO held"), "the INSERT went past the hold"
+    assert lab.cli("nobody", "deny", hold["id"]).returncode == 0
+    answers = agent.until_ready()
+    agent.sock.close()
+    kinds = [kind for kind, _ in answers]
+    assert b"E" in kinds and b"C" not in kinds  # the DELETE's error; the INSERT never ran
+    assert pg.psql("SELECT count(*) FROM held WHERE id = 42").strip().endswith("0")
+    assert not _ran(pg, offset, "DELETE FROM held")
