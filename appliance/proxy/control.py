@@ -43,7 +43,7 @@ from appliance.identity.limits import MAX_TOKEN, shown
 from appliance.identity.oidc import ProviderError, TokenError, Validated, Validator
 from appliance.policy.approvals import ApprovalError, Hold, same_person
 from appliance.proxy.holds import Desk
-from appliance.proxy.recorder import Recorder
+from appliance.proxy.recorder import NotCommitted, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +82,6 @@ def cgroup_of(pid: int) -> str | None:
         if line.startswith("0::"):
             return line[3:]
     return None
-
-
-class _Commit:
-    """Resolves a future once the events recorded before it are committed (or refused)."""
-
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
-
-    def released(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-    def refused(self, reason: str) -> None:
-        if not self.future.done():
-            self.future.set_exception(Refused(f"the audit trail cannot be written: {reason}"))
 
 
 class Control:
@@ -341,13 +326,11 @@ class Control:
         If the commit fails, the change is undone by the caller, and the event, kept by the
         trail to retry, says that it was refused."""
         payload = self.recorder.record("binding", None, binding.event(action, caller, **extra))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.recorder.gate(_Commit(future))
         try:
-            await future
-        except Refused as exc:
-            payload["refused"] = str(exc)
-            raise
+            await self.recorder.committed()
+        except NotCommitted as exc:
+            payload["refused"] = f"the audit trail cannot be written: {exc}"
+            raise Refused(payload["refused"]) from None
 
     async def _bind_uid(self, caller: Caller, checked: Validated) -> dict[str, Any]:
         binding, old = self.bindings.bind_uid(caller.uid, checked.identity, checked.expires, caller)

@@ -21,7 +21,7 @@ from appliance.policy import approvals as ap
 from appliance.policy.approvals import ApprovalError, Approvals, Hold
 from appliance.protocols.handler import CANCELLED, DENIED
 from appliance.proxy.notify import Webhook, message
-from appliance.proxy.recorder import Recorder
+from appliance.proxy.recorder import NotCommitted, Recorder
 
 log = logging.getLogger(__name__)
 EVENT = "approval"
@@ -263,18 +263,10 @@ class Desk:
         )
 
     async def _committed(self) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def done() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        def failed(reason: str) -> None:
-            if not future.done():
-                future.set_exception(ApprovalError(f"the trail cannot be written: {reason}"))
-
-        self.recorder.gate(_Step(done, failed))
-        await future
+        try:
+            await self.recorder.committed()
+        except NotCommitted as exc:
+            raise ApprovalError(f"the trail cannot be written: {exc}") from None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -26,6 +26,25 @@ class Gated(Protocol):
     def refused(self, reason: str) -> None: ...
 
 
+class NotCommitted(Exception):
+    """The events waited for could not be committed; the message says why."""
+
+
+class _Commit:
+    """Resolves a future once the events recorded before it are committed (or refused)."""
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+
+    def released(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def refused(self, reason: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(NotCommitted(reason))
+
+
 class Recorder:
     """Commits on the event loop with ``durability = "process"``: a commit that needs no
     fsync takes microseconds, less than a hand-off to a thread. With ``"power"`` every
@@ -70,6 +89,12 @@ class Recorder:
         """
         self._waiting.append(waiter)
         self._kick()
+
+    async def committed(self) -> None:
+        """Wait until what was recorded so far is committed; NotCommitted if it cannot be."""
+        future: asyncio.Future[None] = self.loop.create_future()
+        self.gate(_Commit(future))
+        await future
 
     def _kick(self) -> None:
         if not self._scheduled:

@@ -237,7 +237,7 @@ class Session:
         self.undecided: list[tuple[CommandStarted, dict[str, Any]]] = []
         # Held for approval: hold id -> command; and those decided, to hold once recorded.
         self.holds: dict[str, int] = {}
-        self.to_hold: list[tuple[CommandStarted, dict[str, Any], Decision]] = []
+        self.to_hold: list[tuple[CommandStarted, dict[str, Any], Decision, str | None]] = []
         self.bytes_in = 0
         self.bytes_out = 0
         self.commands = 0
@@ -558,7 +558,7 @@ class Session:
         if granted is not None:
             return Decision("allow", decision.rule, f"within the window approval {granted} granted")
         self.handler.defer(event.n)
-        self.to_hold.append((event, payload, decision))
+        self.to_hold.append((event, payload, decision, form))
         self._pause(_HELD)
         return decision
 
@@ -567,9 +567,7 @@ class Session:
         desk = self.relay.desk
         opened, backend = self.opened, self.backend
         assert desk is not None and opened is not None and backend is not None
-        for event, payload, decision in self.to_hold:
-            command = event.command
-            form = (shape(command.text) or command.text) if command.text_known else None
+        for event, payload, decision, form in self.to_hold:
             hold = desk.hold(
                 self,
                 event.n,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,14 +85,21 @@ def psql(port: int, *argv: str, stdin: str | None = None) -> subprocess.Complete
 
 
 def decided(trail: Path, needle: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """The commands whose text holds ``needle``, each with its result."""
-    found = events(trail)
-    results = {(e["session"], e["n"]): e for e in found if e["type"] == "result"}
-    return [
-        (e, results.get((e["session"], e["n"])))
-        for e in found
-        if e["type"] == "command" and needle in e.get("text", "")
-    ]
+    """The commands whose text holds ``needle``, each with its result. A result is committed
+    within a few milliseconds of the answer (it holds no bytes back): a missing one is
+    waited for, up to a few seconds."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        found = events(trail)
+        results = {(e["session"], e["n"]): e for e in found if e["type"] == "result"}
+        pairs = [
+            (e, results.get((e["session"], e["n"])))
+            for e in found
+            if e["type"] == "command" and needle in e.get("text", "")
+        ]
+        if all(r is not None for _, r in pairs) or time.monotonic() > deadline:
+            return pairs
+        time.sleep(0.05)
 
 
 def test_psql_a_blocked_delete_never_reaches_the_server_and_the_session_goes_on(

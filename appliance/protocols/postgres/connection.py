@@ -1083,9 +1083,6 @@ class PostgresConnection:
     def _data_row(self, body: bytes) -> None:
         if self._masking:
             self._mask_row(body)
-        if self.masks is not None and self._capture_rows > 0:
-            self._capture_masked(body)
-            return
         cmd = self._capturing()
         if cmd is None:
             return
@@ -1097,7 +1094,16 @@ class PostgresConnection:
             self._stop_capture(cmd)
             return
         codec = self._reader.at(self._bounds_done)
-        result.captured.append(decode.data_row(body, cmd.formats, codec))
+        row = decode.data_row(body, cmd.formats, codec)
+        masks = self.masks
+        if masks is not None:  # what the trail keeps of a masked value is masked too
+            plan, _ = self._plan_of(cmd, len(row))
+            if plan is not None:
+                row = [
+                    value if cell is None else masks.trail_value(cell, value)
+                    for cell, value in zip(plan, row, strict=True)
+                ]
+        result.captured.append(row)
         cmd.room -= len(body)
         # Once full, let the framer skip rows unread; it reports them, which sets truncated.
         full = len(result.captured) >= self._capture_rows
@@ -1140,33 +1146,6 @@ class PostgresConnection:
             end = self._server.seen
             message = b"D" + (len(rebuilt) + 4).to_bytes(4, "big") + rebuilt
             self._back.replace(self._server.start, end, message)
-
-    def _capture_masked(self, body: bytes) -> None:
-        """Row capture under masks: what the trail keeps, the masked values masked."""
-        cmd = self._capturing()
-        if cmd is None:
-            return
-        result = cmd.result
-        if result.captured is None:
-            result.captured = []
-        if len(body) > cmd.room or len(result.captured) >= self._capture_rows:
-            result.truncated = True
-            self._stop_capture(cmd)
-            return
-        masks = self.masks
-        assert masks is not None
-        codec = self._reader.at(self._bounds_done)
-        shown = decode.data_row(body, cmd.formats, codec)
-        plan, _ = self._plan_of(cmd, len(shown))
-        if plan is not None:
-            shown = [
-                value if cell is None else masks.trail_value(cell, value)
-                for cell, value in zip(plan, shown, strict=True)
-            ]
-        result.captured.append(shown)
-        cmd.room -= len(body)
-        full = len(result.captured) >= self._capture_rows
-        self._room(-1 if full else cmd.room)
 
     def _copy_data(self, body: bytes) -> None:
         """A row of COPY TO STDOUT output, masked on the way if its table is."""
