@@ -28,6 +28,7 @@ HOT_PATH = [
     "appliance/protocols/events.py",
     "appliance/protocols/postgres/certainty.py",
     "appliance/protocols/postgres/connection.py",
+    "appliance/protocols/postgres/copyrows.py",
     "appliance/protocols/postgres/decode.py",
     "appliance/protocols/postgres/encodings.py",
     "appliance/protocols/postgres/events.py",

@@ -142,6 +142,20 @@ def refusal(text: str, masked: Masked, binary: bool = False) -> str | None:
     return None
 
 
+# Statements whose refusal reads no literal's value: only their names and their tree's
+# structure (a COPY's does: ``FORMAT 'binary'``, a file's name).
+_LITERAL_FREE = frozenset(("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"))
+
+
+def literal_free(text: str) -> bool:
+    """Whether the refusal of ``text`` is the same for every text of its shape: it parses,
+    and each of its statements is a plain SELECT, INSERT, UPDATE or DELETE."""
+    parsed = _parse(text)
+    return not isinstance(parsed, str) and all(
+        len(stmt) == 1 and next(iter(stmt)) in _LITERAL_FREE for stmt in parsed
+    )
+
+
 def _statement(stmt: Node, masked: Masked, binary: bool) -> str | None:
     if not stmt:
         return None

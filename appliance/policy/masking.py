@@ -34,6 +34,7 @@ from appliance.policy import maskguard
 from appliance.policy.globs import Globs
 from appliance.policy.maskguard import CopyOut, Masked
 from appliance.policy.maskrules import MaskRule
+from appliance.policy.shape import shape
 
 # Types whose values are strings in either format: a mask can stand in their place.
 STRING_TYPES = frozenset(("text", "varchar", "bpchar", "name", "citext", "char"))
@@ -242,6 +243,10 @@ class SessionMasks:
         self._plans: dict[tuple[Field, ...], Plan | None] = {}
         self._seen: Snapshot | None = None
         self._masked: tuple[Snapshot, Masked] | None = None
+        # Refusals by the shapes of the texts (and binary or not), for texts whose refusal
+        # no literal's value can change (see maskguard.literal_free), per Masked.
+        self._refusals: dict[tuple[tuple[str | None, ...], bool], str | None] = {}
+        self._refusals_of: Masked | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -355,11 +360,26 @@ class SessionMasks:
             return None
         texts = [command.text]
         texts += [p.text for p in command.prepared if p.kind == "statement" and p.text]
+        if masked is not self._refusals_of:  # a new snapshot: refusals may differ
+            self._refusals.clear()
+            self._refusals_of = masked
+        shapes = tuple(shape(t) for t in texts)
+        key = (shapes, binary) if all(shapes) else None
+        if key is not None and key in self._refusals:
+            return self._refusals[key]
+        why = None
+        by_shape = key is not None
         for text in texts:
-            why = maskguard.refusal(text, masked, binary)
-            if why is not None:
-                return why
-        return None
+            found = maskguard.refusal(text, masked, binary)
+            by_shape = by_shape and maskguard.literal_free(text)
+            if found is not None:
+                why = found
+                break
+        if key is not None and by_shape:
+            if len(self._refusals) > 4096:
+                self._refusals.clear()
+            self._refusals[key] = why
+        return why
 
     def copy_plan(self, text: str) -> CopyPlan | None:
         """How a COPY TO STDOUT's rows are masked, or None if none of its columns is."""

@@ -9,9 +9,14 @@ from appliance.model import Command
 from appliance.policy.analysis import analyse
 from appliance.policy.masking import SessionMasks, Snapshot, applies
 from appliance.policy.maskrules import MaskRule
+from appliance.policy.shape import shape
+from appliance.policy.sqlkinds import category_of
 from appliance.proxy.catalog import Catalogs
 
 _EMPTY = Snapshot()
+SHAPES_KEPT = 8192
+# Kinds that make tables (CREATE TABLE AS is a write), or run what is not known here.
+_CHANGES = frozenset(("create_table_as", "select_into", "do", "call", "execute"))
 
 
 class Masking:
@@ -21,6 +26,9 @@ class Masking:
         self.rules = rules
         self.key = key
         self.catalogs = catalogs or Catalogs()
+        # Whether a text may change the schema, by its shape (texts that differ only in
+        # their literals' values do the same), unless a literal's value decided it.
+        self._schema_shapes: dict[str, bool] = {}
 
     def rules_for(
         self, identity: dict[str, Any] | None, backend: str, database: str | None
@@ -48,13 +56,24 @@ class Masking:
         known): the snapshot is read again once it has run."""
         if command.kind == "function_call" or not command.text_known:
             return True
-        analysis = analyse(command.text)
+        text = command.text
+        form = shape(text)
+        known = self._schema_shapes.get(form) if form is not None else None
+        if known is not None:
+            return known
+        analysis = analyse(text)
         if analysis.error is not None:
             return True
-        return any(
-            s.category == "ddl" or s.unknown is not None or s.kind in ("do", "call", "execute")
+        changes = any(
+            s.unknown is not None
+            or any(category_of(k) == "ddl" or k in _CHANGES for k in (s.kind, *s.inner))
             for s in analysis.statements
         )
+        if form is not None and not any(s.by_value for s in analysis.statements):
+            if len(self._schema_shapes) >= SHAPES_KEPT:
+                self._schema_shapes.clear()
+            self._schema_shapes[form] = changes
+        return changes
 
     def changed(self, backend: Backend, database: str) -> None:
         self.catalogs.stale(backend, database)

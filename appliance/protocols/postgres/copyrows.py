@@ -9,6 +9,7 @@ COPY's options say has every field masked.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from appliance.policy.maskguard import CopyOut
@@ -18,36 +19,34 @@ Mask = Callable[[int, str], str]  # column index, value -> masked value
 _TEXT_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
 
 
-def _text_fields(line: bytes, delimiter: int) -> list[bytes]:
+def _text_fields(line: bytes, delimiter: bytes) -> list[bytes]:
+    """The raw fields of a text-format row: split on the delimiter, except where a backslash
+    escapes it (a piece that ends in an odd number of backslashes goes on into the next)."""
+    pieces = line.split(delimiter)
+    if b"\\" not in line:
+        return pieces
     fields: list[bytes] = []
-    start = i = 0
-    size = len(line)
-    while i < size:
-        byte = line[i]
-        if byte == 0x5C:  # a backslash escapes the next byte
-            i += 2
+    carry: bytes | None = None
+    for piece in pieces:
+        field = piece if carry is None else carry + delimiter + piece
+        trailing = len(field) - len(field.rstrip(b"\\"))
+        if trailing % 2:
+            carry = field
             continue
-        if byte == delimiter:
-            fields.append(line[start:i])
-            start = i + 1
-        i += 1
-    fields.append(line[start:])
+        carry = None
+        fields.append(field)
+    if carry is not None:
+        fields.append(carry)
     return fields
 
 
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+
+
 def _text_value(raw: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(raw):
-        ch = raw[i]
-        if ch == "\\" and i + 1 < len(raw):
-            nxt = raw[i + 1]
-            out.append(_TEXT_ESCAPES.get(nxt, nxt))
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+    if "\\" not in raw:
+        return raw
+    return _ESCAPED.sub(lambda m: _TEXT_ESCAPES.get(m[1], m[1]), raw)
 
 
 def _text_escape(value: str, delimiter: str) -> str:
@@ -102,11 +101,11 @@ def mask_row(
     empty ``masked`` masks every field."""
     ending = b"\r\n" if data.endswith(b"\r\n") else b"\n" if data.endswith(b"\n") else b""
     body = data[: len(data) - len(ending)]
-    try:
-        text = body.decode(encoding)
-    except (UnicodeDecodeError, LookupError):
-        text = None
     if copy.csv:
+        try:
+            text: str | None = body.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            text = None
         fields = (
             None if text is None else _csv_fields(text, copy.delimiter, copy.quote, copy.escape)
         )
@@ -125,7 +124,7 @@ def mask_row(
                 out.append(q_field(value, quoted, copy.quote, copy.escape))
         return _encode(copy.delimiter.join(out), encoding) + ending
     delimiter = copy.delimiter.encode("ascii", "replace")[:1] or b"\t"
-    raw_fields = _text_fields(body, delimiter[0])
+    raw_fields = _text_fields(body, delimiter)
     everything = bool(masked) and len(raw_fields) != len(masked)
     parts: list[bytes] = []
     null = copy.null.encode("ascii", "replace")
