@@ -74,7 +74,7 @@ class CopyOut:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(text: str) -> tuple[Node, ...] | str:
+def parse(text: str) -> tuple[Node, ...] | str:
     try:
         return tuple(entry.get("stmt", {}) for entry in pgparse.parse(text))
     except pgparse.PGQueryError as exc:
@@ -83,7 +83,7 @@ def _parse(text: str) -> tuple[Node, ...] | str:
         return f"the text cannot be analysed ({type(exc).__name__})"
 
 
-def _nodes(root: Any) -> Iterator[Node]:
+def nodes(root: Any) -> Iterator[Node]:
     """Every dict node in the tree, iteratively."""
     stack: list[Any] = [root]
     while stack:
@@ -96,10 +96,10 @@ def _nodes(root: Any) -> Iterator[Node]:
 
 
 def _ranges(stmt: Node) -> list[Node]:
-    return [node for node in _nodes(stmt) if isinstance(node.get("relname"), str)]
+    return [node for node in nodes(stmt) if isinstance(node.get("relname"), str)]
 
 
-def _names(fields: list[Any]) -> list[str | None]:
+def column_names(fields: list[Any]) -> list[str | None]:
     """A ColumnRef's fields: names, and None for ``*``."""
     out: list[str | None] = []
     for item in fields:
@@ -110,7 +110,7 @@ def _names(fields: list[Any]) -> list[str | None]:
     return out
 
 
-def _plain_targets(stmt: Node) -> set[int]:
+def plain_targets(stmt: Node) -> set[int]:
     """The ColumnRef nodes (by id) that stand as whole items of the top-level SELECT's
     target list: the only places a masked column may be named."""
     inner = stmt.get("PrepareStmt", {}).get("query") if "PrepareStmt" in stmt else None
@@ -132,7 +132,7 @@ def _plain_targets(stmt: Node) -> set[int]:
 def refusal(text: str, masked: Masked, binary: bool = False) -> str | None:
     """Why ``text`` may not run in a masked session, or None. ``binary``: it asks for
     results in binary format."""
-    parsed = _parse(text)
+    parsed = parse(text)
     if isinstance(parsed, str):
         return parsed
     for stmt in parsed:
@@ -150,7 +150,7 @@ _LITERAL_FREE = frozenset(("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt
 def literal_free(text: str) -> bool:
     """Whether the refusal of ``text`` is the same for every text of its shape: it parses,
     and each of its statements is a plain SELECT, INSERT, UPDATE or DELETE."""
-    parsed = _parse(text)
+    parsed = parse(text)
     return not isinstance(parsed, str) and all(
         len(stmt) == 1 and next(iter(stmt)) in _LITERAL_FREE for stmt in parsed
     )
@@ -177,8 +177,10 @@ def _statement(stmt: Node, masked: Masked, binary: bool) -> str | None:
         return None
     first = next(iter(hits))
     kind = kind_of(node, fields) if isinstance(fields, dict) else "other"
-    if node == "PrepareStmt":
-        kind = "select" if "SelectStmt" in fields.get("query", {}) else "other"
+    if node == "PrepareStmt":  # judged as the statement it prepares
+        query = fields.get("query")
+        inner = next(iter(query.items()), None) if isinstance(query, dict) else None
+        kind = "other" if inner is None else kind_of(*inner)
     if kind not in _ALLOWED:
         return f"a {kind} statement may not name the masked table {first}"
     if node == "CopyStmt":
@@ -188,11 +190,11 @@ def _statement(stmt: Node, masked: Masked, binary: bool) -> str | None:
     sensitive: dict[str, str] = {}
     for columns in hits.values():
         sensitive.update(columns)
-    allowed = _plain_targets(stmt)
-    for item in _nodes(stmt):
+    allowed = plain_targets(stmt)
+    for item in nodes(stmt):
         ref = item.get("ColumnRef")
         if isinstance(ref, dict):
-            names = _names(ref.get("fields", []))
+            names = column_names(ref.get("fields", []))
             last = names[-1] if names else None
             whole = len(names) == 1 and last in aliases
             if whole:
@@ -265,7 +267,7 @@ def _copy(fields: Node, first: str) -> str | None:
 
 def copy_out(text: str) -> CopyOut | None:
     """The COPY TO STDOUT in ``text`` (a whole text of one statement), or None."""
-    parsed = _parse(text)
+    parsed = parse(text)
     if isinstance(parsed, str) or len(parsed) != 1:
         return None
     fields = parsed[0].get("CopyStmt")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.model import Command
-from appliance.policy import maskguard
+from appliance.policy import maskguard, maskwrites, sqllex
 from appliance.policy.globs import Globs
 from appliance.policy.maskguard import CopyOut, Masked
 from appliance.policy.maskrules import MaskRule
@@ -124,6 +124,17 @@ class Cell:
 
 
 Plan = tuple[Cell | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A command's text as the trail keeps it, its masked parameters (1-based number ->
+    masked value), and the clear values taken out (for the server's errors to be scrubbed
+    of them)."""
+
+    text: str
+    params: dict[int, str]
+    clear: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +258,14 @@ class SessionMasks:
         # no literal's value can change (see maskguard.literal_free), per Masked.
         self._refusals: dict[tuple[tuple[str | None, ...], bool], str | None] = {}
         self._refusals_of: Masked | None = None
+        # The trail: column rules whose values a command's own text may carry (by shape:
+        # False for texts that carry none), and content rules for every literal.
+        self._trail_columns = any(r.trail for r in self.rules if r.by_column and not r.by_content)
+        self._trail_content = tuple(
+            scan for rule, compiled, scan in self._content if rule.trail and compiled is None
+        )
+        self._carries: dict[str, bool] = {}
+        self._carries_of: Masked | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -419,6 +438,116 @@ class SessionMasks:
         cell = Cell(None, None, wire=self.wire, trail=self.trail)
         return (cell,) * count
 
+    # --- the command's own record ------------------------------------------------------
+
+    def recorded(
+        self, text: str, params: Sequence[str | None], *, whole: bool = False
+    ) -> Recorded | None:
+        """The command as the trail keeps it (None: as it is): the values of masked columns
+        (trail scope) that its literals and parameters carry, masked (``whole``: every one
+        of them); with content rules, what they find in any literal or parameter."""
+        spans: dict[tuple[int, int], str] = {}
+        masked_params: dict[int, str] = {}
+        clear: list[str] = []
+        if whole:
+            _everything(text, params, spans, masked_params, clear)
+        elif self._trail_columns:
+            self._columns_carried(text, params, spans, masked_params, clear)
+        for scan in self._trail_content:
+            for token in maskwrites.literals(text):
+                if token.kind == sqllex.STRING and (token.start, token.end) not in spans:
+                    found = scan.redact(token.value, _content_mark)
+                    if found is not None:
+                        spans[(token.start, token.end)] = found
+                        clear.append(token.value)
+            for number, value in enumerate(params, 1):
+                if value is not None and number not in masked_params:
+                    found = scan.redact(value, _content_mark)
+                    if found is not None:
+                        masked_params[number] = found
+                        clear.append(value)
+        if not spans and not masked_params:
+            return None
+        out, at = [], 0
+        for (start, end), value in sorted(spans.items()):
+            out += [text[at:start], "'" + value.replace("'", "''") + "'"]
+            at = end
+        out.append(text[at:])
+        return Recorded("".join(out), masked_params, tuple(clear))
+
+    def _columns_carried(
+        self,
+        text: str,
+        params: Sequence[str | None],
+        spans: dict[tuple[int, int], str],
+        masked_params: dict[int, str],
+        clear: list[str],
+    ) -> None:
+        masked = self.masked()
+        if not masked.tables:
+            return
+        if masked is not self._carries_of:
+            self._carries.clear()
+            self._carries_of = masked
+        form = shape(text)
+        if form is not None and self._carries.get(form) is False:
+            return
+        found = maskwrites.carried(text, masked, self._order)
+        if form is not None and found is not None:
+            if len(self._carries) > 4096:
+                self._carries.clear()
+            self._carries[form] = bool(found)
+        if found is None:  # no tree says which: every literal and parameter is masked
+            _everything(text, params, spans, masked_params, clear)
+            return
+        for item in found:
+            rule = self._rule_named(item.table, item.column)
+            if rule is None or not rule.trail:
+                continue
+            if item.param:
+                value = params[item.param - 1] if item.param <= len(params) else None
+                if value is not None:
+                    masked_params[item.param] = masked_text(rule, value, self.key)
+                    clear.append(value)
+            else:
+                spans[(item.start, item.end)] = masked_text(rule, item.value, self.key)
+                clear.append(item.value)
+
+    def carries_params(self, text: str) -> bool:
+        """Whether ``text`` puts a parameter in a masked column (trail scope)."""
+        if not self._trail_columns:
+            return False
+        masked = self.masked()
+        found = maskwrites.carried(text, masked, self._order) if masked.tables else ()
+        if found is None:
+            return True
+        for item in found:
+            rule = self._rule_named(item.table, item.column) if item.param else None
+            if rule is not None and rule.trail:
+                return True
+        return False
+
+    def _order(self, relname: str, schema: str | None) -> list[str] | None:
+        """The columns of the table ``relname`` names, in their order (None: not one
+        order)."""
+        name = relname.lower() if schema is None else f"{schema}.{relname}".lower()
+        orders = {
+            tuple(c.name.lower() for _, c in sorted(t.columns.items()))
+            for t in self.snapshot.by_name(name)
+        }
+        return list(orders.pop()) if len(orders) == 1 else None
+
+    def _rule_named(self, relname: str, column: str) -> MaskRule | None:
+        """The rule that covers ``column`` of a table ``relname`` names (the first of any
+        schema's)."""
+        for table in self.snapshot.by_name(relname.lower()):
+            for col in table.columns.values():
+                if col.name.lower() == column:
+                    rule = self.covered(table, col)
+                    if rule is not None:
+                        return rule
+        return None
+
     # --- values --------------------------------------------------------------------------
 
     def text(self, cell: Cell, value: str) -> str | None:
@@ -428,12 +557,21 @@ class SessionMasks:
             return out
         return masked_text(cell.rule, value, self.key)
 
-    def trail_value(self, cell: Cell, shown: str | None) -> str | None:
-        """What the trail keeps of a captured value (as the capture shows it)."""
-        if shown is None or not cell.trail:
+    def trail_value(
+        self, cell: Cell, shown: str | None, raw: bytes | None, fmt: int, codec: Any
+    ) -> str | None:
+        """What the trail keeps of a captured value (``shown`` as the capture shows it,
+        ``raw`` as it came in format ``fmt``): masked as the wire masks it."""
+        if shown is None or raw is None or not cell.trail:
             return shown
-        masked = self.text(cell, shown)
-        return shown if masked is None else masked
+        masked = self.wire_value(cell, raw, fmt, codec)
+        if masked == raw:
+            return shown
+        if masked is None:  # a binary value no mask stands in for
+            return UNRESOLVED if cell.rule is None else masked_text(cell.rule, "", self.key)
+        if fmt != 0 and cell.type == BYTEA:
+            return "\\x" + masked.hex()
+        return codec.show(masked) if fmt == 0 or cell.type in STRING_TYPES else shown
 
     def wire_value(self, cell: Cell, raw: bytes, fmt: int, codec: Any) -> bytes | None:
         """What the client gets in place of ``raw`` (a non-NULL value in format ``fmt``,
@@ -461,6 +599,23 @@ class SessionMasks:
         if masked is None:
             return raw
         return _encode(masked, codec)
+
+
+def _everything(
+    text: str,
+    params: Sequence[str | None],
+    spans: dict[tuple[int, int], str],
+    masked_params: dict[int, str],
+    clear: list[str],
+) -> None:
+    """Every literal and parameter masked: where no tree says which carry masked values."""
+    for token in maskwrites.literals(text):
+        spans[(token.start, token.end)] = UNRESOLVED
+        clear.append(token.value)
+    for number, value in enumerate(params, 1):
+        if value is not None:
+            masked_params[number] = UNRESOLVED
+            clear.append(value)
 
 
 def _content_mark(found: Any, text: str) -> str:

@@ -179,6 +179,11 @@ class Handler(Protocol):
         """What the trail keeps of command ``n``: its record, with its secrets redacted."""
         ...
 
+    def mask_record(self, n: int, payload: dict[str, Any], masks: Any) -> None:
+        """Command ``n``'s record (``payload``, from ``command_record``) with the values of
+        masked columns it carries masked, as ``masks`` (a SessionMasks) say."""
+        ...
+
     def result_record(self, n: int, result: Result) -> dict[str, Any]:
         """What the trail keeps of command ``n``'s result, with the secrets the backend echoed
         scrubbed."""

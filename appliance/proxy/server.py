@@ -537,6 +537,9 @@ class Session:
         masking = self.relay.masking
         if masking is not None:
             decision = self._masked(masking, decision, event)
+            masks = self.masks
+            if masks is not None and masks.trail:
+                self.handler.mask_record(event.n, payload, masks)
         if decision.action == "hold":
             decision = self._held(event, payload, decision)
         payload["decision"] = decision.as_dict()

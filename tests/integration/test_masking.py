@@ -117,6 +117,7 @@ def assert_no_clear_values(witness: Witness) -> None:
     written = trail_bytes(witness.trail)
     for value in (*SSNS, *CARDS, *EMAILS, "1980-01-01"):
         assert value.encode() not in written, value
+        assert value.encode().hex().encode() not in written, value  # nor as a binary's hex
 
 
 def test_psql_shows_masked_values_and_the_trail_keeps_none_in_the_clear(
@@ -303,3 +304,107 @@ def test_without_catalog_user_the_configuration_is_refused(
     done = run(WITNESS, "--config", str(config), "check")
     assert done.returncode == 2
     assert "backend[0].catalog_user: required" in done.stderr
+
+
+WRITTEN = ("111-22-3333", "222-33-4444", "333-44-5555", "444-55-6666", "555-66-7777")
+
+
+def test_values_written_into_masked_columns_are_masked_in_the_trail(
+    pg: PostgresServer, masked: Witness, table: str
+) -> None:
+    """What a command itself carries of a masked column (a literal, a bind parameter, an
+    EXECUTE's argument, a guess in a refused filter) reaches the backend as it is, and the
+    trail keeps it masked; the clear values are nowhere in the trail's files."""
+    t = table
+    _, err = psql(
+        masked.port, "-c", f"insert into {t} (id, name, ssn) values (10, 'a', '{WRITTEN[0]}')"
+    )
+    assert err == ""
+    with psycopg.connect(masked.url(), autocommit=True) as conn:
+        conn.execute(f"update {t} set ssn = %s where id = %s", [WRITTEN[1], 1])
+        conn.execute(f"prepare ins as insert into {t} (id, name, ssn) values ($1, $2, $3)")
+        conn.execute(f"execute ins(11, 'b', '{WRITTEN[2]}')")
+        conn.execute(f"insert into {t} values (12, 'c', '{WRITTEN[3]}', null, null, null)")
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(f"select id from {t} where ssn = '{WRITTEN[4]}'")
+        assert refused.value.sqlstate == "42501"
+    with psycopg.connect(pg.url()) as direct:  # the backend got the values themselves
+        got = direct.execute(f"select ssn from {t} where id in (1, 10, 11, 12) order by id")
+        assert [r[0] for r in got] == list(WRITTEN[1:2] + WRITTEN[0:1] + WRITTEN[2:4])
+    masked.stop()
+    commands = [e for e in events(masked.trail) if e["type"] == "command"]
+    texts = [c["text"] for c in commands]
+    assert f"insert into {t} (id, name, ssn) values (10, 'a', '[masked:ssn]')" in texts
+    update = next(c for c in commands if c["text"].startswith(f"update {t} set ssn"))
+    assert update["params"] == ["[masked:ssn]", "1"] and update["masked"] is True
+    assert "execute ins('[masked]', '[masked]', '[masked]')" in texts
+    assert f"select id from {t} where ssn = '[masked:ssn]'" in texts
+    written = trail_bytes(masked.trail)
+    for value in WRITTEN:
+        assert value.encode() not in written, value
+
+
+CONTENT = """
+[capture]
+rows = 100
+
+[policy]
+default = "allow"
+
+[[policy.masks]]
+name = "pii"
+detectors = ["email", "card", "aws_key"]
+"""
+
+NOTES = (
+    "call alice@example.com about the invoice",
+    "paid with 4111 1111 1111 1111 yesterday",
+    "key AKIAIOSFODNN7EXAMPLE leaked",
+    "order 4111 1111 1111 1112 is not a card",  # fails Luhn: not a card number
+)
+
+
+def test_content_detectors_mask_the_wire_and_the_trail(pg: PostgresServer, tmp_path: Path) -> None:
+    """Detectors that validate: found values are masked in what psql and psycopg get and in
+    what the trail keeps (captured rows, literals, parameters); a number that fails Luhn
+    is left alone."""
+    name = f"nt_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.url(), autocommit=True) as direct:
+        direct.execute(f"create table {name} (id int, body text)")
+    recorder = Witness(pg.port, tmp_path / "trail.db", tables=CONTENT)
+    try:
+        with psycopg.connect(recorder.url(), autocommit=True) as conn:
+            for i, body in enumerate(NOTES[:2]):
+                conn.execute(f"insert into {name} values (%s, %s)", [i, body])
+        _, err = psql(
+            recorder.port, "-c", f"insert into {name} values (2, '{NOTES[2]}'), (3, '{NOTES[3]}')"
+        )
+        assert err == ""
+        out, err = psql(recorder.port, "-c", f"select id, body from {name} order by id")
+        assert err == ""
+        assert out.splitlines() == [
+            "0|call [masked:email] about the invoice",
+            "1|paid with [masked:card] yesterday",
+            "2|key [masked:aws_key] leaked",
+            f"3|{NOTES[3]}",
+        ]
+        with (
+            psycopg.connect(recorder.url(), autocommit=True) as conn,
+            conn.cursor(binary=True) as cur,
+        ):
+            cur.execute(f"select body from {name} where id = 0")
+            assert cur.fetchone() == ("call [masked:email] about the invoice",)
+        with psycopg.connect(pg.url()) as direct:
+            assert direct.execute(f"select body from {name} where id = 0").fetchone() == (NOTES[0],)
+    finally:
+        recorder.stop()
+        with psycopg.connect(pg.url(), autocommit=True) as direct:
+            direct.execute(f"drop table {name}")
+    written = trail_bytes(recorder.trail)
+    for clear in (b"alice@example.com", b"4111 1111 1111 1111", b"AKIAIOSFODNN7EXAMPLE"):
+        assert clear not in written, clear
+        assert clear.hex().encode() not in written, clear  # nor as a binary value's hex
+    assert NOTES[3].encode() in written  # not a card: kept as it was
+    captured = [e["captured"] for e in events(recorder.trail) if e.get("captured")]
+    assert ["0", "call [masked:email] about the invoice"] in captured[-2]  # psql
+    assert captured[-1] == [["call [masked:email] about the invoice"]]  # binary, as text

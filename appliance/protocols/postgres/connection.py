@@ -1097,11 +1097,16 @@ class PostgresConnection:
         row = decode.data_row(body, cmd.formats, codec)
         masks = self.masks
         if masks is not None:  # what the trail keeps of a masked value is masked too
-            plan, _ = self._plan_of(cmd, len(row))
+            plan, formats = self._plan_of(cmd, len(row))
             if plan is not None:
+                raws = decode.row_values(body)
                 row = [
-                    value if cell is None else masks.trail_value(cell, value)
-                    for cell, value in zip(plan, row, strict=True)
+                    value
+                    if cell is None
+                    else masks.trail_value(
+                        cell, value, raw, formats[i] if i < len(formats) else 0, codec
+                    )
+                    for i, (cell, value, raw) in enumerate(zip(plan, row, raws, strict=True))
                 ]
         result.captured.append(row)
         cmd.room -= len(body)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from appliance.model import Command, Decision, ErrorInfo, Result
+from appliance.policy.masking import SessionMasks
 from appliance.policy.redact import SCRUBBED, Redactor
 from appliance.protocols import handler as h
 from appliance.protocols.postgres import events as ev
@@ -130,6 +131,35 @@ class PostgresHandler:
             self._secrets[n] = secrets
             self._recent = (self._recent + secrets)[-_REMEMBERED:]
         return payload
+
+    def mask_record(self, n: int, payload: dict[str, Any], masks: SessionMasks) -> None:
+        """The command's record with the values of masked columns it carries masked (its
+        text's, its parameters', the prepared texts'); the clear values are scrubbed from
+        what the server answers it."""
+        clear: list[str] = []
+        params = payload.get("params") or []
+        # An EXECUTE's arguments are the parameters of the statement it runs: if that one
+        # puts a parameter in a masked column, every argument is masked.
+        whole = False
+        for entry in payload.get("prepared", ()):
+            text = entry.get("text")
+            if text is None:
+                continue
+            whole = whole or masks.carries_params(text)
+            inner = masks.recorded(text, ())
+            if inner is not None:
+                entry["text"] = inner.text
+                clear += inner.clear
+        found = masks.recorded(payload["text"], params, whole=whole)
+        if found is not None:
+            payload["text"] = found.text
+            if found.params:
+                payload["params"] = [found.params.get(i, v) for i, v in enumerate(params, 1)]
+            clear += found.clear
+        if clear:
+            payload["masked"] = True
+            self._secrets[n] = [*self._secrets.get(n, ()), *clear]
+            self._recent = (self._recent + clear)[-_REMEMBERED:]
 
     def result_record(self, n: int, result: Result) -> dict[str, Any]:
         payload = result.as_dict()
