@@ -306,6 +306,7 @@ def test_without_catalog_user_the_configuration_is_refused(
     assert "backend[0].catalog_user: required" in done.stderr
 
 
+BAD_DATE = "1999-13-45"
 WRITTEN = ("111-22-3333", "222-33-4444", "333-44-5555", "444-55-6666", "555-66-7777")
 
 
@@ -328,6 +329,10 @@ def test_values_written_into_masked_columns_are_masked_in_the_trail(
         with pytest.raises(psycopg.Error) as refused:
             conn.execute(f"select id from {t} where ssn = '{WRITTEN[4]}'")
         assert refused.value.sqlstate == "42501"
+        # The server's error quotes the value: the trail's copy of the error does not.
+        with pytest.raises(psycopg.errors.DatetimeFieldOverflow) as bad:
+            conn.execute(f"insert into {t} (id, dob) values (13, '{BAD_DATE}')")
+        assert BAD_DATE in str(bad.value)
     with psycopg.connect(pg.url()) as direct:  # the backend got the values themselves
         got = direct.execute(f"select ssn from {t} where id in (1, 10, 11, 12) order by id")
         assert [r[0] for r in got] == list(WRITTEN[1:2] + WRITTEN[0:1] + WRITTEN[2:4])
@@ -340,7 +345,7 @@ def test_values_written_into_masked_columns_are_masked_in_the_trail(
     assert "execute ins('[masked]', '[masked]', '[masked]')" in texts
     assert f"select id from {t} where ssn = '[masked:ssn]'" in texts
     written = trail_bytes(masked.trail)
-    for value in WRITTEN:
+    for value in (*WRITTEN, BAD_DATE):
         assert value.encode() not in written, value
 
 
