@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import pwd
+import select
 import shutil
 import socket
 import struct
@@ -117,6 +118,15 @@ class Lab:
             gid = pwd.getpwnam(user).pw_gid
             argv = ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv]
         return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+
+    def watch(self, user: str) -> subprocess.Popen[str]:
+        """``witness approvals list --watch --json`` as ``user``, left running."""
+        gid = pwd.getpwnam(user).pw_gid
+        return subprocess.Popen(
+            ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", WITNESS,
+             "approvals", "list", "--watch", "--json", "--socket", str(self.socket)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
 
     def pending(self, count: int = 1, wait: float = 20.0) -> list[dict[str, Any]]:
         """The pending holds, once there are ``count`` of them."""
@@ -435,3 +445,53 @@ def test_nothing_sent_after_a_held_statement_gets_past_it(lab: Lab, pg: Postgres
     assert b"E" in kinds and b"C" not in kinds  # the DELETE's error; the INSERT never ran
     assert pg.psql("SELECT count(*) FROM held WHERE id = 42").strip().endswith("0")
     assert not _ran(pg, offset, "DELETE FROM held")
+
+
+def _until(proc: subprocess.Popen[str], step: str | None, wait: float) -> list[dict[str, Any]]:
+    """What a watcher prints (one JSON object per line) until a line of ``step`` comes, or
+    ``wait`` seconds pass."""
+    assert proc.stdout is not None
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        got.append(json.loads(line))
+        if got[-1]["step"] == step:
+            break
+    return got
+
+
+def test_approvers_watch_holds_come_and_go(lab: Lab) -> None:
+    """``list --watch`` shows an approver each hold as it is requested and as it ends; a
+    watcher who is not an approver sees none of another identity's holds."""
+    assert lab.pending(0) == []  # the control socket answers
+    bob, eve = lab.watch("nobody"), lab.watch("bin")
+    try:
+        time.sleep(1.0)  # both are watching before the hold comes
+        psql = subprocess.Popen(
+            ["psql", lab.witness.url(), "-X", "-c", "DELETE FROM held WHERE id = 2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        seen = _until(bob, "requested", 20.0)
+        assert seen and seen[-1]["step"] == "requested", (seen, bob.poll())
+        hold = seen[-1]["hold"]
+        assert "DELETE FROM held WHERE id = 2" in hold["text"]
+        assert hold["identity"]["email"] == "agent@example.test"
+        denied = lab.cli("daemon", "deny", hold["id"], "--reason", "not today")
+        assert denied.returncode == 0, denied.stderr
+        seen = _until(bob, "denied", 20.0)
+        assert seen and seen[-1]["step"] == "denied", seen
+        assert seen[-1]["hold"]["id"] == hold["id"]
+        _, err = psql.communicate(timeout=30)
+        assert "not today" in err
+        assert _until(eve, None, 1.0) == []  # eve approves nothing: no one else's holds
+        assert eve.poll() is None  # and she is still watching, not refused
+    finally:
+        for watcher in (bob, eve):
+            watcher.terminate()
+            watcher.wait(timeout=10)

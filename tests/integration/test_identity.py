@@ -30,7 +30,9 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 class Recorder:
     """``witness serve`` with an [identity] table, and the CLI pointed at its socket."""
 
-    def __init__(self, pg: PostgresServer, idp: IdP, directory: Path, **issuer: Any) -> None:
+    def __init__(
+        self, pg: PostgresServer, idp: IdP, directory: Path, tables: str = "", **issuer: Any
+    ) -> None:
         self.dir = directory
         self.port = free_port()
         self.denied_port = free_port()
@@ -48,6 +50,7 @@ class Recorder:
             f'[[listener]]\nlisten = "127.0.0.1:{self.ending_port}"\nbackend = "ledger"\n\n'
             '[trail]\npath = "trail.db"\n\n'
             + identity_table(idp.settings(timeout=2.0, **issuer), self.socket)
+            + tables
         )
         self.log = directory / "witness.log"
         with self.log.open("ab") as log:
@@ -267,6 +270,54 @@ def test_a_backend_can_end_live_sessions_when_their_identity_expires(
     assert kept.returncode == 0 and out.strip().endswith("kept"), err
     ledger = recorder.sessions("--backend", "ledger")
     assert len(ledger) == 1 and "expired" in ledger[0]["end_reason"]
+
+
+HOLD_DELETES = """
+[policy]
+default = "allow"
+
+[[policy.rules]]
+name = "hold-deletes"
+action = "hold"
+kinds = ["delete"]
+
+[approvals]
+groups = ["dba"]
+timeout_seconds = 60
+"""
+
+
+def test_a_held_statement_is_denied_when_its_identity_expires(
+    pg: PostgresServer, idp: IdP, tmp_path: Path
+) -> None:
+    """The hold outlives the token: the sweep denies it at expiry, long before the
+    timeout, and the statement never reaches the backend."""
+    if not idp.proc or idp.proc.poll() is not None:
+        idp.start()
+    recorder = Recorder(pg, idp, tmp_path, tables=HOLD_DELETES)
+    try:
+        done = recorder.login_token(idp.client_credentials("agent-short"))
+        assert done.returncode == 0, done.stderr
+        started = time.monotonic()
+        held = recorder.psql(sql="delete from pg_class where false")
+        waited = time.monotonic() - started
+    finally:
+        recorder.stop()
+    assert held.returncode != 0
+    assert "held for approval" in held.stderr and "denied" in held.stderr, held.stderr
+    assert "expired" in held.stderr
+    assert waited < 30  # the timeout is 60 s: it was the expiry that ended the hold
+    db = sqlite3.connect(tmp_path / "trail.db")
+    steps = [
+        json.loads(p)
+        for (p,) in db.execute("select payload from events where type='approval' order by seq")
+    ]
+    assert steps[0]["step"] == "requested"
+    assert steps[-1]["step"] == "denied" and "expired" in steps[-1]["why"]
+    (result,) = [
+        json.loads(p) for (p,) in db.execute("select payload from events where type='result'")
+    ]
+    assert result["status"] == "blocked"  # answered by Witness: it never ran
 
 
 def test_with_the_idp_down_known_keys_still_serve_and_sign_in_fails_clearly(
