@@ -8,8 +8,9 @@ runs: a host that reboots is closed until the recorder is up. The file is rewrit
 its content changes, and the output says which.
 
 ``keygen`` creates the trail's Ed25519 signing key where the configuration puts it, if there
-is none yet, and the public half beside it. It never replaces a key: a trail is verified
-against the key that signed it.
+is none yet, and the public half beside it; with masks configured, also the key of masking's
+tokens beside it. It never replaces a key: a trail is verified against the key that signed
+it, and a token is a join key only while its key stays.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import click
 from appliance.cli.common import fail, settings
 from appliance.config import ConfigError
 from appliance.enforce import nft
-from appliance.trail import files, keys
+from appliance.trail import files, keys, maskkey
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
 
@@ -87,8 +88,11 @@ def check(ctx: click.Context, save_table: Path | None) -> None:
 @click.command()
 @click.pass_context
 def keygen(ctx: click.Context) -> None:
-    """Create the trail's signing key if there is none; print where it is and its fingerprint."""
-    trail = settings(ctx).trail
+    """Create the trail's signing key if there is none; print where it is and its fingerprint.
+    With masks configured, the masking tokens' key too."""
+    found = settings(ctx)
+    trail = found.trail
+    masks = found.policy is not None and bool(found.policy.masks)
     try:
         if trail.signing_key.exists():
             key = keys.load_private(trail.signing_key)
@@ -97,11 +101,15 @@ def keygen(ctx: click.Context) -> None:
             key = keys.create(trail.signing_key)
             made = "created"
         keys.ensure_public(trail.public_key, key)
+        mask_made = maskkey.load_or_create(trail.mask_key)[1] if masks else None
     except TrailError as exc:
         fail(str(exc))
     fingerprint = keys.fingerprint(key.public_key())
     click.echo(f"witness: signing key {trail.signing_key} {made} (fingerprint {fingerprint})")
     click.echo(f"witness: public key {trail.public_key}, for verifiers")
+    if mask_made is not None:
+        state = "created" if mask_made else "exists"
+        click.echo(f"witness: masking key {trail.mask_key} {state} (the tokens' HMAC key)")
 
 
 def register(group: click.Group) -> None:

@@ -113,3 +113,21 @@ def test_keygen_refuses_a_public_key_of_another_key(tmp_path: Path) -> None:
     shutil.copy(other / "state" / "trail.db.key.pub", tmp_path / "state" / "trail.db.key.pub")
     code, out = _run("--config", str(config), "keygen")
     assert code == 1 and "does not belong to the signing key" in out
+
+
+def test_keygen_makes_the_masking_key_when_masks_are_configured(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    code, out = _run("--config", str(_config(plain)), "keygen")
+    assert code == 0 and "masking key" not in out
+    assert not (plain / "state" / "trail.db.key.mask").exists()
+    masks = '\n[policy]\ndefault = "allow"\n[[policy.masks]]\nname = "pii"\ndetectors = ["email"]\n'
+    config = _config(tmp_path, masks)
+    code, out = _run("--config", str(config), "keygen")
+    assert code == 0 and "masking key" in out and "created" in out.splitlines()[-1], out
+    mask = tmp_path / "state" / "trail.db.key.mask"
+    first = mask.read_bytes()
+    assert len(first) == 32 and stat.S_IMODE(mask.stat().st_mode) == 0o600
+    code, again = _run("--config", str(config), "keygen")
+    assert code == 0 and "exists" in again.splitlines()[-1]
+    assert mask.read_bytes() == first
