@@ -273,10 +273,13 @@ class ApprovalSettings:
     ``max_window_minutes`` (0: none), during which the same statement shape from the same
     identity on the same backend and database goes on without another hold. ``webhook`` is
     told of each new hold (a Slack-compatible JSON POST), tried ``webhook_attempts`` times.
+    One identity may have at most ``max_pending`` statements waiting at once: past that, a
+    statement a rule would hold is blocked, so that no agent can bury the approvers.
     """
 
     groups: tuple[str, ...]
     required: int = 1
+    max_pending: int = 20
     timeout_seconds: float = 300.0
     max_window_minutes: int = 0
     webhook: str | None = None
@@ -784,6 +787,7 @@ def _approvals(raw: Any, policy: PolicySettings | None) -> ApprovalSettings | No
             "webhook",
             "webhook_attempts",
             "webhook_timeout_seconds",
+            "max_pending",
         },
     )
     if "groups" not in table:
@@ -791,6 +795,7 @@ def _approvals(raw: Any, policy: PolicySettings | None) -> ApprovalSettings | No
     return ApprovalSettings(
         groups=_strings(table["groups"], "approvals.groups"),
         required=_int(table.get("required", 1), "approvals.required", 1, 16),
+        max_pending=_int(table.get("max_pending", 20), "approvals.max_pending", 1, 10_000),
         timeout_seconds=_number(
             table.get("timeout_seconds", 300.0), "approvals.timeout_seconds", 1
         ),

@@ -170,6 +170,13 @@ class Approvals:
         self.holds[hold_id] = hold
         return hold
 
+    def waiting(self, identity: dict[str, Any] | None) -> int:
+        """How many of ``identity``'s statements are held, waiting for a decision."""
+        key = _who_key(identity)
+        return sum(
+            1 for h in self.holds.values() if h.state == PENDING and _who_key(h.identity) == key
+        )
+
     def get(self, hold_id: str) -> Hold:
         hold = self.holds.get(hold_id)
         if hold is None:

@@ -557,9 +557,18 @@ class Session:
         assert opened is not None and backend is not None
         command = event.command
         form = (shape(command.text) or command.text) if command.text_known else None
-        granted = desk.approvals.granted(self.identity, backend.name, opened.database, form)
+        approvals = desk.approvals
+        granted = approvals.granted(self.identity, backend.name, opened.database, form)
         if granted is not None:
             return Decision("allow", decision.rule, f"within the window approval {granted} granted")
+        limit = approvals.settings.max_pending
+        if approvals.waiting(self.identity) + len(self.to_hold) >= limit:
+            return Decision(
+                "block",
+                decision.rule,
+                f"{decision.reason} (not held: {limit} statements of this identity already"
+                " wait for approval)",
+            )
         self.handler.defer(event.n)
         self.to_hold.append((event, payload, decision, form))
         self._pause(_HELD)

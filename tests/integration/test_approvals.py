@@ -59,14 +59,14 @@ def _identity(socket: Path) -> str:
     return "\n".join(lines)
 
 
-def _tables(timeout: float, webhook: int, required: int = 1) -> str:
+def _tables(timeout: float, webhook: int, required: int = 1, max_pending: int = 60) -> str:
     return (
         '[policy]\ndefault = "allow"\n\n'
         '[[policy.rules]]\nname = "hold-deletes"\naction = "hold"\nkinds = ["delete", "truncate"]\n'
         'message = "deleting rows needs a DBA"\n\n'
         f'[approvals]\ngroups = ["dba"]\nrequired = {required}\ntimeout_seconds = {timeout}\n'
         f'max_window_minutes = 10\nwebhook = "http://127.0.0.1:{webhook}/hook"\n'
-        "webhook_attempts = 3\n"
+        f"webhook_attempts = 3\nmax_pending = {max_pending}\n"
     )
 
 
@@ -87,7 +87,14 @@ class Hook(BaseHTTPRequestHandler):
 
 
 class Lab:
-    def __init__(self, pg: PostgresServer, tmp: Path, timeout: float = 60.0, required: int = 1):
+    def __init__(
+        self,
+        pg: PostgresServer,
+        tmp: Path,
+        timeout: float = 60.0,
+        required: int = 1,
+        max_pending: int = 60,
+    ):
         self.pg = pg
         self.dir = Path(tempfile.mkdtemp(prefix="witness-approvals-"))
         os.chmod(self.dir, 0o755)  # the approvers' users reach the control socket here
@@ -95,7 +102,7 @@ class Lab:
         self.hook = HTTPServer(("127.0.0.1", 0), Hook)
         self.hook.received = []  # type: ignore[attr-defined]
         threading.Thread(target=self.hook.serve_forever, daemon=True).start()
-        self.timeout, self.required = timeout, required
+        self.timeout, self.required, self.max_pending = timeout, required, max_pending
         self.trail = tmp / "trail.db"
         self.start()
 
@@ -103,7 +110,7 @@ class Lab:
         self.witness = Witness(
             self.pg.port,
             self.trail,
-            tables=_tables(self.timeout, self.hook.server_port, self.required),
+            tables=_tables(self.timeout, self.hook.server_port, self.required, self.max_pending),
             identity=_identity(self.socket),
         )
         self.config = self.trail.with_suffix(".toml")
@@ -495,3 +502,47 @@ def test_approvers_watch_holds_come_and_go(lab: Lab) -> None:
         for watcher in (bob, eve):
             watcher.terminate()
             watcher.wait(timeout=10)
+
+
+def test_one_identity_cannot_bury_the_approvers(pg: PostgresServer, tmp_path: Path) -> None:
+    """Past ``max_pending`` waiting statements of one identity, a statement a rule would
+    hold is blocked at once, and says why; once one is decided, holds are taken again."""
+    pg.psql("DROP TABLE IF EXISTS held; CREATE TABLE held (id int); INSERT INTO held VALUES (1)")
+    lab = Lab(pg, tmp_path, max_pending=2)
+    waiting: list[subprocess.Popen[str]] = []
+    try:
+        for i in range(2):
+            waiting.append(
+                subprocess.Popen(
+                    ["psql", lab.witness.url(), "-X", "-c", f"DELETE FROM held WHERE id = {i}"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        holds = lab.pending(2)
+        assert len(holds) == 2
+        third = subprocess.run(
+            ["psql", lab.witness.url(), "-X", "-c", "DELETE FROM held WHERE id = 3"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert third.returncode != 0
+        assert "not held: 2 statements of this identity already wait" in third.stderr
+        assert len(lab.pending(2)) == 2  # no new hold was made
+        assert lab.cli("nobody", "deny", holds[0]["id"]).returncode == 0
+        fourth = subprocess.Popen(
+            ["psql", lab.witness.url(), "-X", "-c", "DELETE FROM held WHERE id = 4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        waiting.append(fourth)
+        assert any("id = 4" in h["text"] for h in lab.pending(2))
+    finally:
+        for proc in waiting:
+            proc.kill()
+            proc.wait(timeout=10)
+        lab.close()
+    blocked = [
+        e for e in events(lab.trail)
+        if e["type"] == "command" and "id = 3" in e["text"]
+    ]  # fmt: skip
+    assert blocked[0]["decision"]["action"] == "block"

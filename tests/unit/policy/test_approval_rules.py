@@ -128,3 +128,18 @@ def test_a_denial_grants_no_window_and_an_ended_hold_ends_once() -> None:
         approvals.end(hold, ap.WITHDRAWN, "late")
     with pytest.raises(ApprovalError, match="no hold has the id"):
         approvals.get("nope")
+
+
+def test_waiting_counts_one_identity_s_pending_holds() -> None:
+    approvals = Approvals(ApprovalSettings(groups=("dba",)), clock=lambda: 1000.0)
+
+    def hold(who: dict[str, Any]) -> ap.Hold:
+        return approvals.request(
+            session="s", n=1, identity=who, backend="pg", database="db", text="delete",
+            rule="r", reason="why", shape=None,
+        )  # fmt: skip
+
+    first, _, _ = hold(AGENT), hold(AGENT), hold(EVE)
+    assert approvals.waiting(AGENT) == 2 and approvals.waiting(EVE) == 1
+    approvals.end(first, "denied", "no")
+    assert approvals.waiting(AGENT) == 1
