@@ -440,18 +440,14 @@ class SessionMasks:
 
     # --- the command's own record ------------------------------------------------------
 
-    def recorded(
-        self, text: str, params: Sequence[str | None], *, whole: bool = False
-    ) -> Recorded | None:
+    def recorded(self, text: str, params: Sequence[str | None]) -> Recorded | None:
         """The command as the trail keeps it (None: as it is): the values of masked columns
-        (trail scope) that its literals and parameters carry, masked (``whole``: every one
-        of them); with content rules, what they find in any literal or parameter."""
+        (trail scope) that its literals and parameters carry, masked; with content rules,
+        what they find in any literal or parameter."""
         spans: dict[tuple[int, int], str] = {}
         masked_params: dict[int, str] = {}
         clear: list[str] = []
-        if whole:
-            _everything(text, params, spans, masked_params, clear)
-        elif self._trail_columns:
+        if self._trail_columns:
             self._columns_carried(text, params, spans, masked_params, clear)
         for scan in self._trail_content:
             for token in maskwrites.literals(text):
@@ -466,14 +462,7 @@ class SessionMasks:
                     if found is not None:
                         masked_params[number] = found
                         clear.append(value)
-        if not spans and not masked_params:
-            return None
-        out, at = [], 0
-        for (start, end), value in sorted(spans.items()):
-            out += [text[at:start], "'" + value.replace("'", "''") + "'"]
-            at = end
-        out.append(text[at:])
-        return Recorded("".join(out), masked_params, tuple(clear))
+        return _recorded(text, spans, masked_params, clear)
 
     def _columns_carried(
         self,
@@ -599,6 +588,31 @@ class SessionMasks:
         if masked is None:
             return raw
         return _encode(masked, codec)
+
+
+def _recorded(
+    text: str, spans: dict[tuple[int, int], str], params: dict[int, str], clear: list[str]
+) -> Recorded | None:
+    """The text with each span replaced by a string literal of its masked value."""
+    if not spans and not params:
+        return None
+    out, at = [], 0
+    for (start, end), value in sorted(spans.items()):
+        out += [text[at:start], "'" + value.replace("'", "''") + "'"]
+        at = end
+    out.append(text[at:])
+    return Recorded("".join(out), params, tuple(clear))
+
+
+def withheld(text: str, params: Sequence[str | None]) -> Recorded | None:
+    """The command with every literal and parameter masked: where no mask says which of
+    them carry masked values (an EXECUTE of a statement that masks its parameters; a
+    command of a session refused before its masks were known)."""
+    spans: dict[tuple[int, int], str] = {}
+    masked_params: dict[int, str] = {}
+    clear: list[str] = []
+    _everything(text, params, spans, masked_params, clear)
+    return _recorded(text, spans, masked_params, clear)
 
 
 def _everything(

@@ -463,6 +463,10 @@ class Session:
         )
         for payload in self.early:
             payload["identity"] = self.identity
+            if "decision" not in payload and self.relay.masking is not None:
+                # Sent before a refusal, undecided: no mask is known to say which of its
+                # values are masked, so none of them is kept.
+                self.handler.mask_record(payload["n"], payload, None)
             if not self._record_command(payload):
                 break
         self.early.clear()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import getpass
 import io
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pgwire
 import psycopg
 import pytest
 from witnessproc import WITNESS, Witness, events, run
@@ -413,3 +415,34 @@ def test_content_detectors_mask_the_wire_and_the_trail(pg: PostgresServer, tmp_p
     captured = [e["captured"] for e in events(recorder.trail) if e.get("captured")]
     assert ["0", "call [masked:email] about the invoice"] in captured[-2]  # psql
     assert captured[-1] == [["call [masked:email] about the invoice"]]  # binary, as text
+
+
+def test_a_refused_session_s_early_commands_keep_no_value(
+    pg: PostgresServer, tmp_path: Path, table: str
+) -> None:
+    """A client that pipelines a write behind its startup, in a session then refused (no
+    identity here), never reaches the backend; its command is still recorded, before any
+    mask was known, so none of its values is kept."""
+    recorder = Witness(
+        pg.port, tmp_path / "trail.db", backend_options=BACKEND, tables=MASKS,
+        identity='unbound = "refuse"',
+    )  # fmt: skip
+    try:
+        sent = "666-77-8888"
+        with socket.create_connection(("127.0.0.1", recorder.port), timeout=10) as conn:
+            conn.sendall(
+                pgwire.startup(user="postgres", database="postgres")
+                + pgwire.query(f"insert into {table} (id, ssn) values (20, '{sent}')")
+            )
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert b"C28000" in answer and b"no identity is bound" in answer
+    finally:
+        recorder.stop()
+    (command,) = [e for e in events(recorder.trail) if e["type"] == "command"]
+    assert command["text"] == f"insert into {table} (id, ssn) values ('[masked]', '[masked]')"
+    assert command["refused"]
+    assert sent.encode() not in trail_bytes(recorder.trail)
+    with psycopg.connect(pg.url()) as direct:
+        assert direct.execute(f"select count(*) from {table} where id = 20").fetchone() == (0,)

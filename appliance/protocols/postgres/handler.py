@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from appliance.model import Command, Decision, ErrorInfo, Result
-from appliance.policy.masking import SessionMasks
+from appliance.policy.masking import SessionMasks, withheld
 from appliance.policy.redact import SCRUBBED, Redactor
 from appliance.protocols import handler as h
 from appliance.protocols.postgres import events as ev
@@ -132,25 +132,26 @@ class PostgresHandler:
             self._recent = (self._recent + secrets)[-_REMEMBERED:]
         return payload
 
-    def mask_record(self, n: int, payload: dict[str, Any], masks: SessionMasks) -> None:
+    def mask_record(self, n: int, payload: dict[str, Any], masks: SessionMasks | None) -> None:
         """The command's record with the values of masked columns it carries masked (its
         text's, its parameters', the prepared texts'); the clear values are scrubbed from
-        what the server answers it."""
+        what the server answers it. With no ``masks`` (none is known yet), every value."""
         clear: list[str] = []
         params = payload.get("params") or []
         # An EXECUTE's arguments are the parameters of the statement it runs: if that one
         # puts a parameter in a masked column, every argument is masked.
-        whole = False
+        whole = masks is None
         for entry in payload.get("prepared", ()):
             text = entry.get("text")
             if text is None:
                 continue
-            whole = whole or masks.carries_params(text)
-            inner = masks.recorded(text, ())
+            whole = whole or (masks is not None and masks.carries_params(text))
+            inner = withheld(text, ()) if masks is None else masks.recorded(text, ())
             if inner is not None:
                 entry["text"] = inner.text
                 clear += inner.clear
-        found = masks.recorded(payload["text"], params, whole=whole)
+        text = payload["text"]
+        found = withheld(text, params) if whole or masks is None else masks.recorded(text, params)
         if found is not None:
             payload["text"] = found.text
             if found.params:
