@@ -17,7 +17,7 @@ from rich.text import Text
 
 from appliance import config
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
-from appliance.cli.sessions import When, clean
+from appliance.cli.terminal import When, clean
 from appliance.config import ConfigError
 from appliance.policy import replay
 from appliance.policy.guardrails import Policy

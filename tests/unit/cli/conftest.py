@@ -392,3 +392,55 @@ def damaged_path(tmp_path: Path) -> Path:
     at(1, "command", "d1", {"n": 1, "kind": "query", "text": "execute x", "prepared": [entry]})
     t.close()
     return settings.path
+
+
+LONG_BACKEND = {
+    "name": "billing-primary-eu-west-1-postgresql-15",
+    "address": "10.120.44.17",
+    "port": 5432,
+    "protocol": "postgresql",
+}
+
+
+@pytest.fixture
+def crowd_path(tmp_path: Path) -> Path:
+    """Sessions with the long names real fleets have: service identities with long emails,
+    backends named by role, region and version, a refusal with its whole advice."""
+    settings, t, at = _writer(tmp_path)
+    people = [
+        identity(
+            "7f3c9a2e-4b1d-4e8f-9a6c-2d5e8b1f0c3a",
+            "svc-nightly-reconciliation-pipeline@data-platform.example-corporation.com",
+            ["agents"],
+            {"kind": "cgroup", "target": RUN, "expires": T0 + 3600},
+        ),
+        identity(
+            "agent-ci-runner-with-a-very-long-machine-subject-name-0001",
+            None,
+            ["agents"],
+            {"kind": "uid", "target": "1010", "expires": None},
+        ),
+    ]
+    for i, who in enumerate(people):
+        sid = f"{i:016x}"
+        at(i * 10, "session_start", sid, bound(who, 1010 + i, LONG_BACKEND))
+        at(i * 10 + 1, "command", sid, {"n": 1, "kind": "query", "text": "SELECT 1"})
+        at(
+            i * 10 + 2,
+            "session_end",
+            sid,
+            {
+                "reason": "client closed the connection after a protocol error from the backend",
+                "commands": 1,
+            },
+        )
+    refused = bound(None, 1020, LONG_BACKEND)
+    refused["refused"] = {
+        "code": "28000",
+        "message": "no identity is bound to uid 1020 (comm psql); run witness login, or run"
+        " the agent with witness run",
+    }
+    at(30, "session_start", "00000000000000ff", refused)
+    at(30.5, "session_end", "00000000000000ff", {"reason": "refused", "commands": 0})
+    t.close()
+    return settings.path
