@@ -364,6 +364,16 @@ def _reading(reading: dict[str, Any], *, params: bool = True) -> str:
     return line
 
 
+def result_line(payload: dict[str, Any]) -> str:
+    """A result on one line: its command's number, status, rows, bytes, time and error."""
+    p = payload
+    line = (
+        f"<- #{p.get('n')} {p.get('status')} rows={p.get('rows')} bytes={p.get('bytes')}"
+        f" {p.get('duration_ms')}ms"
+    )
+    return line + (f" {_error_line(p)}" if isinstance(p.get("error"), dict) else "")
+
+
 def _error_line(payload: dict[str, Any]) -> str:
     error = payload.get("error")
     if isinstance(error, dict):
@@ -446,11 +456,7 @@ def _replay_line(event: Event) -> str:
         line = f"-> #{p.get('n')} {p.get('kind')}: {_command_text(p)}"
         return line + (f"\n   refused: {p['refused']}" if p.get("refused") else "")
     if event.type == "result":
-        line = (
-            f"<- #{p.get('n')} {p.get('status')} rows={p.get('rows')} bytes={p.get('bytes')}"
-            f" {p.get('duration_ms')}ms"
-        )
-        line += f" {_error_line(p)}" if isinstance(p.get("error"), dict) else ""
+        line = result_line(p)
         reading = p.get("reading")
         return line + (f"\n   {_reading(reading)}" if isinstance(reading, dict) else "")
     if event.type == "session_end":

@@ -282,6 +282,7 @@ def instructions(demo: Demo) -> str:
         f"    $ witness run --token-file ~/token -- psql -h {demo.backend} -U postgres\n"
         f"    $ psql -h {demo.backend} -U postgres       (refused: no identity)\n"
         "  In another terminal, watch the trail:\n"
+        f"    {witness} tail -f --trail {demo.trail}\n"
         f"    {witness} sessions list --trail {demo.trail}\n"
         f"    {witness} search orders --trail {demo.trail}\n"
         f"  {witness} demo --down      remove everything the demo made"

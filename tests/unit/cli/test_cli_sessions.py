@@ -286,6 +286,7 @@ COMMANDS = [
     ["sessions", "show", "a1b"],
     ["sessions", "replay", "a1b"],
     ["search", "x"],
+    ["tail"],
 ]
 
 
