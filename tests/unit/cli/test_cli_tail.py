@@ -4,27 +4,20 @@ a trail that the store writes meanwhile, in another process's view."""
 from __future__ import annotations
 
 import json
-import os
-import queue
-import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner
+from witnesscli import WITNESS, Follower, witness_env
 
 from appliance.config import TrailSettings
 from appliance.trail import db
 from appliance.trail.store import Trail
-
-REPO = Path(__file__).resolve().parents[3]
-MAIN = "from appliance.cli import main; main()"
 
 
 def tail(cli: click.Group, path: Path, *args: str) -> list[str]:
@@ -137,56 +130,6 @@ def test_a_command_under_another_identity_than_its_session(
 
 
 # --- following -----------------------------------------------------------------------------
-
-
-class Follower:
-    """``witness tail -f --json`` in a process of its own, its lines read as they come."""
-
-    def __init__(self, trail: Path, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
-        argv = [sys.executable, "-c", MAIN, "tail", "-f", "--json", "--trail", str(trail)]
-        self.proc = subprocess.Popen(
-            [*argv, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, out: IO[str]) -> None:
-        for line in out:
-            self.lines.put(line)
-
-    def take(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        found = []
-        while len(found) < count:
-            try:
-                found.append(json.loads(self.lines.get(timeout=deadline - time.monotonic())))
-            except (queue.Empty, ValueError):
-                self.proc.kill()
-                last = found[-1] if found else None
-                raise AssertionError(
-                    f"{len(found)} lines of {count} came; the last: {last}"
-                ) from None
-        return found
-
-    def quiet(self, seconds: float = 1.0) -> bool:
-        """Whether nothing more comes for ``seconds``."""
-        try:
-            self.lines.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
-
-    def interrupt(self) -> tuple[int, str]:
-        """Ctrl-C: its exit status and what it said on stderr."""
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=20)
-        return self.proc.returncode, err
 
 
 @pytest.fixture
@@ -320,12 +263,11 @@ def test_output_to_a_reader_that_goes_away(tmp_path: Path) -> None:
     for n in range(1, 5001):
         trail.append("command", "s1", query(n, f"select {n}, '{'x' * 60}'"))
     trail.close()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     proc = subprocess.Popen(
-        [sys.executable, "-c", MAIN, "tail", "-n", "5000", "--trail", str(settings.path)],
+        [*WITNESS, "tail", "-n", "5000", "--trail", str(settings.path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=witness_env(),
     )
     assert proc.stdout is not None and proc.stderr is not None
     assert b"#1 recorded: select 1," in proc.stdout.readline()

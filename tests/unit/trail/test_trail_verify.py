@@ -7,20 +7,17 @@ import os
 import pty
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from trailkit import Clock
+from witnesscli import WITNESS, witness_env
 
 from appliance.config import TrailSettings
 from appliance.trail import chain, keys
 from appliance.trail.store import Trail
 from appliance.trail.verify import verify
 from appliance.trail.walk import PROGRESS_EVERY
-
-REPO = Path(__file__).resolve().parents[3]
-MAIN = "from appliance.cli import main; main()"
 
 
 def big(tmp_path: Path, clock: Clock, events: int) -> TrailSettings:
@@ -56,9 +53,8 @@ def test_verify_reports_its_progress(tmp_path: Path, clock: Clock) -> None:
 
 def run(settings: TrailSettings, *, tty: bool) -> tuple[int, str, str]:
     """``witness verify`` in a process of its own, its stderr a terminal or a pipe."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
-    env.update({"TERM": "xterm", "COLUMNS": "100"})
-    argv = [sys.executable, "-c", MAIN, "verify", "--trail", str(settings.path)]
+    env = {**witness_env(), "TERM": "xterm", "COLUMNS": "100"}
+    argv = [*WITNESS, "verify", "--trail", str(settings.path)]
     if not tty:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         return done.returncode, done.stdout, done.stderr
