@@ -16,6 +16,7 @@ from appliance.cli import (
     provision,
     serve,
     sessions,
+    tail,
     trail,
     warden,
 )
@@ -39,6 +40,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 for module in (
     serve,
     sessions,
+    tail,
     trail,
     lab,
     enforce,

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from appliance import config
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
-from appliance.cli.sessions import When, clean
+from appliance.cli.terminal import When, clean, progress
 from appliance.config import ConfigError
 from appliance.policy import replay
 from appliance.policy.guardrails import Policy
@@ -100,16 +99,13 @@ def _run(
     conn: sqlite3.Connection, policy: Policy, since: int | None, until: int | None, who: str | None
 ) -> replay.Report:
     rows = replay.events(conn, since, until)
-    if not sys.stderr.isatty():
-        return replay.replay(policy, rows, since=since, who=who)
-    last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    columns = (TextColumn("deciding"), BarColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("", total=last)
-        report = replay.replay(
-            policy, rows, since=since, who=who, progress=lambda seq: bar.update(task, completed=seq)
+    with progress("deciding") as tell:
+        if tell is None:
+            return replay.replay(policy, rows, since=since, who=who)
+        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        return replay.replay(
+            policy, rows, since=since, who=who, progress=lambda seq: tell(seq, last)
         )
-    return report
 
 
 def _show(report: replay.Report, names: list[str]) -> None:

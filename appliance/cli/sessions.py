@@ -3,61 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.cli.terminal import FloatParam, When, cell, clean, cut, show, when
 from appliance.trail import db, query
 from appliance.trail.db import TrailError
 from appliance.trail.query import CommandView, Event, SessionInfo
 
 T = TypeVar("T")
-_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-if TYPE_CHECKING:
-    _IntParam = click.ParamType[int]
-    _FloatParam = click.ParamType[float]
-else:  # older clicks (Debian 12's 8.1) take no type parameter at run time
-    _IntParam = _FloatParam = click.ParamType
-
-
-class When(_IntParam):
-    """ISO 8601 (naive means UTC) or an age such as 10m, 2h, 1d: microseconds since the epoch."""
-
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip()
-        relative = _RELATIVE.fullmatch(text)
-        if relative:
-            seconds = float(relative[1]) * _UNIT[relative[2]]
-            return int((time.time() - seconds) * 1_000_000)
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"{text!r} is neither ISO 8601 nor an age like 10m, 2h, 1d", param, ctx)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1_000_000)
-
-
-class Speed(_FloatParam):
+class Speed(FloatParam):
     """A replay speed: a factor, or 0 / max for no pauses at all."""
 
     name = "SPEED"
@@ -76,31 +40,6 @@ class Speed(_FloatParam):
         if not speed >= 0:
             self.fail(f"{value!r} is not a speed (a number, 0 or max)", param, ctx)
         return speed
-
-
-def clean(value: Any) -> str:
-    """Trail text made safe for a terminal: control and format characters become escapes.
-
-    Commands come from agents, so they may carry escape sequences meant for the operator's
-    terminal, or bidirectional overrides that make text read differently than it runs.
-    """
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(
-        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text
-    )
-
-
-def _cell(value: Any) -> Text:
-    # Text, not str: rich would read "[...]" in a command as its own markup.
-    return Text(clean(value))
-
-
-def _when(us: int | None) -> str:
-    if us is None:
-        return "-"
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(seconds: float | None) -> str:
@@ -136,7 +75,7 @@ def _refusal(refused: dict[str, Any] | None, prefix: str = "refused ") -> str | 
 def _epoch(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "-"
-    return _when(int(seconds * 1_000_000)) + " UTC"
+    return when(int(seconds * 1_000_000)) + " UTC"
 
 
 def _backend(backend: Any, destination: Any = None) -> str:
@@ -150,13 +89,6 @@ def _backend(backend: Any, destination: Any = None) -> str:
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-def _print(*renderables: Any) -> None:
-    # Piped or captured output has no terminal width to fit; rather than crush the table
-    # into 80 columns, give it room (COLUMNS still wins when it is set).
-    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    Console(highlight=False, width=wide).print(*renderables)
 
 
 def _read(ctx: click.Context, trail: Path | None, ask: Callable[[sqlite3.Connection], T]) -> T:
@@ -187,6 +119,12 @@ def sessions_group() -> None:
     help="Identity's email (ignoring case) or subject (exactly).",
 )
 @click.option("--group", default=None, help="A group of the identity.")
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Every column: end, duration, client, owner, database user and name, application,"
+    " destination, bytes.",
+)
 @trail_option
 @json_option
 @click.pass_context
@@ -199,10 +137,12 @@ def list_command(
     backend: str | None,
     identity: str | None,
     group: str | None,
+    wide: bool,
     trail: Path | None,
     as_json: bool,
 ) -> None:
-    """One row per session: who, from where, to which backend, how much."""
+    """One row per session: who, to which backend, how many commands, how it ended (with
+    --wide: also from where, as whom, how long and how much)."""
     found = _read(
         ctx,
         trail,
@@ -222,10 +162,34 @@ def list_command(
     if not found:
         click.echo("no sessions")
         return
-    _print(_sessions_table(found))
+    show(_wide_table(found) if wide else _sessions_table(found))
 
 
 def _sessions_table(found: Iterable[SessionInfo]) -> Table:
+    """One line per session, fitted to the terminal: the id, time and count stay whole;
+    identity, backend and outcome are cut short, never wrapped, when the width runs out."""
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    table.add_column("start", no_wrap=True)
+    table.add_column("identity")
+    table.add_column("backend")
+    table.add_column("commands", justify="right", no_wrap=True)
+    table.add_column("outcome")
+    for s in found:
+        backend = s.start_payload.get("backend")
+        name = backend.get("name") if isinstance(backend, dict) else None
+        table.add_row(
+            cell(s.id),
+            when(s.start),
+            cut(_identity(s.identity)),
+            cut(name or "-"),
+            str(s.commands),
+            cut(_end_reason(s)),
+        )
+    return table
+
+
+def _wide_table(found: Iterable[SessionInfo]) -> Table:
     table = Table()
     for name in ("id", "start", "end"):
         table.add_column(name, no_wrap=True)  # kept whole: people copy them into show
@@ -237,11 +201,11 @@ def _sessions_table(found: Iterable[SessionInfo]) -> Table:
         d = s.as_dict()
         table.add_row(
             *map(
-                _cell,
+                cell,
                 (
                     s.id,
-                    _when(s.start),
-                    _when(s.end),
+                    when(s.start),
+                    when(s.end),
                     _duration(s.duration),
                     d["client"],
                     _identity(s.identity),
@@ -286,9 +250,9 @@ def show_command(ctx: click.Context, session_id: str, trail: Path | None, as_jso
     if as_json:
         _echo_json(detail.as_dict())
         return
-    _print(_header(detail.info), _commands_table(detail.commands))
+    show(_header(detail.info), _commands_table(detail.commands))
     for error in detail.errors:
-        _print(_cell(f"error at {_when(error.ts)}: {_error_line(error.payload)}"))
+        show(cell(f"error at {when(error.ts)}: {_error_line(error.payload)}"))
 
 
 def _header(info: SessionInfo) -> Table:
@@ -298,8 +262,8 @@ def _header(info: SessionInfo) -> Table:
     grid.add_column()
     rows = [
         ("session", info.id),
-        ("start", _when(info.start) + " UTC"),
-        ("end", f"{_when(info.end)} ({d['end_reason'] or ('refused' if refused else 'open')})"),
+        ("start", when(info.start) + " UTC"),
+        ("end", f"{when(info.end)} ({d['end_reason'] or ('refused' if refused else 'open')})"),
         ("duration", _duration(info.duration)),
         ("client", d["client"]),
         ("owner", _owner_full(d["owner"])),
@@ -314,7 +278,7 @@ def _header(info: SessionInfo) -> Table:
         ("bytes in/out", f"{d['bytes_in']}/{d['bytes_out']}"),
     ]
     for name, value in rows:
-        grid.add_row(name, _cell(value))
+        grid.add_row(name, cell(value))
     return grid
 
 
@@ -400,6 +364,16 @@ def _reading(reading: dict[str, Any], *, params: bool = True) -> str:
     return line
 
 
+def result_line(payload: dict[str, Any]) -> str:
+    """A result on one line: its command's number, status, rows, bytes, time and error."""
+    p = payload
+    line = (
+        f"<- #{p.get('n')} {p.get('status')} rows={p.get('rows')} bytes={p.get('bytes')}"
+        f" {p.get('duration_ms')}ms"
+    )
+    return line + (f" {_error_line(p)}" if isinstance(p.get("error"), dict) else "")
+
+
 def _error_line(payload: dict[str, Any]) -> str:
     error = payload.get("error")
     if isinstance(error, dict):
@@ -424,7 +398,7 @@ def _commands_table(commands: Iterable[CommandView]) -> Table:
             problem.append(_error_line(r))
         table.add_row(
             *map(
-                _cell,
+                cell,
                 (
                     c.get("n"),
                     c.get("kind"),
@@ -482,11 +456,7 @@ def _replay_line(event: Event) -> str:
         line = f"-> #{p.get('n')} {p.get('kind')}: {_command_text(p)}"
         return line + (f"\n   refused: {p['refused']}" if p.get("refused") else "")
     if event.type == "result":
-        line = (
-            f"<- #{p.get('n')} {p.get('status')} rows={p.get('rows')} bytes={p.get('bytes')}"
-            f" {p.get('duration_ms')}ms"
-        )
-        line += f" {_error_line(p)}" if isinstance(p.get("error"), dict) else ""
+        line = result_line(p)
         reading = p.get("reading")
         return line + (f"\n   {_reading(reading)}" if isinstance(reading, dict) else "")
     if event.type == "session_end":
@@ -522,10 +492,10 @@ def search_command(ctx: click.Context, text: str, trail: Path | None, as_json: b
     for match in found:
         d = match.as_dict()
         status = d["status"] or ("refused" if d["refused"] else "-")
-        when, who = _when(match.command.ts), d["identity"] or "-"
+        at, who = when(match.command.ts), d["identity"] or "-"
         text = _command_text(match.command.payload, match.result, params=False)
-        table.add_row(*map(_cell, (d["session"], when, who, d["n"], text, status)))
-    _print(table)
+        table.add_row(*map(cell, (d["session"], at, who, d["n"], text, status)))
+    show(table)
 
 
 def register(group: click.Group) -> None:

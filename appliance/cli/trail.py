@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.cli.terminal import progress
 from appliance.config import AnchorSettings
 from appliance.trail import anchor, db, keys
 from appliance.trail.anchor import AnchorError
@@ -75,13 +76,15 @@ def verify_command(  # noqa: PLR0917 - one parameter per click option
     try:
         public = keys.load_public(public_key or settings.public_key)
         anchored = None if where is None or no_anchor else _anchored(settings.path, where)
-        report = verify(
-            settings.path,
-            public,
-            checkpoint_path or settings.checkpoint_file,
-            anchor=anchored,
-            open_tail=open_tail,
-        )
+        with progress("verifying") as tell:
+            report = verify(
+                settings.path,
+                public,
+                checkpoint_path or settings.checkpoint_file,
+                anchor=anchored,
+                open_tail=open_tail,
+                progress=tell,
+            )
     except (TrailError, AnchorError) as exc:
         fail(str(exc))
     if as_json:

@@ -187,6 +187,12 @@ def _reachable_witness(directory: Path, say: Say) -> str:
     ):
         return WITNESS
     source = Path(__file__).resolve().parents[2]
+    if not (source / "pyproject.toml").is_file():  # installed, not a checkout
+        raise LabError(
+            f"{WITNESS} cannot be run by users other than root, as the demo's service and"
+            " agent users must: install Witness where every user can read it (a venv under"
+            " /opt, say)"
+        )
     venv = directory / "venv"
     say(f"{source} is not readable by other users: installing Witness into {venv} ...")
     env = {**os.environ, "WITNESS_COMPILE": "0"}
@@ -282,6 +288,7 @@ def instructions(demo: Demo) -> str:
         f"    $ witness run --token-file ~/token -- psql -h {demo.backend} -U postgres\n"
         f"    $ psql -h {demo.backend} -U postgres       (refused: no identity)\n"
         "  In another terminal, watch the trail:\n"
+        f"    {witness} tail -f --trail {demo.trail}\n"
         f"    {witness} sessions list --trail {demo.trail}\n"
         f"    {witness} search orders --trail {demo.trail}\n"
         f"  {witness} demo --down      remove everything the demo made"

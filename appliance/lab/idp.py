@@ -65,7 +65,8 @@ def missing() -> str | None:
         return "node is not installed (scripts/bootstrap installs it)"
     if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
         return (
-            "appliance/lab/provider/node_modules is missing (scripts/bootstrap runs npm ci there)"
+            f"{IDP_DIR}/node_modules is missing: run npm ci there, as root (in a checkout,"
+            " scripts/bootstrap does)"
         )
     return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ def verify(
     anchor: Sequence[Checkpoint] | None = None,
     open_tail: bool = False,
     now: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Walk every event of the trail at ``path`` in order; stop at the first fault.
 
@@ -61,6 +62,7 @@ def verify(
     ``anchor`` holds the checkpoints of this trail that were published off the host. An
     uncovered tail longer or older than the trail's checkpoint interval allows is a fault,
     unless ``open_tail``: the trail is still being written, or its recorder crashed.
+    ``progress`` is told (events walked, events in the trail) as the walk goes on.
     """
     walk = Walk(public)
     with db.reading(path) as conn:
@@ -70,7 +72,12 @@ def verify(
                 head = _vouch_for_head(walk, checkpoint_file)
                 if anchor is not None:
                     _vouch_for_anchor(walk, anchor)
-                walk.run(conn)
+                if progress is None:
+                    walk.run(conn)
+                else:
+                    total = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                    walk.run(conn, progress=lambda seq: progress(seq, total))
+                    progress(walk.seq, total)
                 _check_end(walk, conn, checkpoint_file, head)
                 if not open_tail:
                     _check_tail(walk, conn, time.time() if now is None else now)

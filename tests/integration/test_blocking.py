@@ -4,7 +4,7 @@
 A blocked command never reaches the backend (PostgreSQL's own statement log is the referee),
 the client gets a 42501 that names the rule and goes on, the commands after it behave as
 PostgreSQL makes them behave after any error, and the trail holds the command, the decision
-and the rule.
+and the rule, which ``witness tail`` shows as they are committed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pgwire as wire
 import psycopg
 import pytest
 from pgclient import RawClient
+from witnesscli import WITNESS, Follower, witness_env
 from witnessproc import Witness, events, run
 
 from appliance.lab.postgres import PostgresServer
@@ -312,3 +313,47 @@ def test_commands_sent_with_the_startup_packet_are_decided_once_the_session_is(
     assert result is not None and result["status"] == "blocked"
     [(later, _)] = decided(guarded.trail, f"select count(*) from {table}")
     assert later["decision"]["action"] == "allow"
+
+
+def test_tail_shows_the_decisions_as_they_are_committed(guarded: Witness, table: str) -> None:
+    """``witness tail -f`` beside the recorder: each command appears as it is committed, with
+    the policy's decision, then its result; Ctrl-C ends the tail."""
+    assert psql(guarded.port, "-c", "select 'before'").returncode == 0
+    watch = Follower(guarded.trail, "-n", "1")
+    try:
+        before = watch.take(2)
+        assert [(e["event"], e.get("text")) for e in before] == [
+            ("command", "select 'before'"),
+            ("result", None),
+        ]
+        done = psql(
+            guarded.port, "-At", "-c", f"delete from {table}", "-c", f"select count(*) from {table}"
+        )
+        assert done.stdout == "5\n", done.stderr
+        blocked, refusal, counted, answer = watch.take(4)
+    finally:
+        status, err = watch.interrupt()
+    assert (status, err) == (0, "")
+    assert (blocked["event"], blocked["text"]) == ("command", f"delete from {table}")
+    assert (blocked["decision"]["action"], blocked["decision"]["rule"]) == ("block", "no-wipe")
+    assert (refusal["event"], refusal["n"], refusal["status"]) == (
+        "result",
+        blocked["n"],
+        "blocked",
+    )
+    assert refusal["error"]["code"] == "42501"
+    assert counted["decision"]["action"] == "allow"
+    assert (answer["status"], answer["rows"]) == ("ok", 1)
+    assert blocked["session"] == counted["session"] == answer["session"]
+    assert blocked["backend"] == "default"
+    # The same, for people, once the session is over.
+    lines = subprocess.run(
+        [*WITNESS, "tail", "-n", "2", "--trail", str(guarded.trail)],
+        capture_output=True,
+        text=True,
+        env=witness_env(),
+        check=True,
+    ).stdout.splitlines()
+    assert f"-> #1 block (no-wipe): delete from {table}" in lines[0]
+    assert "<- #1 blocked rows=" in lines[1] and "42501" in lines[1]
+    assert f"-> #2 allow: select count(*) from {table}" in lines[2]

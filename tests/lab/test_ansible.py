@@ -446,11 +446,23 @@ def test_the_play_installs_the_files_with_their_owners_and_modes(world: World) -
     # An agent can run it (the prefix and the source are readable by all).
     version = as_agent(world, world.agents[0], [world.witness, "--version"])
     assert version.returncode == 0 and "witness, version" in version.stdout, version.stderr
-    # Only what pip needs was shipped: no build products from the controller's checkout.
-    src = world.prefix / "src"
-    assert (src / "bpf" / "witness.c").is_file()
-    assert not list(src.rglob("*.so")) and not (src / "appliance" / "native.json").exists()
-    assert not list(src.rglob("node_modules"))
+    # Installed from a wheel built on the host: the venv runs its site-packages, and no
+    # source tree or build is left to run from.
+    assert not (world.prefix / "src").exists() and not (world.prefix / "build").exists()
+    found = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import appliance; print(appliance.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    package = Path(found.stdout.strip()).parent
+    assert package.is_relative_to(venv) and package.parent.name == "site-packages", package
+    assert (venv / "share" / "witness" / "bpf" / "witness.c").is_file()
+    provider = {p.name for p in (package / "lab" / "provider").iterdir()}
+    assert provider == {"provider.mjs", "package.json", "package-lock.json"}
+    # Only what pip needs was shipped: none of the controller's build products (and with
+    # witness_compile false, nothing was compiled on the host either).
+    assert not list(package.rglob("*.so")) and not (package / "native.json").exists()
 
 
 def test_the_units_are_hardened(world: World) -> None:

@@ -9,7 +9,7 @@ import click
 import pgwire as pg
 import pytest
 
-from appliance.cli import sessions, trail
+from appliance.cli import sessions, tail, trail
 from appliance.config import TrailSettings
 from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.events import CommandFinished, CommandStarted
@@ -48,6 +48,7 @@ def start(who: str, uid: int, backend: dict[str, object]) -> dict[str, object]:
 def cli() -> click.Group:
     group = click.Group("witness")
     sessions.register(group)
+    tail.register(group)
     trail.register(group)
     return group
 
@@ -390,5 +391,146 @@ def damaged_path(tmp_path: Path) -> Path:
     at(0, "session_start", "d1", start("alice", 1000, MAIN))
     entry = {"name": 7, "text": ["x"], "defined": "one", "doubt": "changed", "changed_by": True}
     at(1, "command", "d1", {"n": 1, "kind": "query", "text": "execute x", "prepared": [entry]})
+    t.close()
+    return settings.path
+
+
+LONG_BACKEND = {
+    "name": "billing-primary-eu-west-1-postgresql-15",
+    "address": "10.120.44.17",
+    "port": 5432,
+    "protocol": "postgresql",
+}
+
+
+@pytest.fixture
+def crowd_path(tmp_path: Path) -> Path:
+    """Sessions with the long names real fleets have: service identities with long emails,
+    backends named by role, region and version, a refusal with its whole advice."""
+    settings, t, at = _writer(tmp_path)
+    people = [
+        identity(
+            "7f3c9a2e-4b1d-4e8f-9a6c-2d5e8b1f0c3a",
+            "svc-nightly-reconciliation-pipeline@data-platform.example-corporation.com",
+            ["agents"],
+            {"kind": "cgroup", "target": RUN, "expires": T0 + 3600},
+        ),
+        identity(
+            "agent-ci-runner-with-a-very-long-machine-subject-name-0001",
+            None,
+            ["agents"],
+            {"kind": "uid", "target": "1010", "expires": None},
+        ),
+    ]
+    for i, who in enumerate(people):
+        sid = f"{i:016x}"
+        at(i * 10, "session_start", sid, bound(who, 1010 + i, LONG_BACKEND))
+        at(i * 10 + 1, "command", sid, {"n": 1, "kind": "query", "text": "SELECT 1"})
+        at(
+            i * 10 + 2,
+            "session_end",
+            sid,
+            {
+                "reason": "client closed the connection after a protocol error from the backend",
+                "commands": 1,
+            },
+        )
+    refused = bound(None, 1020, LONG_BACKEND)
+    refused["refused"] = {
+        "code": "28000",
+        "message": "no identity is bound to uid 1020 (comm psql); run witness login, or run"
+        " the agent with witness run",
+    }
+    at(30, "session_start", "00000000000000ff", refused)
+    at(30.5, "session_end", "00000000000000ff", {"reason": "refused", "commands": 0})
+    t.close()
+    return settings.path
+
+
+def decision(action: str, rule: str | None, reason: str) -> dict[str, object]:
+    return {"action": action, "rule": rule, "reason": reason}
+
+
+@pytest.fixture
+def decided_path(tmp_path: Path) -> Path:
+    """Carol's session under a policy: an allowed command, one blocked by a rule, one held and
+    approved; Dave's on the other backend, with a cancel request; two sessions interleaved."""
+    settings, t, at = _writer(tmp_path)
+    carol, dave = "c2-carol", "d2-dave"
+    at(0, "session_start", carol, bound(CAROL, 1002, MAIN))
+    at(
+        1,
+        "command",
+        carol,
+        {
+            "n": 1,
+            "kind": "query",
+            "text": "SELECT * FROM orders",
+            "decision": decision("allow", None, "the default"),
+        },
+    )
+    at(2, "session_start", dave, bound(DAVE, 1003, OTHER))
+    at(
+        3,
+        "command",
+        dave,
+        {
+            "n": 1,
+            "kind": "query",
+            "text": "SELECT pg_sleep(60)",
+            "identity": DAVE,
+            "decision": decision("allow", None, "default"),
+        },
+    )
+    at(3.5, "result", carol, {"n": 1, "status": "ok", "rows": 2, "bytes": 80, "duration_ms": 1.5})
+    at(
+        4,
+        "command",
+        carol,
+        {
+            "n": 2,
+            "kind": "query",
+            "text": "DELETE FROM orders",
+            "decision": decision("block", "no-wipe", "no DELETE without WHERE"),
+        },
+    )
+    at(
+        4.1,
+        "result",
+        carol,
+        {
+            "n": 2,
+            "status": "error",
+            "rows": 0,
+            "bytes": 90,
+            "duration_ms": 0,
+            "error": {"code": "42501", "message": "blocked by rule 'no-wipe'"},
+        },
+    )
+    at(5, "command", dave, {"n": 0, "kind": "cancel", "text": "cancel request", "identity": DAVE})
+    at(
+        5.5,
+        "result",
+        dave,
+        {
+            "n": 1,
+            "status": "error",
+            "rows": 0,
+            "bytes": 70,
+            "duration_ms": 2500,
+            "error": {"code": "57014", "message": "canceling statement"},
+        },
+    )
+    held = decision("hold", "ask-first", "changes to accounts")
+    held["approval"] = "h-1"
+    at(
+        6,
+        "command",
+        carol,
+        {"n": 3, "kind": "query", "text": "UPDATE accounts\n   SET x = 1", "decision": held},
+    )
+    at(8, "result", carol, {"n": 3, "status": "ok", "rows": 1, "bytes": 20, "duration_ms": 2000})
+    at(9, "session_end", dave, {"reason": "client closed", "commands": 2})
+    at(10, "session_end", carol, {"reason": "client closed", "commands": 3})
     t.close()
     return settings.path

@@ -10,6 +10,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
+from rich.cells import cell_len
 
 from appliance.cli import sessions
 
@@ -76,13 +77,75 @@ def test_list_filters(
     assert [s["id"] for s in found] == expected
 
 
+def header(out: str) -> list[str]:
+    """The column names of the table in ``out``."""
+    line = next(line for line in out.splitlines() if line.startswith("┃"))
+    return [name.strip() for name in line.strip("┃").split("┃")]
+
+
+def rows(out: str) -> list[list[str]]:
+    """The table's body lines in ``out``, cut into cells."""
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    return [[c.strip() for c in line.strip("│").split("│")] for line in lines]
+
+
 def test_list_for_people(cli: click.Group, path: Path) -> None:
     result = run(cli, "sessions", "list", "--trail", str(path))
     assert result.exit_code == 0
+    out = result.stdout
+    assert header(out) == ["id", "start", "identity", "backend", "commands", "outcome"]
+    assert rows(out) == [
+        ["a1b2c3d4-alice", "2023-11-14 22:13:20", "-", "main", "4", "client closed"],
+        ["a1ffee-bob", "2023-11-14 22:14:20", "-", "other", "1", "server closed"],
+        ["b7-open", "2023-11-14 22:15:20", "-", "main", "1", "open"],
+    ]
+
+
+def test_list_wide_for_people(cli: click.Group, path: Path) -> None:
+    result = run(cli, "sessions", "list", "--wide", "--trail", str(path))
+    assert result.exit_code == 0
+    assert header(result.stdout) == [
+        *("id", "start", "end", "duration", "client", "identity", "owner", "db user"),
+        *("database", "application", "backend", "commands", "bytes in/out", "end reason"),
+    ]
     for text in ("a1b2c3d4-alice", "a1ffee-bob", "uid 1000 pid 5000 /usr/bin/psql", "500/900"):
         assert text in result.stdout
+    assert "main (127.0.0.1:5432)" in result.stdout
     assert "client closed" in result.stdout
     assert "open" in result.stdout
+
+
+def test_list_json_is_the_same_with_wide(cli: click.Group, identity_path: Path) -> None:
+    listed = run_json(cli, "sessions", "list", "--trail", str(identity_path))
+    assert run_json(cli, "sessions", "list", "--wide", "--trail", str(identity_path)) == listed
+    assert set(listed[0]) >= {"owner", "client", "db_user", "bytes_in", "end_reason"}
+
+
+def test_list_fits_a_100_column_terminal(cli: click.Group, crowd_path: Path) -> None:
+    narrow = CliRunner(env={"COLUMNS": "100"})
+    result = narrow.invoke(cli, ["sessions", "list", "--trail", str(crowd_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines and max(cell_len(line) for line in lines) <= 100
+    found = rows(result.stdout)
+    # One line per session: nothing wrapped onto a second line.
+    assert [r[0] for r in found] == ["0000000000000000", "0000000000000001", "00000000000000ff"]
+    assert [r[1] for r in found] == [
+        "2023-11-14 22:13:20",
+        "2023-11-14 22:13:30",
+        "2023-11-14 22:13:50",
+    ]
+    assert [r[4] for r in found] == ["1", "1", "0"]
+    first, second, refused = found
+    # Long names are cut, with an ellipsis, never wrapped; the start of each is kept.
+    assert first[2].startswith("svc-nightly") and first[2].endswith("…")
+    assert second[2].startswith("agent-ci-") and second[2].endswith("…")
+    assert all(r[3].startswith("billing-") and r[3].endswith("…") for r in found)
+    assert first[5].startswith("client clos")
+    assert refused[2] == "-" and refused[5].startswith("refused 28")
+    # The same sessions with every column do not fit: this check can see a wrapped row.
+    wide = narrow.invoke(cli, ["sessions", "list", "--wide", "--trail", str(crowd_path)])
+    assert len(rows(wide.stdout)) > 3
 
 
 def test_list_rejects_a_bad_time(cli: click.Group, path: Path) -> None:
@@ -223,6 +286,7 @@ COMMANDS = [
     ["sessions", "show", "a1b"],
     ["sessions", "replay", "a1b"],
     ["search", "x"],
+    ["tail"],
 ]
 
 
@@ -328,17 +392,24 @@ def test_list_json_carries_identity_and_refusal(cli: click.Group, identity_path:
 def test_list_shows_identities_and_refusals(cli: click.Group, identity_path: Path) -> None:
     result = run(cli, "sessions", "list", "--trail", str(identity_path))
     assert result.exit_code == 0, result.output
-    rows = {line.split()[1]: line for line in result.stdout.splitlines() if "-" in line[:12]}
-    assert "Carol@Example.com" in rows["c1-carol"]
-    assert "uid 1002 pid 5002 /usr/bin/psql" in rows["c1-carol"]  # the owner stays
-    assert "sub-dave" in rows["d1-dave"]
-    assert "refused 28000: no identity bound to uid 1004" in rows["e1-refused"]
-    assert "uid 1004 pid 5004" in rows["e1-refused"]
-    assert "refused" not in rows["f1-old"]
+    brief = {r[0]: r for r in rows(result.stdout)}
+    assert brief["c1-carol"][2] == "Carol@Example.com"
+    assert brief["d1-dave"][2] == "sub-dave"
+    assert brief["e1-refused"][2] == "-"
+    assert brief["e1-refused"][5] == "refused 28000: no identity bound to uid 1004"
+    assert brief["f1-old"][2] == "-"
+
+    result = run(cli, "sessions", "list", "--wide", "--trail", str(identity_path))
+    assert result.exit_code == 0, result.output
+    wide = {r[0]: r for r in rows(result.stdout)}
+    assert wide["c1-carol"][5] == "Carol@Example.com"
+    assert wide["c1-carol"][6] == "uid 1002 pid 5002 /usr/bin/psql"  # the owner stays
+    assert wide["d1-dave"][5] == "sub-dave"
+    assert wide["e1-refused"][13] == "refused 28000: no identity bound to uid 1004"
+    assert wide["e1-refused"][6].startswith("uid 1004 pid 5004")
+    assert "refused" not in wide["f1-old"][13]
     # The identity column of the refused and the old session holds "-".
-    for sid in ("e1-refused", "f1-old"):
-        cells = [c.strip() for c in rows[sid].split("│")]
-        assert cells[6] == "-", cells
+    assert wide["e1-refused"][5] == wide["f1-old"][5] == "-"
 
 
 def test_list_by_identity_reads_no_command(cli: click.Group, identity_path: Path) -> None:
