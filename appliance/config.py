@@ -135,6 +135,9 @@ class TrailSettings:
     checkpoint_events: int = 1_000
     checkpoint_seconds: float = 1.0
     anchor: AnchorSettings | None = None
+    central: AnchorSettings | None = None
+    """The central store every event is shipped to (``[trail.central]``): connected to as
+    the anchor is, by a role that may only add events."""
     examine_commits: int = 1000
     """Commits between two checks that the trail's files are whole (each also copies the WAL
     into the database), besides the check at every timed checkpoint: about the WAL size at
@@ -158,6 +161,11 @@ class TrailSettings:
     def anchor_state(self) -> Path:
         """What has been published to the anchor, and the last failure, beside the trail."""
         return self.path.with_name(self.path.name + ".anchor")
+
+    @property
+    def central_state(self) -> Path:
+        """What has been shipped to the central store, and the last failure."""
+        return self.path.with_name(self.path.name + ".central")
 
     @classmethod
     def beside(cls, trail: Path, **settings: Any) -> TrailSettings:
@@ -528,8 +536,7 @@ def _dsn(value: Any, key: str) -> dict[str, str]:
     return {k: str(v) for k, v in params.items() if v is not None}
 
 
-def _anchor(raw: Any, base: Path) -> AnchorSettings:
-    key = "trail.anchor"
+def _anchor(raw: Any, base: Path, key: str = "trail.anchor") -> AnchorSettings:
     table = _table(raw, key)
     _no_unknown(table, key, {"dsn", "passfile", "bastion", "timeout_seconds", "retry_max_seconds"})
     dsn = table.get("dsn")
@@ -549,7 +556,15 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
     _no_unknown(
         table,
         "trail",
-        {"path", "signing_key", "durability", "checkpoint_events", "checkpoint_seconds", "anchor"},
+        {
+            "path",
+            "signing_key",
+            "durability",
+            "checkpoint_events",
+            "checkpoint_seconds",
+            "anchor",
+            "central",
+        },
     )
     path = base / _str(table.get("path", "/var/lib/witness/trail.db"), "trail.path")
     key = table.get("signing_key")
@@ -572,6 +587,7 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
             0.1,
         ),
         anchor=_anchor(table["anchor"], base) if "anchor" in table else None,
+        central=_anchor(table["central"], base, "trail.central") if "central" in table else None,
     )
 
 

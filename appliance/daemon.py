@@ -35,7 +35,8 @@ from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
 from appliance.trail import db, maskkey, query
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
-from appliance.trail.publisher import Publisher
+from appliance.trail.publisher import Courier, Publisher
+from appliance.trail.shipper import Shipper
 from appliance.trail.store import Trail
 
 log = logging.getLogger("witness")
@@ -177,11 +178,21 @@ async def run(
     limits = Limits()
     trail = Trail.open(settings.trail)
     recorder = Recorder(trail, loop)
-    publisher = publishing = None
+    couriers: list[tuple[Courier, asyncio.Future[None]]] = []
     if settings.trail.anchor is not None:
         publisher = Publisher(settings.trail, settings.trail.anchor, trail.id)
-        trail.on_checkpoint = publisher.wake
-        publishing = asyncio.ensure_future(publisher.run())
+        couriers.append((publisher, asyncio.ensure_future(publisher.run())))
+    if settings.trail.central is not None:
+        shipper = Shipper(settings.trail, settings.trail.central, trail.id)
+        couriers.append((shipper, asyncio.ensure_future(shipper.run())))
+    if couriers:
+        woken = tuple(courier.wake for courier, _ in couriers)
+
+        def wake_couriers() -> None:
+            for wake in woken:
+                wake()
+
+        trail.on_checkpoint = wake_couriers
     decide = None
     if settings.policy is None:
         log.info("policy: none ([policy] absent): commands are recorded, none is decided")
@@ -324,6 +335,8 @@ async def run(
             settings.trail.checkpoint_seconds,
             settings.trail.checkpoint_events,
         )
+        if settings.trail.central is not None:
+            log.info("events shipped to the central store %s", where(settings.trail.central))
         if settings.trail.anchor is not None:
             log.info("checkpoints published to the anchor %s", where(settings.trail.anchor))
         else:
@@ -364,11 +377,11 @@ async def run(
         try:
             await recorder.close()
         finally:
-            if publisher is not None and publishing is not None:
-                publishing.cancel()
+            for courier, running in couriers:
+                running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await publishing
-                await publisher.finish()  # the checkpoint made at close, if the anchor answers
+                    await running
+                await courier.finish()  # what was written at close, if the far end answers
 
 
 def serve(settings: Settings) -> None:

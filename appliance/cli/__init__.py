@@ -9,6 +9,7 @@ import click
 from appliance import __version__
 from appliance.cli import (
     approvals,
+    central,
     enforce,
     identity,
     lab,
@@ -38,6 +39,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 
 
 for module in (
+    central,
     serve,
     sessions,
     tail,

@@ -20,15 +20,16 @@ from __future__ import annotations
 import json
 import pwd
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from appliance.cli.common import fail, json_option, settings
-from appliance.config import ConfigError, Settings
+from appliance.config import AnchorSettings, ConfigError, Settings, TrailSettings
 from appliance.enforce import bpf, cgroups, nft
-from appliance.trail import publisher
+from appliance.trail import publisher, shipper
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
 
@@ -162,16 +163,28 @@ def attribution() -> tuple[str, str]:
 def anchoring(resolved: Settings) -> dict[str, Any] | None:
     """How far the anchor is behind the trail: None with no [trail.anchor]."""
     settings = resolved.trail.anchor
-    if settings is None:
-        return None
-    found: dict[str, Any] = {"anchor": where(settings), "bastion": settings.bastion}
+    return None if settings is None else _lag(resolved, settings, "anchor", publisher.lag)
+
+
+def shipping(resolved: Settings) -> dict[str, Any] | None:
+    """How far the central store is behind the trail: None with no [trail.central]."""
+    settings = resolved.trail.central
+    return None if settings is None else _lag(resolved, settings, "central", shipper.lag)
+
+
+def _lag(
+    resolved: Settings,
+    settings: AnchorSettings,
+    name: str,
+    read: Callable[[TrailSettings], publisher.Lag],
+) -> dict[str, Any]:
+    found: dict[str, Any] = {name: where(settings), "bastion": settings.bastion}
     try:
-        lag = publisher.lag(resolved.trail)
+        lag = read(resolved.trail)
     except TrailError as exc:
         return {**found, "unreadable": str(exc)}
     found.update(lag.as_dict())
-    behind = None if lag.oldest is None else round(time.time() - lag.oldest, 1)
-    found["seconds_behind"] = behind
+    found["seconds_behind"] = None if lag.oldest is None else round(time.time() - lag.oldest, 1)
     return found
 
 
@@ -179,19 +192,21 @@ def _ago(when: float | None, now: float) -> str:
     return "never" if when is None else f"{now - when:.0f} s ago"
 
 
-def _anchor_lines(found: dict[str, Any] | None) -> list[str]:
+def _lag_lines(found: dict[str, Any] | None, name: str, what: str, title: str) -> list[str]:
+    """``witness status``'s lines for the anchor (``what``: checkpoints) or the central
+    store (events)."""
     if found is None:
-        return ["anchor:             none ([trail.anchor]): checkpoints stay on this host only"]
-    lines = [f"anchor:             {found['anchor']} (bastion {found['bastion'] or '?'})"]
+        return [f"{title + ':':<20}none ([trail.{name}]): {what} stay on this host only"]
+    lines = [f"{title + ':':<20}{found[name]} (bastion {found['bastion'] or '?'})"]
     if "unreadable" in found:
         return [*lines, f"  trail:            {found['unreadable']}"]
     now = time.time()
     published = found["published"]
     upto = f"up to event {published}" if published else "nothing yet"
-    lines.append(f"  published:        {upto}, last {_ago(found['published_at'], now)}")
+    lines.append(f"  sent:             {upto}, last {_ago(found['published_at'], now)}")
     behind = found["unpublished"]
-    waiting = f"{behind} checkpoint(s), the oldest {found['seconds_behind']:.0f} s old"
-    lines.append(f"  not yet anchored: {waiting if behind else 'none'}")
+    waiting = f"{behind} {what}, the oldest {found['seconds_behind']:.0f} s old"
+    lines.append(f"  not yet sent:     {waiting if behind else 'none'}")
     if found["error"]:
         lines.append(f"  last error:       {found['error']} ({_ago(found['error_at'], now)})")
     return lines
@@ -224,6 +239,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
     ]
     mode, why = attribution()
     anchored = anchoring(resolved)
+    shipped = shipping(resolved)
     if as_json:
         report = {
             "table": state,
@@ -233,6 +249,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             "protected": backends,
             "attribution": {"mode": mode, "why": why},
             "anchor": anchored,
+            "central": shipped,
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -251,7 +268,9 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             ports = ", ".join(str(port) for port in p.ports)
             click.echo(f"  {p.name}: {nets} (diverted ports: {ports})")
         click.echo(f"attribution:        {mode} ({why})")
-        for line in _anchor_lines(anchored):
+        anchor_lines = _lag_lines(anchored, "anchor", "checkpoints", "anchor")
+        central_lines = _lag_lines(shipped, "central", "events", "central store")
+        for line in (*anchor_lines, *central_lines):
             click.echo(line)
     ctx.exit(0 if state == "up" else 1)
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
+from appliance import config
+from appliance.cli.central import verify_central
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
 from appliance.cli.terminal import progress
-from appliance.config import AnchorSettings
+from appliance.config import AnchorSettings, TrailSettings
 from appliance.trail import anchor, db, keys
 from appliance.trail.anchor import AnchorError
 from appliance.trail.checkpoint import Checkpoint
@@ -49,6 +51,22 @@ from appliance.trail.verify import Report, verify
     " connection string) [default: the configured [trail.anchor], if any].",
 )
 @click.option("--no-anchor", is_flag=True, help="Do not check against the configured anchor.")
+@click.option(
+    "--central",
+    "central_dsn",
+    metavar="DSN",
+    default=None,
+    help="Check the central store instead: every bastion's chain it holds (with --public-key"
+    " or --keys), and, on a bastion, its own trail against what it shipped.",
+)
+@click.option("--bastion", default=None, help="With --central: only this bastion's trails.")
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="With --central: a directory of the bastions' public keys, BASTION.pub.",
+)
 @json_option
 @click.pass_context
 def verify_command(  # noqa: PLR0917 - one parameter per click option
@@ -59,10 +77,20 @@ def verify_command(  # noqa: PLR0917 - one parameter per click option
     open_tail: bool,
     anchor_dsn: str | None,
     no_anchor: bool,
+    central_dsn: str | None,
+    bastion: str | None,
+    keys_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Check the hash chain, every signature, what vouches for the trail outside it (the
-    checkpoint file, the anchor) and the unsigned tail; exit 1 at the first fault."""
+    checkpoint file, the anchor) and the unsigned tail; exit 1 at the first fault. With
+    --central, check the central store's chains instead."""
+    if central_dsn is not None:
+        local = _local_trail(ctx, trail)
+        key = public_key or (local.public_key if local and local.public_key.exists() else None)
+        if not verify_central(central_dsn, bastion, key, keys_dir, local, as_json):
+            ctx.exit(1)
+        return
     settings = trail_settings(ctx, trail)
     if not settings.path.exists():
         fail(f"{settings.path}: no such trail file")
@@ -93,6 +121,13 @@ def verify_command(  # noqa: PLR0917 - one parameter per click option
         click.echo(_describe(settings.path, report))
     if not report.ok:
         ctx.exit(1)
+
+
+def _local_trail(ctx: click.Context, trail: Path | None) -> TrailSettings | None:
+    """This host's trail, to compare with what it shipped, if there is one."""
+    if trail is None and ctx.find_root().obj is None and not config.DEFAULT_CONFIG.exists():
+        return None
+    return trail_settings(ctx, trail)
 
 
 def _anchored(path: Path, where: AnchorSettings) -> list[Checkpoint] | None:

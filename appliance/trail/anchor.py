@@ -15,6 +15,18 @@ from appliance.config import AnchorSettings
 from appliance.trail.checkpoint import Checkpoint
 
 # The roles are cluster-wide, the schema per database. Every statement can be run again.
+ROLES = """\
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'witness_bastion') THEN
+        CREATE ROLE witness_bastion NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'witness_auditor') THEN
+        CREATE ROLE witness_auditor NOLOGIN;
+    END IF;
+END
+$$;
+"""
 SCHEMA = """\
 -- The Witness anchor: every checkpoint of every bastion's trail. A bastion adds its own and
 -- reads them back; it can change or remove none, and neither can root on the bastion.
@@ -38,17 +50,7 @@ CREATE TABLE IF NOT EXISTS witness.checkpoints (
     bastion   name        NOT NULL DEFAULT session_user,
     PRIMARY KEY (trail, seq)
 );
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'witness_bastion') THEN
-        CREATE ROLE witness_bastion NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'witness_auditor') THEN
-        CREATE ROLE witness_auditor NOLOGIN;
-    END IF;
-END
-$$;
-REVOKE ALL ON SCHEMA witness FROM PUBLIC;
+{ROLES}REVOKE ALL ON SCHEMA witness FROM PUBLIC;
 REVOKE ALL ON witness.checkpoints FROM PUBLIC;
 GRANT USAGE ON SCHEMA witness TO witness_bastion, witness_auditor;
 -- A bastion names neither itself nor the time of arrival: the anchor fills both in.
@@ -67,7 +69,7 @@ DROP POLICY IF EXISTS auditor_reads_all ON witness.checkpoints;
 CREATE POLICY auditor_reads_all ON witness.checkpoints FOR SELECT TO witness_auditor
     USING (true);
 COMMIT;
-"""
+""".replace("{ROLES}", ROLES)
 
 _INSERT = (
     "INSERT INTO witness.checkpoints (trail, seq, hash, key, signature, made)"

@@ -75,13 +75,16 @@ def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int
     return found
 
 
-class Publisher:
-    """Publishes the trail's checkpoints to the anchor, from a thread of its own.
-
-    ``wake`` (called when a checkpoint is committed) starts a round at once; a failed round
-    is retried after 1, 2, 4... seconds, at most ``retry_max`` apart. What the anchor has
-    acknowledged is kept in the state file, so a restart resumes from there.
+class Courier:
+    """Carries what the trail holds to a PostgreSQL off the host, from a thread of its own,
+    round by round: ``wake`` starts a round at once; a failed round is retried after 1, 2,
+    4... seconds, at most ``retry_max`` apart; what the far end acknowledged is kept in
+    ``state`` (its file), so a restart resumes from there. Subclasses say what a round does.
     """
+
+    what = "checkpoints"  # for the log
+    poll = POLL_SECONDS
+    batch = BATCH
 
     def __init__(
         self,
@@ -93,29 +96,34 @@ class Publisher:
         self.trail = trail
         self.settings = settings
         self.clock = clock
-        self.state = State.load(trail.anchor_state, trail_id)
+        self.state_file = self.state_path(trail)
+        self.state = State.load(self.state_file, trail_id)
         self._conn: psycopg.Connection[Any] | None = None
         self._wake = asyncio.Event()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="witness-anchor")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="witness-courier")
+
+    @staticmethod
+    def state_path(trail: TrailSettings) -> Path:
+        """Where what was sent is kept."""
+        return trail.anchor_state
 
     def wake(self) -> None:
         self._wake.set()
 
-    def publish(self) -> int:
-        """One round, in the calling thread: publish what the anchor lacks (up to BATCH
-        checkpoints); how many.
+    def carry(self) -> int:
+        """One round, in the calling thread: how many items went."""
+        raise NotImplementedError
 
-        Raises AnchorError (or TrailError) when it cannot, and notes why in the state file.
-        """
+    def _round(self, pending: list[Any], send: Callable[[psycopg.Connection[Any]], None]) -> int:
+        """Send ``pending`` (items whose first element is their event's seq) with ``send``,
+        and note the outcome in the state file; raise what ``send`` raised."""
         state = self.state
         state.attempted_at = now = self.clock()
         try:
-            pending = unpublished(self.trail.path, state.published, BATCH)
             if pending:
                 if self._conn is None or self._conn.closed:
-                    self._conn = anchor.connect(self.settings)
-                checkpoints = [(made, signed) for _, made, signed in pending]
-                anchor.publish(self._conn, self.settings, state.trail, checkpoints)
+                    self._conn = self._connect()
+                send(self._conn)
         except (AnchorError, TrailError) as exc:
             self._disconnect()
             state.error, state.error_at = str(exc), now
@@ -127,10 +135,13 @@ class Publisher:
         self._save()
         return len(pending)
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        return anchor.connect(self.settings)
+
     async def run(self) -> None:
-        """Publish until cancelled."""
+        """Carry until cancelled."""
         loop = asyncio.get_running_loop()
-        self._wake.set()  # whatever the last run left unpublished, first
+        self._wake.set()  # whatever the last run left behind, first
         delay = 0.0
         failing: str | None = None
         while True:
@@ -138,30 +149,30 @@ class Publisher:
                 await asyncio.sleep(delay)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
             self._wake.clear()
             try:
-                count = await loop.run_in_executor(self._worker, self.publish)
+                count = await loop.run_in_executor(self._worker, self.carry)
             except Exception as exc:  # whatever fails, the next round tries again
                 delay = min(self.settings.retry_max, max(1.0, delay * 2))
                 if str(exc) != failing:
                     failing = str(exc)
-                    log.warning("cannot publish checkpoints: %s; retrying", failing)
+                    log.warning("cannot send %s: %s; retrying", self.what, failing)
                 continue
             if failing is not None:
-                log.warning("the anchor has the checkpoints again (%d published)", count)
+                log.warning("sending %s again (%d sent)", self.what, count)
                 failing = None
             delay = 0.0
-            if count == BATCH:
+            if count == self.batch:
                 self._wake.set()  # more are waiting
 
     async def finish(self) -> None:
-        """One last round, for the checkpoint made at shutdown, then let go of the anchor."""
+        """One last round (for what was written at shutdown), then let go of the far end."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._worker, self.publish)
+            await loop.run_in_executor(self._worker, self.carry)
         except Exception as exc:
-            log.warning("checkpoints left unpublished until the next start: %s", exc)
+            log.warning("%s left unsent until the next start: %s", self.what, exc)
         finally:
             await loop.run_in_executor(self._worker, self._disconnect)
             self._worker.shutdown()
@@ -174,19 +185,44 @@ class Publisher:
 
     def _save(self) -> None:
         try:
-            self.state.save(self.trail.anchor_state)
+            self.state.save(self.state_file)
         except OSError as exc:
-            log.warning("cannot write %s: %s", self.trail.anchor_state, exc.strerror)
+            log.warning("cannot write %s: %s", self.state_file, exc.strerror)
+
+
+class Publisher(Courier):
+    """Publishes the trail's checkpoints to the anchor as they are made (``wake`` is called
+    when a checkpoint is committed)."""
+
+    def carry(self) -> int:
+        """Publish what the anchor lacks (up to BATCH checkpoints); how many. Raises
+        AnchorError (or TrailError) when it cannot, and notes why in the state file."""
+        state = self.state
+        try:
+            pending = unpublished(self.trail.path, state.published, BATCH)
+        except TrailError as exc:
+            state.error, state.error_at = str(exc), self.clock()
+            self._save()
+            raise
+        checkpoints = [(made, signed) for _, made, signed in pending]
+
+        def send(conn: psycopg.Connection[Any]) -> None:
+            anchor.publish(conn, self.settings, state.trail, checkpoints)
+
+        return self._round(pending, send)
+
+    publish = carry
 
 
 @dataclass(frozen=True, slots=True)
 class Lag:
-    """How far the anchor is behind the trail, for ``witness status``."""
+    """How far the far end is behind the trail, for ``witness status``: ``published`` is
+    the seq of the last event (or checkpoint) it acknowledged, ``unpublished`` how many wait."""
 
     trail: str | None
     published: int
     unpublished: int
-    oldest: float | None  # when the oldest unpublished checkpoint was made
+    oldest: float | None  # when the oldest waiting one was written (unix seconds)
     published_at: float | None
     attempted_at: float | None
     error: str | None
@@ -195,6 +231,19 @@ class Lag:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(cls, state: State, trail: str | None, waiting: int, oldest: float | None) -> Lag:
+        return cls(
+            trail=trail,
+            published=state.published,
+            unpublished=waiting,
+            oldest=oldest,
+            published_at=state.published_at,
+            attempted_at=state.attempted_at,
+            error=state.error,
+            error_at=state.error_at,
+        )
+
 
 def lag(settings: TrailSettings) -> Lag:
     """Read from the trail and the state file; TrailError when the trail cannot be read."""
@@ -202,13 +251,4 @@ def lag(settings: TrailSettings) -> Lag:
         trail = db.trail_id(conn)
     state = State.load(settings.anchor_state, trail or "")
     pending = unpublished(settings.path, state.published)
-    return Lag(
-        trail=trail,
-        published=state.published,
-        unpublished=len(pending),
-        oldest=pending[0][1] / 1e6 if pending else None,
-        published_at=state.published_at,
-        attempted_at=state.attempted_at,
-        error=state.error,
-        error_at=state.error_at,
-    )
+    return Lag.of(state, trail, len(pending), pending[0][1] / 1e6 if pending else None)

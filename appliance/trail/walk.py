@@ -81,8 +81,13 @@ class Walk:
         ``progress`` is told the seq reached every ``PROGRESS_EVERY`` events."""
         query = f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq"
         step = self.step
+
+        def lookup(seq: int) -> str | None:
+            found = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+            return None if found is None else str(found[0])
+
         for row in conn.execute(query, (self.seq,)):
-            step(conn, row)
+            step(lookup, row)
             if until is not None and self.seq >= until:
                 return
             if progress is not None and not self.seq % PROGRESS_EVERY:
@@ -106,7 +111,9 @@ class Walk:
         signed = [i for i in self.intervals if i.seq <= self.covered]
         return signed[-1] if signed else None
 
-    def step(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    def step(self, lookup: Callable[[int], str | None], row: tuple[Any, ...]) -> None:
+        """Check one event, the next in order; ``lookup`` gives an earlier event's hash
+        (the one a checkpoint signs, when it is not the event just before it)."""
         seq, ts, type, session, text, prev_hash, digest = row
         expected = self.seq + 1
         if seq != expected:
@@ -138,7 +145,7 @@ class Walk:
         if seq == 2 and type != chain.CHECKPOINT:
             raise Fault(2, "event 2 is not the checkpoint that signs the trail's genesis")
         if type == chain.CHECKPOINT:
-            self._checkpoint(conn, seq, payload)
+            self._checkpoint(lookup, seq, payload)
         elif type == chain.TRAIL:
             self._trail_event(seq, payload)
         known = self.vouched.get(seq)
@@ -150,7 +157,9 @@ class Walk:
             )
         self.seq, self.prev = seq, digest
 
-    def _checkpoint(self, conn: sqlite3.Connection, seq: int, payload: dict[str, Any]) -> None:
+    def _checkpoint(
+        self, lookup: Callable[[int], str | None], seq: int, payload: dict[str, Any]
+    ) -> None:
         signed = Checkpoint.from_dict(payload)
         if signed is None:
             raise Fault(seq, f"checkpoint {seq} is malformed")
@@ -158,11 +167,7 @@ class Walk:
             raise Fault(seq, f"checkpoint {seq} vouches for event {signed.seq}, not an earlier one")
         if seq == 2 and signed.seq != 1:
             raise Fault(2, f"checkpoint 2 signs event {signed.seq}, not the genesis")
-        if signed.seq == seq - 1:
-            covered: str | None = self.prev
-        else:
-            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (signed.seq,)).fetchone()
-            covered = None if row is None else row[0]
+        covered = self.prev if signed.seq == seq - 1 else lookup(signed.seq)
         if covered != signed.hash:
             raise Fault(
                 seq,

@@ -1,0 +1,207 @@
+"""The central store, with real PostgreSQL on both sides: recorders ship every event of
+their trails while pgbench runs through them, one recorder is killed mid-shipping and
+restarted, the store is stopped and started under load; every event arrives exactly once,
+`witness verify --central` checks each chain with its bastion's key, and an event changed
+in the store is caught. The bastions' roles may only add events."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from witnessproc import WITNESS, Witness, run
+
+from appliance.config import TrailSettings
+from appliance.lab.postgres import PostgresServer
+from appliance.trail import shipper
+
+
+class Central:
+    """A PostgreSQL holding the central store in database ``central``."""
+
+    def __init__(self) -> None:
+        self.server = PostgresServer()
+        self.server.start()
+        self.server.psql("CREATE DATABASE central")
+        printed = run(WITNESS, "central", "schema", "--bastion=b1", "--bastion=b2")
+        assert printed.returncode == 0, printed.stderr
+        applied = subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", self.url("postgres")],
+            input=printed.stdout, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        self.admin("CREATE ROLE auditor LOGIN IN ROLE witness_auditor")
+        made = run(WITNESS, "central", "maintain", "--dsn", self.url("postgres"))
+        assert made.returncode == 0 and "partition(s) made" in made.stdout, made.stderr
+
+    def url(self, user: str) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.server.port}/central"
+
+    def admin(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            cursor = conn.execute(sql, params or None)
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture
+def store() -> Iterator[Central]:
+    central = Central()
+    yield central
+    central.server.remove()
+
+
+@pytest.fixture
+def bench(pg: PostgresServer) -> None:
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
+         "postgres", "postgres"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def recorder(pg: PostgresServer, store: Central, directory: Path, bastion: str) -> Witness:
+    directory.mkdir(exist_ok=True)
+    return Witness(
+        pg.port,
+        directory / "trail.db",
+        tables=f'[trail.central]\ndsn = "{store.url(bastion)}"\nretry_max_seconds = 1\n',
+    )
+
+
+def load(witness: Witness, seconds: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["pgbench", "-n", "-S", "-c", "2", "-T", str(seconds), witness.url()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def local_events(trail: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{trail}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT max(seq) FROM events").fetchone()[0])
+
+
+def shipped(store: Central, bastion: str) -> tuple[int, int, int]:
+    """(rows, distinct seqs, max seq) the store holds of ``bastion``."""
+    ((rows, seqs, last),) = store.admin(
+        "SELECT count(*), count(DISTINCT seq), coalesce(max(seq), 0) FROM witness.events"
+        " WHERE bastion = %s", bastion,
+    )  # fmt: skip
+    return int(rows), int(seqs), int(last)
+
+
+def wait_shipped(store: Central, bastion: str, trail: Path, wait: float = 60.0) -> None:
+    deadline = time.monotonic() + wait
+    while shipped(store, bastion)[2] < local_events(trail):
+        assert time.monotonic() < deadline, (shipped(store, bastion), local_events(trail))
+        time.sleep(0.2)
+
+
+def verify(store: Central, keys: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        WITNESS, "verify", "--central", store.url("auditor"), "--keys", str(keys), "--json", *args
+    )
+
+
+def test_two_bastions_ship_every_event_exactly_once_through_kills_and_outages(
+    pg: PostgresServer, store: Central, bench: None, tmp_path: Path
+) -> None:
+    one = recorder(pg, store, tmp_path / "b1", "b1")
+    two = recorder(pg, store, tmp_path / "b2", "b2")
+    try:
+        first, second = load(one, 6), load(two, 12)
+        time.sleep(2)
+        one.kill()  # mid-shipping: its state file is behind what the store holds
+        first.wait(timeout=30)
+        one = recorder(pg, store, tmp_path / "b1", "b1")
+        first = load(one, 4)
+        time.sleep(1)
+        store.server.stop()  # the store goes away under load: recording goes on
+        time.sleep(2)
+        behind = shipper.lag(TrailSettings.beside(two.trail))  # what witness status shows
+        assert behind.unpublished > 0 and behind.error and "central store" in behind.error
+        store.server.restart()
+        first.wait(timeout=60)
+        second.wait(timeout=60)
+        for witness, bastion in ((one, "b1"), (two, "b2")):
+            wait_shipped(store, bastion, witness.trail)
+    finally:
+        one.stop()
+        two.stop()
+    for witness, bastion in ((one, "b1"), (two, "b2")):
+        wait_shipped(store, bastion, witness.trail)  # what was signed at shutdown, too
+        rows, seqs, last = shipped(store, bastion)
+        assert rows == seqs == last == local_events(witness.trail), bastion
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for bastion in ("b1", "b2"):
+        shutil.copy(tmp_path / bastion / "trail.db.key.pub", keys / f"{bastion}.pub")
+    done = verify(store, keys)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["bastion"], r["ok"]) for r in reports] == [("b1", True), ("b2", True)]
+    assert all(r["checkpoints"] > 1 and r["events"] > 100 for r in reports)
+    # On the bastion: its own trail compared with what it shipped.
+    mine = run(
+        WITNESS, "verify", "--central", store.url("auditor"), "--bastion", "b1",
+        "--trail", str(one.trail),
+    )  # fmt: skip
+    assert mine.returncode == 0 and "agrees with" in mine.stdout, mine.stdout + mine.stderr
+
+    # A change in the store is caught, and where.
+    store.admin(
+        "UPDATE witness.events SET payload = payload || ' '"
+        " WHERE bastion = 'b2' AND seq = (SELECT min(seq) FROM witness.events"
+        " WHERE bastion = 'b2' AND type = 'command')"
+    )
+    changed = verify(store, keys, "--bastion", "b2")
+    assert changed.returncode == 1
+    (report,) = [json.loads(line) for line in changed.stdout.splitlines()]
+    assert not report["ok"] and "was changed" in report["reason"], report
+
+
+def test_a_bastion_may_only_add_its_own_events(
+    pg: PostgresServer, store: Central, tmp_path: Path
+) -> None:
+    witness = recorder(pg, store, tmp_path / "b1", "b1")
+    try:
+        run("psql", "-X", "-c", "select 1", witness.url())
+        wait_shipped(store, "b1", witness.trail)
+    finally:
+        witness.stop()
+    with psycopg.connect(store.url("b1"), autocommit=True) as conn:
+        for sql in (
+            "UPDATE witness.events SET payload = '{}'",
+            "DELETE FROM witness.events",
+            "SELECT count(*) FROM witness.events",
+            "TRUNCATE witness.events",
+            "INSERT INTO witness.events (bastion, trail, seq, ts, type, payload, prev_hash, hash)"
+            " VALUES ('b2', repeat('a', 32), 1, 0, 'x', '{}', '', '')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+    # A bastion that ships under another's trail id is kept apart, under its own name.
+    ((trail,),) = store.admin("SELECT DISTINCT trail FROM witness.events WHERE bastion = 'b1'")
+    with psycopg.connect(store.url("b2"), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO witness.events (trail, seq, ts, type, payload, prev_hash, hash)"
+            " VALUES (%s, 1, %s, 'trail', '{}', '', '')",
+            (trail, int(time.time() * 1e6)),
+        )
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for bastion in ("b1", "b2"):
+        shutil.copy(tmp_path / "b1" / "trail.db.key.pub", keys / f"{bastion}.pub")
+    done = verify(store, keys)
+    reports = {r["bastion"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert reports["b1"]["ok"] and not reports["b2"]["ok"]
+    assert done.returncode == 1
