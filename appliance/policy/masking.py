@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.model import Command
-from appliance.policy import maskguard, maskwrites, sqllex
+from appliance.policy import maskguard, maskwrites
 from appliance.policy.globs import Globs
 from appliance.policy.maskguard import CopyOut, Masked
 from appliance.policy.maskrules import MaskRule
@@ -451,7 +451,7 @@ class SessionMasks:
             self._columns_carried(text, params, spans, masked_params, clear)
         for scan in self._trail_content:
             for token in maskwrites.literals(text):
-                if token.kind == sqllex.STRING and (token.start, token.end) not in spans:
+                if (token.start, token.end) not in spans:
                     found = scan.redact(token.value, _content_mark)
                     if found is not None:
                         spans[(token.start, token.end)] = found

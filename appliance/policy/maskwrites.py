@@ -111,6 +111,10 @@ def _statement(stmt: Node, masked: Masked, columns: Columns) -> list[_Place]:
             handled.add(id(val))
             if masked_here is not None and name in masked_here:
                 places += _values(val, table[0] if table else first_table, name)
+    written = _written(node, fields, masked, columns)
+    if written is not None and (fields.get("withClause") or fields.get("fromClause")):
+        # The value may come from a CTE's or another relation's literals: all are masked.
+        return [*places, *_values(stmt, *written)]
     # A masked column anywhere else: the statement's every value is its.
     allowed = plain_targets(stmt)
     for item in nodes(stmt):
@@ -129,6 +133,26 @@ def _statement(stmt: Node, masked: Masked, columns: Columns) -> list[_Place]:
         column = next(iter(next(iter(named.values()))), "")
         return [*places, *_values(stmt, first_table, column, handled)]
     return places
+
+
+def _written(
+    node: str, fields: Node, masked: Masked, columns: Columns
+) -> tuple[str, str] | None:
+    """(table, column) of a masked column the INSERT or UPDATE writes, if any."""
+    if node not in ("InsertStmt", "UpdateStmt"):
+        return None
+    table = _table_of(fields.get("relation"))
+    found = masked.table(*table) if table else None
+    if table is None or found is None:
+        return None
+    targets = [*(fields.get("cols") or []), *(fields.get("targetList") or [])]
+    conflict = fields.get("onConflictClause") or {}
+    targets += conflict.get("targetList") or []
+    names = [str(t.get("ResTarget", {}).get("name", "")).lower() for t in targets]
+    if node == "InsertStmt" and not fields.get("cols"):
+        names += [n.lower() for n in columns(*table) or found]
+    hit = next((n for n in names if n in found), None)
+    return None if hit is None else (table[0].lower(), hit)
 
 
 def _table_of(relation: Any) -> tuple[str, str | None] | None:

@@ -148,6 +148,8 @@ class _Walk:
                 facts.unknown = "a DO block runs procedural code"
             elif node == "ExecuteStmt" and facts.unknown is None:
                 facts.unknown = f"runs prepared statement {fields.get('name', '')}"
+            elif node in _LATER and facts.unknown is None:
+                facts.unknown = _LATER[node]
             where = fields.get("whereClause")
             if node in ("UpdateStmt", "DeleteStmt") and not _mentions_column(where):
                 facts.no_where = True
@@ -204,6 +206,13 @@ class _Walk:
         return scope.union(names)
 
 
+# Statements that make code run later, on other statements, where no decision sees it: a
+# rule's actions, a trigger's function. What they will do is not known when they are made.
+_LATER = {
+    "RuleStmt": "a rule runs its actions on later statements, unseen by any decision",
+    "CreateTrigStmt": "a trigger runs its function on later statements, unseen by any decision",
+    "CreateEventTrigStmt": "an event trigger runs its function on later DDL, unseen",
+}
 # Fields holding statements that are defined, not run, when their statement runs.
 _NEVER_RUN = {"CreateFunctionStmt": "sql_body", "RuleStmt": "actions"}
 

@@ -25,6 +25,9 @@ class Splicer:
         """Hand on ``replacement`` in place of the stream's bytes ``start`` to ``end``."""
         if start < self.sent:
             raise ValueError(f"bytes from {start} have gone already (up to {self.sent})")
+        if self.edits and self.edits[-1][:2] == (start, end):  # rewritten again: this wins
+            self.edits[-1] = (start, end, replacement)
+            return
         if self.edits and start < self.edits[-1][1]:
             raise ValueError(f"the edit at {start} overlaps or precedes the last one")
         self.edits.append((start, end, replacement))

@@ -540,10 +540,13 @@ class Session:
         decision = decide(self.identity, backend.name, opened.database, event.command, moved)
         masking = self.relay.masking
         if masking is not None:
-            decision = self._masked(masking, decision, event)
+            refused = self._masked(masking, decision, event)
             masks = self.masks
             if masks is not None and masks.trail:
-                self.handler.mask_record(event.n, payload, masks)
+                # A statement refused as a way around the masks may hold a guess at a
+                # masked value anywhere: none of its values is kept.
+                self.handler.mask_record(event.n, payload, None if refused else masks)
+            decision = refused or decision
         if decision.action == "hold":
             decision = self._held(event, payload, decision)
         payload["decision"] = decision.as_dict()
@@ -630,16 +633,18 @@ class Session:
         self._gate()
         self._resume(_HELD)
 
-    def _masked(self, masking: Masking, decision: Decision, event: CommandStarted) -> Decision:
-        """The decision, with the ways around the session's masks refused."""
+    def _masked(
+        self, masking: Masking, decision: Decision, event: CommandStarted
+    ) -> Decision | None:
+        """The block of a way around the session's masks, or None."""
         if masking.changes_schema(event.command):
             self.schema_changes.add(event.n)
         masks = self.masks
         if decision.action == "block" or masks is None:
-            return decision
+            return None
         why = masks.refusal(event.command, self.handler.formats(event.n))
         if why is None:
-            return decision
+            return None
         rule = next((r.name for r in masks.rules if r.by_column), None)
         return Decision("block", rule, f"masked data: {why}")
 

@@ -546,3 +546,35 @@ def test_one_identity_cannot_bury_the_approvers(pg: PostgresServer, tmp_path: Pa
         if e["type"] == "command" and "id = 3" in e["text"]
     ]  # fmt: skip
     assert blocked[0]["decision"]["action"] == "block"
+
+
+def test_a_rule_or_trigger_cannot_run_a_held_kind_unseen(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """A DELETE is held; a rule or a trigger that would delete on a later INSERT, decided
+    as an INSERT, is a way around it. Making one is unknown, and a hold rule holds what is
+    unknown: it waits for a person, and runs only if one approves."""
+    pg.psql(
+        "DROP TABLE IF EXISTS held; CREATE TABLE held (id int); INSERT INTO held VALUES (1);"
+        " DROP TABLE IF EXISTS held_log; CREATE TABLE held_log (x int);"
+        " CREATE OR REPLACE FUNCTION held_purge() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN DELETE FROM held; RETURN NULL; END $$"
+    )
+    lab = Lab(pg, tmp_path, timeout=2.0)
+    try:
+        with psycopg.connect(lab.witness.url(), autocommit=True) as conn:
+            for sql in (
+                "CREATE RULE purge AS ON INSERT TO held_log DO ALSO DELETE FROM held",
+                "CREATE TRIGGER purge AFTER INSERT ON held_log"
+                " FOR EACH ROW EXECUTE FUNCTION held_purge()",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as stopped:
+                    conn.execute(sql)
+                assert "held for approval" in str(stopped.value)
+                assert "expired" in str(stopped.value)
+            conn.execute("INSERT INTO held_log VALUES (1)")
+    finally:
+        lab.close()
+    assert pg.psql("SELECT count(*) FROM held").strip() == "1"
+    asked = [e for e in events(lab.trail) if e.get("step") == "requested"]
+    assert [("later statements" in e["reason"]) for e in asked] == [True, True]

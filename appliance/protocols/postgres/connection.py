@@ -37,6 +37,7 @@ from appliance.protocols.postgres.messages import (
     notice_response,
     parse_message,
     query_message,
+    without_detail,
 )
 from appliance.protocols.postgres.portals import Portal, Reread
 from appliance.protocols.postgres.reading import Reader
@@ -961,7 +962,22 @@ class PostgresConnection:
         self._described = marker.statement
         self._describing = self._capture_rows > 0 or self.masks is not None
 
+    def _withhold_detail(self, kind: bytes, body: bytes) -> None:
+        """In a masked session, a server's error or notice goes without its DETAIL, which
+        may quote a row's masked values."""
+        hidden = without_detail(body)
+        if hidden is not None:
+            end = self._server.seen
+            message = kind + (len(hidden) + 4).to_bytes(4, "big") + hidden
+            self._back.replace(end - len(body) - 5, end, message)
+
+    def _notice(self, body: bytes) -> None:
+        if self._masking:
+            self._withhold_detail(b"N", body)
+
     def _error_response(self, body: bytes) -> None:
+        if self._masking:
+            self._withhold_detail(b"E", body)
         info = decode.error_info(body, self._reader.at(self._bounds_done))
         self._copy_in = None
         self._describing = False
@@ -1248,9 +1264,10 @@ _SERVER_ANSWERS = {
 SERVER_READY: Phase[_C] = Phase("ready", types("dDTn2NAVc"), _SERVER_ANSWERS)
 SERVER_READY_MASK: Phase[_C] = Phase(
     "ready",
-    types("2NAVc"),
+    types("2AVc"),
     {
         **_SERVER_ANSWERS,
+        b"N": _C._notice,
         b"T": _C._row_description,
         b"D": _C._data_row,
         b"n": _C._no_data,

@@ -111,3 +111,19 @@ def ready_for_query(status: str = "I") -> bytes:
     if status not in ("I", "T", "E"):
         raise ValueError(f"transaction status {status!r}; expected 'I', 'T' or 'E'")
     return _message(b"Z", status.encode())
+
+
+WITHHELD = b"[withheld: the session's results are masked]"
+
+
+def without_detail(body: bytes) -> bytes | None:
+    """An ErrorResponse's or NoticeResponse's body with the text of its DETAIL field (which
+    may quote a row: ``Failing row contains (...)``, ``Key (ssn)=(...)``) replaced by
+    :data:`WITHHELD`; None when it has no DETAIL."""
+    fields = body.split(b"\0")
+    changed = False
+    for i, field in enumerate(fields):
+        if field[:1] == b"D":
+            fields[i] = b"D" + WITHHELD
+            changed = True
+    return b"\0".join(fields) if changed else None

@@ -236,9 +236,13 @@ def test_execute_and_do_are_unknown() -> None:
     assert one("EXPLAIN ANALYZE EXECUTE p").unknown == "runs prepared statement p"
 
 
-def test_rules_and_triggers_are_known_ddl() -> None:
+def test_rules_and_triggers_are_ddl_whose_effects_are_not_known() -> None:
+    """What a rule or a trigger will do runs later, on other statements that are decided
+    as themselves: making one is unknown, blocked unless a rule allows it by name."""
+    trigger = one("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()")
+    assert trigger.unknown is not None and "trigger" in trigger.unknown
     rule = one("CREATE RULE r AS ON DELETE TO t DO INSTEAD DELETE FROM audit")
-    assert rule.unknown is None
+    assert rule.unknown is not None and "rule" in rule.unknown
     assert (rule.kind, rule.category) == ("create_rule", "ddl")
     # The rule's action runs later, on someone else's DELETE: named, not written now.
     assert rule.writes == s("t")

@@ -72,6 +72,16 @@ def masks(rules: tuple[MaskRule, ...] = RULES) -> SessionMasks:
             "insert into people values ('[masked:ssn]', '[masked:ssn]', '[masked:ssn]',"
             " '[masked:ssn]', '[masked:ssn]')",
         ),
+        (  # from a CTE or another relation: every value of the statement
+            "with v as (select '123' as s) insert into people (id, ssn) select 1, s from v",
+            "with v as (select '[masked:ssn]' as s) insert into people (id, ssn)"
+            " select '[masked:ssn]', s from v",
+        ),
+        (
+            "update people set ssn = v.s from (values ('123')) v(s) where id = 1",
+            "update people set ssn = v.s from (values ('[masked:ssn]')) v(s)"
+            " where id = '[masked:ssn]'",
+        ),
         ("update people set balance = -5 where id = 1", None),
         ("select id, ssn from people where id = 1", None),
         ("insert into other (ssn) values ('123')", None),
@@ -123,7 +133,7 @@ def test_wire_only_rules_leave_the_record() -> None:
 
 
 def test_content_rules_read_every_string_and_parameter() -> None:
-    rules = (MaskRule("pii", detectors=("email",)),)
+    rules = (MaskRule("pii", detectors=("email", "card")),)
     m = masks(rules)
     found = m.recorded(
         "insert into notes values ('write to alice@example.com', 'nothing', $1)",
@@ -132,6 +142,8 @@ def test_content_rules_read_every_string_and_parameter() -> None:
     assert found is not None
     assert found.text == "insert into notes values ('write to [masked:email]', 'nothing', $1)"
     assert found.params == {1: "or [masked:email]"}
+    bare = m.recorded("insert into notes values (4111111111111111)", ())
+    assert bare is not None and bare.text == "insert into notes values ('[masked:card]')"
     assert m.recorded("select 'nothing here'", ()) is None
 
 

@@ -211,3 +211,19 @@ def test_an_unmasked_session_stays_on_the_fast_path() -> None:
     conn.client_payload(LOGIN_IN[0])
     conn.receive_server(b"".join(LOGIN_OUT))
     assert not conn.rewriting
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_a_server_error_goes_without_its_detail(chunking: str) -> None:
+    """A constraint's DETAIL quotes the failing row: in a masked session it is withheld,
+    and the rest of the error (and of the stream) is as the server sent it."""
+    ends = Ends(CHUNKINGS[chunking])
+    ends.client([pg.query("update people set id = null where id = 2")])
+    fields = (
+        b"SERROR\0C23502\0Mnull value in column\0DFailing row contains (null, 123-45-6789).\0\0"
+    )
+    error = pg.message(b"E", fields)
+    ends.server([error, pg.ready_for_query("I")])
+    assert b"123-45-6789" not in ends.to_client
+    assert b"withheld" in ends.to_client and b"null value in column" in ends.to_client
+    assert ends.to_client.endswith(pg.ready_for_query("I"))
