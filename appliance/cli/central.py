@@ -126,6 +126,8 @@ def _describe(report: TrailReport) -> str:
         f"{name}: ok, events {start} to {report.events} verified"
         f" ({report.checkpoints} checkpoints; {report.uncovered} after the last)"
     )
+    if report.anchored:
+        line += f"; {report.anchored} checkpoints vouched for by the anchor"
     return line + (f"; {report.local}" if report.local else "")
 
 

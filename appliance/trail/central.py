@@ -150,6 +150,20 @@ def events(
         yield from cursor
 
 
+def anchored(conn: psycopg.Connection[Any], bastion: str, trail: str) -> list[tuple[int, str]]:
+    """(seq, hash) of each checkpoint of ``trail`` that ``bastion`` published to an anchor in
+    the same database, if there is one there (``witness anchor schema``)."""
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT seq, hash FROM witness.checkpoints WHERE trail = %s AND bastion = %s",
+                (trail, bastion),
+            ).fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+        return []
+    return [(int(seq), str(digest)) for seq, digest in rows]
+
+
 def event_hash(conn: psycopg.Connection[Any], bastion: str, trail: str, seq: int) -> str | None:
     row = conn.execute(
         "SELECT hash FROM witness.events WHERE bastion = %s AND trail = %s AND seq = %s",

@@ -30,6 +30,7 @@ class TrailReport:
     checkpoints: int
     uncovered: int
     cut: int | None = None
+    anchored: int = 0  # checkpoints an anchor in the same database vouches for
     first_bad_seq: int | None = None
     reason: str | None = None
     local: str | None = None
@@ -48,6 +49,9 @@ def verify_trail(
     """Walk the chain of ``trail`` as ``bastion`` shipped it; stop at the first fault."""
     walk = Walk(public)
     walk.trail = trail
+    vouched = central.anchored(conn, bastion, trail)
+    for seq, digest in vouched:
+        walk.vouch(seq, digest, "the anchor")
     found = central.cut(conn, bastion, trail)
     if found is not None:
         walk.start_after(found.seq, found.hash)
@@ -66,12 +70,12 @@ def verify_trail(
         if walk.seq == 0:
             raise Fault(None, "the store holds no event of this trail")
     except Fault as fault:
-        return _report(walk, bastion, trail, cut, fault)
-    return _report(walk, bastion, trail, cut, None)
+        return _report(walk, bastion, trail, cut, fault, len(vouched))
+    return _report(walk, bastion, trail, cut, None, len(vouched))
 
 
-def _report(
-    walk: Walk, bastion: str, trail: str, cut: int | None, fault: Fault | None
+def _report(  # noqa: PLR0917
+    walk: Walk, bastion: str, trail: str, cut: int | None, fault: Fault | None, anchored: int
 ) -> TrailReport:
     return TrailReport(
         bastion=bastion,
@@ -81,6 +85,7 @@ def _report(
         checkpoints=len(walk.signed),
         uncovered=max(0, walk.seq - walk.covered),
         cut=cut,
+        anchored=anchored,
         first_bad_seq=None if fault is None else fault.seq,
         reason=None if fault is None else fault.reason,
     )

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from witnessproc import WITNESS, Witness, run
 
 from appliance.config import TrailSettings
 from appliance.lab.postgres import PostgresServer
-from appliance.trail import shipper
+from appliance.trail import central, shipper
 
 
 class Central:
@@ -205,3 +206,59 @@ def test_a_bastion_may_only_add_its_own_events(
     reports = {r["bastion"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert reports["b1"]["ok"] and not reports["b2"]["ok"]
     assert done.returncode == 1
+
+
+def test_retention_drops_whole_days_and_the_chain_is_checked_from_the_cut(
+    pg: PostgresServer, store: Central, tmp_path: Path
+) -> None:
+    """Retention drops a day's partition and records where each chain stood; events shipped
+    after are checked from there. An anchor in the same database vouches for checkpoints."""
+    printed = run(WITNESS, "anchor", "schema")
+    subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", store.url("postgres")],
+        input=printed.stdout, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    directory = tmp_path / "b1"
+    directory.mkdir()
+    anchored = f'[trail.anchor]\ndsn = "{store.url("b1")}"\nretry_max_seconds = 1\n'
+
+    def start() -> Witness:
+        return Witness(
+            pg.port, directory / "trail.db",
+            tables=f'[trail.central]\ndsn = "{store.url("b1")}"\nretry_max_seconds = 1\n'
+            + anchored,
+        )  # fmt: skip
+
+    witness = start()
+    try:
+        for n in range(5):
+            run("psql", "-X", "-c", f"select {n}", witness.url())
+        wait_shipped(store, "b1", witness.trail)
+    finally:
+        witness.stop()
+    wait_shipped(store, "b1", witness.trail)
+    before = local_events(witness.trail)
+    today = datetime.now(UTC).date()
+    with psycopg.connect(store.url("postgres"), autocommit=True) as owner:
+        dropped = central.maintain(owner, today=today + timedelta(days=2), ahead=0, behind=0,
+                                   retain=1)  # fmt: skip
+        assert f"events_{today:%Y%m%d}" in dropped.dropped
+        central.maintain(owner, today=today)  # today's partition again, for what comes next
+    ((seq, events, by),) = store.admin(
+        "SELECT last_seq, events, dropped_by FROM witness.retention WHERE bastion = 'b1'"
+    )
+    assert (seq, events, by) == (before, before, "postgres")
+    witness = start()
+    try:
+        run("psql", "-X", "-c", "select 'after the cut'", witness.url())
+    finally:
+        witness.stop()
+    wait_shipped(store, "b1", witness.trail)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(directory / "trail.db.key.pub", keys / "b1.pub")
+    done = verify(store, keys)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (report,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert report["cut"] == before and report["events"] == local_events(witness.trail)
+    assert report["anchored"] > 0
