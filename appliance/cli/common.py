@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from appliance import config
 from appliance.config import ConfigError, Settings, TrailSettings
+
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -43,3 +46,33 @@ trail_option = click.option(
     help="Trail file [default: the configured one].",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+def ask_central(dsn: str, ask: Callable[[Any], T]) -> T:
+    """Run one query against the central store (``ask`` gets a psycopg connection); any
+    problem is a one-line failure."""
+    import psycopg  # noqa: PLC0415 (only commands given --central need it)
+
+    from appliance.trail import central  # noqa: PLC0415
+    from appliance.trail.anchor import where  # noqa: PLC0415
+    from appliance.trail.central import CentralError  # noqa: PLC0415
+    from appliance.trail.db import TrailError  # noqa: PLC0415
+
+    settings = config.AnchorSettings(dsn, timeout=60.0)
+    try:
+        with central.open_store(settings) as conn:
+            return ask(conn)
+    except (CentralError, TrailError) as exc:
+        fail(str(exc))
+    except psycopg.Error as exc:
+        fail(f"central store {where(settings)}: {' '.join(str(exc).split())}")
+
+
+central_option = click.option(
+    "--central",
+    "central_dsn",
+    metavar="DSN",
+    default=None,
+    help="Ask the central store (a libpq connection string) instead of this host's trail.",
+)
+bastion_option = click.option("--bastion", default=None, help="With --central: this bastion only.")

@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -15,13 +16,21 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance import config
-from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.cli.common import (
+    ask_central,
+    bastion_option,
+    central_option,
+    fail,
+    json_option,
+    trail_option,
+    trail_settings,
+)
 from appliance.cli.terminal import When, clean, progress
 from appliance.config import ConfigError
 from appliance.policy import replay
 from appliance.policy.guardrails import Policy
 from appliance.policy.rules import PolicyError, PolicySettings, load_file
-from appliance.trail import db
+from appliance.trail import centralquery, db
 from appliance.trail.db import TrailError
 
 # Tables only witness.toml has: a file with one of them is a configuration, not a policy.
@@ -66,6 +75,8 @@ def check_command(file: Path) -> None:
 @click.option(
     "--identity", default=None, help="Only commands of this subject or email (ignoring case)."
 )
+@central_option
+@bastion_option
 @json_option
 @click.pass_context
 def test_command(
@@ -76,18 +87,28 @@ def test_command(
     since: int | None,
     until: int | None,
     identity: str | None,
+    central_dsn: str | None,
+    bastion: str | None,
     as_json: bool,
 ) -> None:
-    """What the policy in FILE would have decided for each command the trail recorded:
-    counts by rule and action, with examples."""
+    """What the policy in FILE would have decided for each command the trail recorded (or
+    the central store holds, with --central): counts by rule and action, with examples."""
     settings = load(file)
     policy = Policy(settings)
-    path = trail_settings(ctx, trail).path
-    try:
-        with db.reading(path) as conn:
-            report = _run(conn, policy, since, until, identity)
-    except TrailError as exc:
-        fail(str(exc))
+    if central_dsn is not None:
+
+        def replayed(conn: Any) -> replay.Report:
+            rows = centralquery.replay_rows(conn, until, bastion)
+            return replay.replay(policy, rows, since=since, who=identity)
+
+        report = ask_central(central_dsn, replayed)
+    else:
+        path = trail_settings(ctx, trail).path
+        try:
+            with db.reading(path) as conn:
+                report = _run(conn, policy, since, until, identity)
+        except TrailError as exc:
+            fail(str(exc))
     names = [rule.name for rule in settings.rules]
     if as_json:
         click.echo(json.dumps(report.as_dict(names), ensure_ascii=False, indent=2))

@@ -12,9 +12,17 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from appliance.cli.common import fail, json_option, trail_option, trail_settings
+from appliance.cli.common import (
+    ask_central,
+    bastion_option,
+    central_option,
+    fail,
+    json_option,
+    trail_option,
+    trail_settings,
+)
 from appliance.cli.terminal import FloatParam, When, cell, clean, cut, show, when
-from appliance.trail import db, query
+from appliance.trail import centralquery, db, query
 from appliance.trail.db import TrailError
 from appliance.trail.query import CommandView, Event, SessionInfo
 
@@ -126,6 +134,8 @@ def sessions_group() -> None:
     " destination, bytes.",
 )
 @trail_option
+@central_option
+@bastion_option
 @json_option
 @click.pass_context
 def list_command(
@@ -139,23 +149,26 @@ def list_command(
     group: str | None,
     wide: bool,
     trail: Path | None,
+    central_dsn: str | None,
+    bastion: str | None,
     as_json: bool,
 ) -> None:
     """One row per session: who, to which backend, how many commands, how it ended (with
     --wide: also from where, as whom, how long and how much)."""
-    found = _read(
-        ctx,
-        trail,
-        lambda conn: query.list_sessions(
-            conn,
-            since=since,
-            until=until,
-            user=user,
-            backend=backend,
-            identity=identity,
-            group=group,
-        ),
-    )
+    filters: dict[str, Any] = {
+        "since": since,
+        "until": until,
+        "user": user,
+        "backend": backend,
+        "identity": identity,
+        "group": group,
+    }
+    if central_dsn is not None:
+        found = ask_central(
+            central_dsn, lambda conn: centralquery.list_sessions(conn, bastion=bastion, **filters)
+        )
+    else:
+        found = _read(ctx, trail, lambda conn: query.list_sessions(conn, **filters))
     if as_json:
         _echo_json([s.as_dict() for s in found])
         return
@@ -242,11 +255,25 @@ def _end_reason(s: SessionInfo) -> str:
 @sessions_group.command("show")
 @click.argument("session_id")
 @trail_option
+@central_option
+@bastion_option
 @json_option
 @click.pass_context
-def show_command(ctx: click.Context, session_id: str, trail: Path | None, as_json: bool) -> None:
+def show_command(  # noqa: PLR0917 - one parameter per click option
+    ctx: click.Context,
+    session_id: str,
+    trail: Path | None,
+    central_dsn: str | None,
+    bastion: str | None,
+    as_json: bool,
+) -> None:
     """The session's header, then each command with its result (ID may be a unique prefix)."""
-    detail = _read(ctx, trail, lambda conn: query.session_detail(conn, session_id))
+    if central_dsn is not None:
+        detail = ask_central(
+            central_dsn, lambda conn: centralquery.session_detail(conn, session_id, bastion)
+        )
+    else:
+        detail = _read(ctx, trail, lambda conn: query.session_detail(conn, session_id))
     if as_json:
         _echo_json(detail.as_dict())
         return
@@ -475,11 +502,23 @@ def _replay_line(event: Event) -> str:
 @click.command("search")
 @click.argument("text")
 @trail_option
+@central_option
+@bastion_option
 @json_option
 @click.pass_context
-def search_command(ctx: click.Context, text: str, trail: Path | None, as_json: bool) -> None:
+def search_command(  # noqa: PLR0917 - one parameter per click option
+    ctx: click.Context,
+    text: str,
+    trail: Path | None,
+    central_dsn: str | None,
+    bastion: str | None,
+    as_json: bool,
+) -> None:
     """Commands whose text contains TEXT (ignoring case), oldest first."""
-    found = _read(ctx, trail, lambda conn: query.search(conn, text))
+    if central_dsn is not None:
+        found = ask_central(central_dsn, lambda conn: centralquery.search(conn, text, bastion))
+    else:
+        found = _read(ctx, trail, lambda conn: query.search(conn, text))
     if as_json:
         _echo_json([m.as_dict() for m in found])
         return

@@ -135,9 +135,7 @@ def _statement(stmt: Node, masked: Masked, columns: Columns) -> list[_Place]:
     return places
 
 
-def _written(
-    node: str, fields: Node, masked: Masked, columns: Columns
-) -> tuple[str, str] | None:
+def _written(node: str, fields: Node, masked: Masked, columns: Columns) -> tuple[str, str] | None:
     """(table, column) of a masked column the INSERT or UPDATE writes, if any."""
     if node not in ("InsertStmt", "UpdateStmt"):
         return None

@@ -69,6 +69,8 @@ class SessionInfo:
     commands: int
     start_payload: dict[str, Any]
     end_payload: dict[str, Any] | None
+    bastion: str | None = None
+    """The bastion that shipped it, for a session read from the central store."""
 
     @property
     def duration(self) -> float | None:
@@ -89,6 +91,7 @@ class SessionInfo:
     def as_dict(self) -> dict[str, Any]:
         start, end = self.start_payload, self.end_payload or {}
         return {
+            **({} if self.bastion is None else {"bastion": self.bastion}),
             "id": self.id,
             "start": iso(self.start),
             "end": iso(self.end),
@@ -180,10 +183,12 @@ class Match:
     """The label (email, else subject) of the identity the command ran under, if any."""
     result: dict[str, Any] | None = None
     """The payload of the result that answered the command, if one was recorded."""
+    bastion: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         payload = self.command.payload
         out = {
+            **({} if self.bastion is None else {"bastion": self.bastion}),
             "session": self.command.session,
             "identity": self.identity,
             "seq": self.command.seq,
@@ -253,7 +258,7 @@ def _optional_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _json(text: Any, seq: Any) -> dict[str, Any]:
+def payload_of(text: Any, seq: Any) -> dict[str, Any]:
     return Event.from_row((seq, 0, "", None, text)).payload
 
 
@@ -318,8 +323,8 @@ def list_sessions(
             start=start,
             end=end,
             commands=commands,
-            start_payload=_json(start_text, start_seq),
-            end_payload=None if end_text is None else _json(end_text, end_seq),
+            start_payload=payload_of(start_text, start_seq),
+            end_payload=None if end_text is None else payload_of(end_text, end_seq),
         )
         for sid, start, start_seq, start_text, end, end_seq, end_text, commands in rows
     ]
@@ -337,6 +342,11 @@ def resolve(conn: sqlite3.Connection, prefix: str) -> str:
             (prefix, prefix + "\U0010ffff"),
         )
     ]
+    return one_of(prefix, found)
+
+
+def one_of(prefix: str, found: list[str]) -> str:
+    """The session ``prefix`` names among the ``found`` ids that start with it."""
     if prefix in found:
         return prefix
     if not found:
@@ -364,7 +374,11 @@ def session_events(conn: sqlite3.Connection, session: str) -> list[Event]:
 def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
     """The session named by ``prefix``: its header, its commands paired with their results."""
     sid = resolve(conn, prefix)
-    events = session_events(conn, sid)
+    return detail_of(sid, session_events(conn, sid))
+
+
+def detail_of(sid: str, events: list[Event], bastion: str | None = None) -> SessionDetail:
+    """A session's header and commands, from its events in order."""
     start = next((e for e in events if e.type == "session_start"), None)
     end = next((e for e in events if e.type == "session_end"), None)
     commands: list[Event] = []
@@ -387,6 +401,7 @@ def session_detail(conn: sqlite3.Connection, prefix: str) -> SessionDetail:
         commands=len(commands),
         start_payload={} if start is None else start.payload,
         end_payload=None if end is None else end.payload,
+        bastion=bastion,
     )
     identity = info.identity
     views = [
@@ -465,14 +480,14 @@ def search(conn: sqlite3.Connection, text: str) -> list[Match]:
     )
     out = []
     for row in rows:
-        result = None if row[5] is None else _json(row[5], row[0])
+        result = None if row[5] is None else payload_of(row[5], row[0])
         status = None if result is None else result.get("status")
-        identity = identity_label(_identity_json(row[6]))
+        identity = identity_label(identity_from_json(row[6]))
         out.append(Match(Event.from_row(row[:5]), status, identity, result))
     return out
 
 
-def _identity_json(text: Any) -> dict[str, Any] | None:
+def identity_from_json(text: Any) -> dict[str, Any] | None:
     if not isinstance(text, str):
         return None
     try:
@@ -499,7 +514,7 @@ def pending_holds(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         (first[0],),
     )
     for seq, session, text in rows:
-        payload = _json(text, seq)
+        payload = payload_of(text, seq)
         hold_id = payload.get("id")
         step = payload.get("step")
         if not isinstance(hold_id, str):

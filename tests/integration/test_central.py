@@ -262,3 +262,60 @@ def test_retention_drops_whole_days_and_the_chain_is_checked_from_the_cut(
     (report,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert report["cut"] == before and report["events"] == local_events(witness.trail)
     assert report["anchored"] > 0
+
+
+def test_operators_ask_the_store_across_bastions(
+    pg: PostgresServer, store: Central, tmp_path: Path
+) -> None:
+    """sessions list, show, search and policy test, asked of the store: the same answers as
+    of a trail, each marked with its bastion."""
+    pg.psql("DROP TABLE IF EXISTS billing; CREATE TABLE billing (id int)")
+    for bastion in ("b1", "b2"):
+        witness = recorder(pg, store, tmp_path / bastion, bastion)
+        try:
+            run("psql", "-X", "-c", f"insert into billing values ({len(bastion)})", witness.url())
+            run("psql", "-X", "-c", f"select '{bastion} was here'", witness.url())
+        finally:
+            witness.stop()
+        wait_shipped(store, bastion, witness.trail)
+    dsn = store.url("auditor")
+
+    listed = run(WITNESS, "sessions", "list", "--central", dsn, "--json")
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)
+    assert sorted(s["bastion"] for s in sessions) == ["b1", "b1", "b2", "b2"]
+    assert all(s["commands"] == 1 for s in sessions)
+    only = json.loads(run(WITNESS, "sessions", "list", "--central", dsn, "--bastion", "b2",
+                          "--json").stdout)  # fmt: skip
+    assert {s["bastion"] for s in only} == {"b2"} and len(only) == 2
+
+    found = run(WITNESS, "search", "BILLING", "--central", dsn, "--json")
+    matches = json.loads(found.stdout)
+    assert sorted(m["bastion"] for m in matches) == ["b1", "b2"]
+    assert all(m["text"].startswith("insert into billing") and m["status"] == "ok"
+               for m in matches)  # fmt: skip
+
+    first = matches[0]
+    shown = run(WITNESS, "sessions", "show", first["session"], "--central", dsn, "--json")
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert detail["session"]["bastion"] == first["bastion"]
+    assert [c["text"] for c in detail["commands"]] == [first["text"]]
+    text = run(WITNESS, "sessions", "show", first["session"][:8], "--central", dsn)
+    assert text.returncode == 0 and first["session"] in text.stdout, text.stderr
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'default = "allow"\n\n[[rules]]\nname = "no-billing-writes"\naction = "block"\n'
+        'kinds = ["insert"]\ntables = ["billing"]\n'
+    )
+    tested = run(WITNESS, "policy", "test", str(policy), "--central", dsn, "--json")
+    assert tested.returncode == 0, tested.stderr
+    report = json.loads(tested.stdout)
+    assert report["commands"] == 4
+    blocked = next(t for t in report["decisions"] if t["rule"] == "no-billing-writes")
+    assert blocked["commands"] == 2
+    assert {e["session"].split("/")[0] for e in blocked["examples"]} == {"b1", "b2"}
+
+    missing = run(WITNESS, "sessions", "list", "--central", store.url("nobody"))
+    assert missing.returncode == 1 and "central store" in missing.stderr
