@@ -10,6 +10,7 @@ from appliance import __version__
 from appliance.cli import (
     approvals,
     enforce,
+    export,
     identity,
     lab,
     policy,
@@ -42,6 +43,7 @@ for module in (
     sessions,
     tail,
     trail,
+    export,
     lab,
     enforce,
     warden,

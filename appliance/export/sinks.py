@@ -1,0 +1,191 @@
+"""Where an export's messages go: a file (the only writes of exports) or a syslog server
+(their only sockets)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from appliance.export import syslog
+from appliance.export.formats import Format
+from appliance.export.record import Record
+
+
+class SinkError(Exception):
+    """The destination cannot be written or reached; the message says which and why."""
+
+
+def _body(fmt: Format, messages: list[bytes]) -> bytes:
+    if fmt.text:
+        return b"".join(m + b"\n" for m in messages)
+    return b"".join(messages)
+
+
+class OutFile:
+    """One export into a new file, or to standard output (``path`` None).
+
+    The file is written beside its place under a temporary name and moved there once the
+    export is complete, so that a failed export leaves no half file behind."""
+
+    def __init__(self, path: Path | None, fmt: Format) -> None:
+        self.fmt = fmt
+        self.path = path
+        self._tmp: str | None = None
+        if path is None:
+            self._out: BinaryIO = sys.stdout.buffer
+        else:
+            try:
+                fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+            except OSError as exc:
+                raise SinkError(f"{path}: cannot write: {exc.strerror}") from None
+            self._out = os.fdopen(fd, "wb")
+        self._write(fmt.header)
+
+    def write(self, record: Record, messages: list[bytes]) -> None:
+        if messages:
+            self._write(_body(self.fmt, messages))
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            raise SinkError(
+                f"{self.path or 'standard output'}: cannot write: {exc.strerror}"
+            ) from None
+
+    def close(self, *, complete: bool) -> None:
+        """Flush; a file is moved into place if ``complete``, removed otherwise."""
+        tmp = self._tmp
+        try:
+            self._out.flush()
+            if tmp is not None:
+                self._out.close()
+                if complete:
+                    os.chmod(tmp, 0o600)
+                    os.replace(tmp, str(self.path))
+                    tmp = None
+        except OSError as exc:
+            raise SinkError(
+                f"{self.path or 'standard output'}: cannot write: {exc.strerror}"
+            ) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+class AppendFile:
+    """A continuous export's file: appended to, and cut back to ``size`` first (what was
+    written after the last position saved is written again, so never twice)."""
+
+    def __init__(self, path: Path, fmt: Format) -> None:
+        self.path = path
+        self.fmt = fmt
+
+    def append(self, messages: list[bytes], size: int) -> int:
+        """Write ``messages`` after the first ``size`` bytes; the file's new size.
+
+        A file shorter than ``size`` (rotated, or emptied) is started anew."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot write: {exc.strerror}") from None
+        try:
+            have = os.fstat(fd).st_size
+            if have < size:
+                size = 0
+            if have != size:
+                os.ftruncate(fd, size)
+            data = (self.fmt.header if size == 0 else b"") + _body(self.fmt, messages)
+            os.lseek(fd, size, os.SEEK_SET)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            return size + len(data)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot write: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+
+def address(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as a host and a port; ValueError if it is not."""
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+class Syslog:
+    """A syslog server, over UDP (a datagram a message) or TCP (octet counting)."""
+
+    TIMEOUT = 10.0
+
+    def __init__(self, where: str, fmt: Format, *, transport: str, framing: str, host: str) -> None:
+        self.where = where
+        self.target = address(where)
+        self.fmt = fmt
+        self.transport = transport
+        self.framing = framing
+        self.host = host
+        self._sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        host, port = self.target
+        kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
+        try:
+            found = socket.getaddrinfo(host, port, type=kind)
+        except socket.gaierror as exc:
+            raise SinkError(f"syslog {self.where}: cannot resolve {host}: {exc.strerror}") from None
+        family, _, proto, _, addr = found[0]
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(self.TIMEOUT)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            raise SinkError(
+                f"syslog {self.where} ({self.transport}): cannot connect: {_why(exc)}"
+            ) from None
+        self._sock = sock
+        return sock
+
+    def write(self, record: Record, messages: list[bytes]) -> None:
+        for body in messages:
+            data = syslog.message(
+                body, ts=record.ts, host=self.host, msgid=record.type, framing=self.framing
+            )
+            self.send(syslog.frame(data, self.transport))
+
+    def send(self, data: bytes) -> None:
+        sock = self._connect()
+        try:
+            if self.transport == "tcp":
+                sock.sendall(data)
+            else:
+                sock.send(data)
+        except OSError as exc:
+            self.close()
+            raise SinkError(
+                f"syslog {self.where} ({self.transport}): cannot send: {_why(exc)}"
+            ) from None
+
+    def close(self, *, complete: bool = True) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
