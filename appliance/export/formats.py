@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.export import jsonl
-from appliance.export.record import Record
-
-
-@dataclass(frozen=True, slots=True)
-class Meta:
-    """What every record of one export shares: the trail's id, and the host it comes from."""
-
-    trail: str | None
-    host: str
+from appliance.export import cef, jsonl, ocsf
+from appliance.export.record import Meta, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +29,8 @@ def _jsonl(record: Record, meta: Meta) -> list[bytes]:
 
 FORMATS: dict[str, Format] = {
     "jsonl": Format("jsonl", True, _jsonl),
+    "ocsf": Format("ocsf", True, ocsf.lines),
+    "cef": Format("cef", True, cef.lines, syslog=True),
 }
 
 

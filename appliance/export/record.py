@@ -13,6 +13,14 @@ from appliance.trail.query import identity_of
 
 
 @dataclass(frozen=True, slots=True)
+class Meta:
+    """What every record of one export shares: the trail's id, and the host it comes from."""
+
+    trail: str | None
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """An event with everything its hash covers: ``text`` is its payload as stored.
 

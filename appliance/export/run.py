@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Protocol
 
 from appliance.export import stream
-from appliance.export.formats import Format, Meta
-from appliance.export.record import Record
+from appliance.export.formats import Format
+from appliance.export.record import Meta, Record
 from appliance.export.select import Selection
 from appliance.trail import db
 

@@ -93,6 +93,8 @@ def test_errors_a_person_can_act_on(cli: click.Group, path: Path, tmp_path: Path
     unwritable = run(cli, "export", "--format", "jsonl", "--out", str(nowhere), *trail)
     assert unwritable.exit_code == 1
     assert unwritable.stderr == f"witness: {nowhere}: cannot write: No such file or directory\n"
+    both = run(cli, "export", "--format", "cef", "--out", "x", "--syslog", "h:1", *trail)
+    assert (both.exit_code, both.stderr) == (2, "witness: --out and --syslog go separately\n")
     jsonl_syslog = run(cli, "export", "--format", "jsonl", "--syslog", "127.0.0.1:514", *trail)
     assert jsonl_syslog.exit_code == 2
     assert "--syslog sends CEF lines" in jsonl_syslog.stderr

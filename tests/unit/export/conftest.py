@@ -140,6 +140,12 @@ def fleet(tmp_path: Path) -> TrailSettings:
         },
     )
     at(
+        11.5,
+        "command",
+        bob,
+        {"n": 3, "kind": "query", "text": "alter role app password '[redacted]'", "redacted": True},
+    )
+    at(
         12,
         "session_end",
         bob,
@@ -147,7 +153,7 @@ def fleet(tmp_path: Path) -> TrailSettings:
             "reason": "client closed",
             "bytes_in": 300,
             "bytes_out": 500,
-            "commands": 2,
+            "commands": 3,
             "backend_pid": 778,
         },
     )
