@@ -169,11 +169,15 @@ class TrailSettings:
 class Capture:
     """What is captured of each command: rows (``rows == 0`` turns capture off), and which
     functions' arguments are secrets beyond the built-in ones (``redact_functions``: name ->
-    1-based argument positions; secrets are never recorded)."""
+    1-based argument positions; secrets are never recorded). With ``wire``, each session's
+    raw messages too, up to ``wire_bytes`` a session (where they cannot hold a secret or a
+    masked value: see :mod:`appliance.protocols.postgres.wire`)."""
 
     rows: int = 0
     bytes: int = 65536
     redact_functions: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    wire: bool = False
+    wire_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,7 +581,7 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
 
 def _capture(raw: Any) -> Capture:
     table = _table(raw, "capture")
-    _no_unknown(table, "capture", {"rows", "bytes", "redact_functions"})
+    _no_unknown(table, "capture", {"rows", "bytes", "redact_functions", "wire", "wire_bytes"})
     try:
         functions = parse_functions(table.get("redact_functions", {}), "capture.redact_functions")
     except ValueError as exc:
@@ -586,6 +590,8 @@ def _capture(raw: Any) -> Capture:
         rows=_int(table.get("rows", 0), "capture.rows", 0, 1_000_000),
         bytes=_int(table.get("bytes", 65536), "capture.bytes", 0, 1 << 30),
         redact_functions=tuple(sorted(functions.items())),
+        wire=_bool(table.get("wire", False), "capture.wire"),
+        wire_bytes=_int(table.get("wire_bytes", 16 << 20), "capture.wire_bytes", 1024, 1 << 30),
     )
 
 

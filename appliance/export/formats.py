@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.export import cef, jsonl, ocsf
+from appliance.export import cef, jsonl, ocsf, pcap
 from appliance.export.record import Meta, Record
 
 
@@ -31,6 +31,7 @@ FORMATS: dict[str, Format] = {
     "jsonl": Format("jsonl", True, _jsonl),
     "ocsf": Format("ocsf", True, ocsf.lines),
     "cef": Format("cef", True, cef.lines, syslog=True),
+    "pcap": Format("pcap", False, pcap.records, header=pcap.HEADER),
 }
 
 

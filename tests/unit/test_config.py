@@ -45,6 +45,9 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
     assert settings.trail.durability == "power"
     assert settings.trail.checkpoint_events == 50
     assert settings.capture.rows == 10
+    assert (settings.capture.wire, settings.capture.wire_bytes) == (False, 16 << 20)
+    wired = config.load(write(tmp_path, GOOD + "wire = true\nwire_bytes = 4096\n")).capture
+    assert (wired.wire, wired.wire_bytes) == (True, 4096)
 
 
 def test_at_most_a_second_or_a_thousand_events_go_unsigned_by_default(tmp_path: Path) -> None:
@@ -68,6 +71,8 @@ def test_at_most_a_second_or_a_thousand_events_go_unsigned_by_default(tmp_path: 
         (('durability = "power"', 'durability = "fast"'), "trail.durability: expected one of"),
         (("rows = 10", "rowz = 10"), "capture.rowz: unknown key"),
         (("[capture]", "[capture]\nrows = -1\n[x]"), "unknown key"),
+        (("rows = 10", 'wire = "yes"'), "capture.wire: expected true or false, got 'yes'"),
+        (("rows = 10", "wire_bytes = 10"), "capture.wire_bytes: expected an integer from 1024"),
     ],
 )
 def test_errors_name_the_key_and_what_was_wrong(

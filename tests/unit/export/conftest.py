@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from exporting import HOSTILE
 from trailwriter import T0, writer
 
 from appliance.config import TrailSettings
@@ -29,12 +30,6 @@ BOB = {
     "groups": [],
     "binding": {"kind": "uid", "target": "1001", "expires": None},
 }
-# Texts an agent may send to break a CEF line or a syslog message.
-HOSTILE = [
-    "select 'a|b' as \"x=y\", E'back\\\\slash' -- | = \\",
-    "select 1;\nselect 2;\r\nselect '\x1b[2J' -- CEF:0|fake|header|",
-    "insert into t values ('=|\\=\\|')",
-]
 
 
 def start(who: dict[str, object] | None, uid: int, backend: dict[str, object]) -> dict[str, object]:

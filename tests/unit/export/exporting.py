@@ -10,6 +10,12 @@ from appliance.export.run import export
 from appliance.export.select import Selection
 
 HOST = "bastion-1"
+# Texts an agent may send to break a CEF line or a syslog message.
+HOSTILE = [
+    "select 'a|b' as \"x=y\", E'back\\\\slash' -- | = \\",
+    "select 1;\nselect 2;\r\nselect '\x1b[2J' -- CEF:0|fake|header|",
+    "insert into t values ('=|\\=\\|')",
+]
 
 
 class Collect:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import HOSTILE
-from exporting import HOST, messages
+from exporting import HOST, HOSTILE, messages
 
 from appliance import __version__
 from appliance.config import TrailSettings

@@ -9,8 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import HOSTILE
-from exporting import messages
+from exporting import HOSTILE, messages
 from jsonschema import Draft202012Validator
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
