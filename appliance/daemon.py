@@ -19,6 +19,7 @@ from appliance import native
 from appliance.config import Settings
 from appliance.enforce import cgroups, owners
 from appliance.enforce.divert import Routes
+from appliance.export.forward import Forwarder
 from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
 from appliance.identity.oidc import Validator
 from appliance.policy.access import Access
@@ -178,10 +179,22 @@ async def run(
     trail = Trail.open(settings.trail)
     recorder = Recorder(trail, loop)
     publisher = publishing = None
+    wakes: list[Callable[[], None]] = []
     if settings.trail.anchor is not None:
         publisher = Publisher(settings.trail, settings.trail.anchor, trail.id)
-        trail.on_checkpoint = publisher.wake
+        wakes.append(publisher.wake)
         publishing = asyncio.ensure_future(publisher.run())
+    host = socket.gethostname()
+    forwarders = [Forwarder(settings.trail, e, trail.id, host) for e in settings.exports]
+    wakes += [f.wake for f in forwarders]
+    exporting = [asyncio.ensure_future(f.run()) for f in forwarders]
+    if wakes:
+
+        def checkpointed() -> None:
+            for wake in wakes:
+                wake()
+
+        trail.on_checkpoint = checkpointed
     decide = None
     if settings.policy is None:
         log.info("policy: none ([policy] absent): commands are recorded, none is decided")
@@ -328,6 +341,8 @@ async def run(
             log.info("checkpoints published to the anchor %s", where(settings.trail.anchor))
         else:
             log.warning("no [trail.anchor]: checkpoints are kept on this host only")
+        for export in settings.exports:
+            log.info("export %s: %s to %s", export.name, export.format, export.destination)
         report = log.info if native.STATUS.compiled else log.warning
         report("hot path: %s", native.STATUS)
 
@@ -364,6 +379,12 @@ async def run(
         try:
             await recorder.close()
         finally:
+            for task in exporting:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for forwarder in forwarders:
+                await forwarder.finish()  # what the trail holds now, the last events too
             if publisher is not None and publishing is not None:
                 publishing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

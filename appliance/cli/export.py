@@ -11,10 +11,11 @@ import click
 
 from appliance.cli.common import fail, trail_option, trail_settings
 from appliance.cli.terminal import When, progress
-from appliance.export import formats, syslog
+from appliance.config import FRAMINGS, TRANSPORTS, host_port
+from appliance.export import formats
 from appliance.export.run import export
 from appliance.export.select import Selection
-from appliance.export.sinks import OutFile, SinkError, Syslog, address
+from appliance.export.sinks import OutFile, SinkError, Syslog
 from appliance.trail import db, query
 from appliance.trail.db import TrailError
 
@@ -53,8 +54,8 @@ from appliance.trail.db import TrailError
     default=None,
     help="Send each CEF line to this syslog server instead.",
 )
-@click.option("--transport", type=click.Choice(syslog.TRANSPORTS), default="udp", show_default=True)
-@click.option("--framing", type=click.Choice(syslog.FRAMINGS), default="rfc5424", show_default=True)
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="udp", show_default=True)
+@click.option("--framing", type=click.Choice(FRAMINGS), default="rfc5424", show_default=True)
 @trail_option
 @click.pass_context
 def export_command(  # noqa: PLR0917 - one parameter per click option
@@ -80,7 +81,7 @@ def export_command(  # noqa: PLR0917 - one parameter per click option
         if not fmt.syslog:
             fail(f"--syslog sends CEF lines; {format_name} goes to a file (--out)", 2)
         try:
-            address(syslog_to)
+            host_port(syslog_to)
         except ValueError as exc:
             fail(f"--syslog: {exc}", 2)
     if out is None and syslog_to is None and not fmt.text and sys.stdout.isatty():

@@ -17,6 +17,17 @@ class Sink(Protocol):
     def write(self, record: Record, messages: list[bytes]) -> None: ...
 
 
+def deliver(records: list[Record], fmt: Format, meta: Meta, sink: Sink) -> int:
+    """Render each record and hand its messages to ``sink``; how many there were."""
+    count = 0
+    for record in records:
+        messages = fmt.render(record, meta)
+        if messages:
+            sink.write(record, messages)
+            count += len(messages)
+    return count
+
+
 def export(
     path: Path,
     selection: Selection,
@@ -42,11 +53,7 @@ def export(
             count = 0
             while after < upto:
                 records, seq = reader.read(conn, after, upto)
-                for record in records:
-                    messages = fmt.render(record, meta)
-                    if messages:
-                        sink.write(record, messages)
-                        count += len(messages)
+                count += deliver(records, fmt, meta, sink)
                 if progress is not None:
                     progress(seq, last)
                 if seq == after:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from appliance.config import host_port
 from appliance.export import syslog
 from appliance.export.formats import Format
 from appliance.export.record import Record
@@ -82,46 +83,43 @@ class OutFile:
 
 
 class AppendFile:
-    """A continuous export's file: appended to, and cut back to ``size`` first (what was
-    written after the last position saved is written again, so never twice)."""
+    """A continuous export's file, appended to after its first ``size`` bytes: what was
+    written after the last size saved is written again, so never twice. A file shorter
+    than ``size`` (rotated, or emptied) is started anew."""
 
-    def __init__(self, path: Path, fmt: Format) -> None:
+    def __init__(self, path: Path, fmt: Format, size: int) -> None:
         self.path = path
         self.fmt = fmt
-
-    def append(self, messages: list[bytes], size: int) -> int:
-        """Write ``messages`` after the first ``size`` bytes; the file's new size.
-
-        A file shorter than ``size`` (rotated, or emptied) is started anew."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise SinkError(f"{self.path}: cannot write: {exc.strerror}") from None
+            raise SinkError(f"{path}: cannot write: {exc.strerror}") from None
         try:
-            have = os.fstat(fd).st_size
-            if have < size:
-                size = 0
-            if have != size:
-                os.ftruncate(fd, size)
-            data = (self.fmt.header if size == 0 else b"") + _body(self.fmt, messages)
-            os.lseek(fd, size, os.SEEK_SET)
-            view = memoryview(data)
+            have = os.fstat(self._fd).st_size
+            self.size = size if have >= size else 0
+            if have != self.size:
+                os.ftruncate(self._fd, self.size)
+            os.lseek(self._fd, self.size, os.SEEK_SET)
+            if self.size == 0:
+                self._write(fmt.header)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def write(self, record: Record, messages: list[bytes]) -> None:
+        self._write(_body(self.fmt, messages))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
             while view:
-                view = view[os.write(fd, view) :]
-            return size + len(data)
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot write: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+        self.size += len(data)
 
-
-def address(text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) as a host and a port; ValueError if it is not."""
-    host, _, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    def close(self, *, complete: bool = True) -> None:
+        os.close(self._fd)
 
 
 class Syslog:
@@ -131,7 +129,7 @@ class Syslog:
 
     def __init__(self, where: str, fmt: Format, *, transport: str, framing: str, host: str) -> None:
         self.where = where
-        self.target = address(where)
+        self.target = host_port(where)
         self.fmt = fmt
         self.transport = transport
         self.framing = framing

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-FRAMINGS = ("rfc5424", "rfc3164")
-TRANSPORTS = ("udp", "tcp")
 FACILITY = 16  # local0
 INFO = 6
 APP = "witness"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -47,15 +46,13 @@ class State:
         """The state kept for ``trail``; a fresh one when there is none, or it is another
         trail's (publishing again from the start is harmless)."""
         try:
-            data = json.loads(path.read_bytes())
-            state = cls(**data)
-        except (OSError, ValueError, TypeError):
+            state = cls(**(files.read_state(path) or {}))
+        except TypeError:
             return cls(trail)
         return state if state.trail == trail and isinstance(state.published, int) else cls(trail)
 
     def save(self, path: Path) -> None:
-        data = json.dumps(asdict(self), sort_keys=True).encode() + b"\n"
-        files.write_atomic(path, data, 0o600, sync=False)
+        files.write_state(path, asdict(self))
 
 
 def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int, Checkpoint]]:
