@@ -17,7 +17,7 @@ from appliance.export.record import Meta
 from appliance.export.run import deliver
 from appliance.export.select import Selection
 from appliance.export.sinks import AppendFile, SinkError, Syslog
-from appliance.trail import db, files
+from appliance.trail import db, files, shipping
 from appliance.trail.db import TrailError
 
 log = logging.getLogger(__name__)
@@ -129,36 +129,17 @@ class Forwarder:
 
     async def run(self) -> None:
         """Export until cancelled."""
-        loop = asyncio.get_running_loop()
-        self._wake.set()  # whatever the last run left, first
-        delay = 0.0
-        failing: str | None = None
-        while True:
-            if delay:
-                await asyncio.sleep(delay)
-            else:
-                # Not wait_for: on Python 3.11 it swallows a cancellation that comes as the
-                # event is set (the trail's last checkpoint wakes us as the daemon stops).
-                waiter = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({waiter}, timeout=POLL_SECONDS)
-                finally:
-                    waiter.cancel()
-            self._wake.clear()
-            try:
-                read = await loop.run_in_executor(self._worker, self.forward)
-            except Exception as exc:  # whatever fails, the next round tries again
-                delay = min(RETRY_MAX_SECONDS, max(1.0, delay * 2))
-                if str(exc) != failing:
-                    failing = str(exc)
-                    log.warning("export %s: %s; retrying", self.settings.name, failing)
-                continue
-            if failing is not None:
-                log.warning("export %s goes on (seq %d)", self.settings.name, self.state.seq)
-                failing = None
-            delay = 0.0
-            if read == self.reader.batch:
-                self._wake.set()  # more are waiting
+        name = self.settings.name
+        await shipping.rounds(
+            self.forward,
+            self._worker,
+            self._wake,
+            poll=POLL_SECONDS,
+            retry_max=RETRY_MAX_SECONDS,
+            full=self.reader.batch,
+            failed=lambda why: log.warning("export %s: %s; retrying", name, why),
+            recovered=lambda _: log.warning("export %s goes on (seq %d)", name, self.state.seq),
+        )
 
     async def finish(self) -> None:
         """Catch up with what the trail holds now (the recorder has closed it), then let go."""

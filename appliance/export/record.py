@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from appliance.trail.db import TrailError
-from appliance.trail.query import identity_of
+from appliance.trail.query import identity_of, payload_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +46,7 @@ class Record:
             str(text),
             str(prev_hash),
             str(digest),
-            parse(seq, text),
+            payload_of(seq, text),
             start or {},
         )
 
@@ -70,17 +66,3 @@ class Record:
             return str(backend["name"])
         named = self.payload.get("backend")
         return named if isinstance(named, str) else None
-
-
-def parse(seq: Any, text: Any) -> dict[str, Any]:
-    """A payload text as a dict (orjson first; the stdlib for what it refuses)."""
-    try:
-        payload = orjson.loads(text)
-    except (orjson.JSONDecodeError, TypeError):
-        try:
-            payload = json.loads(text)
-        except (TypeError, ValueError):
-            payload = None
-    if not isinstance(payload, dict):
-        raise TrailError(f"event {seq} has a malformed payload; run witness verify")
-    return payload

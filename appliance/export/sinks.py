@@ -152,9 +152,7 @@ class Syslog:
             sock.connect(addr)
         except OSError as exc:
             sock.close()
-            raise SinkError(
-                f"syslog {self.where} ({self.transport}): cannot connect: {_why(exc)}"
-            ) from None
+            raise self._failed("connect", exc) from None
         self._sock = sock
         return sock
 
@@ -174,16 +172,14 @@ class Syslog:
                 sock.send(data)
         except OSError as exc:
             self.close()
-            raise SinkError(
-                f"syslog {self.where} ({self.transport}): cannot send: {_why(exc)}"
-            ) from None
+            raise self._failed("send", exc) from None
+
+    def _failed(self, doing: str, exc: OSError) -> SinkError:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        return SinkError(f"syslog {self.where} ({self.transport}): cannot {doing}: {why}")
 
     def close(self, *, complete: bool = True) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__

@@ -7,9 +7,10 @@ import sqlite3
 from collections import OrderedDict
 from typing import Any
 
-from appliance.export.record import Record, parse
+from appliance.export.record import Record
 from appliance.export.select import Selection
 from appliance.trail.follow import session_start
+from appliance.trail.query import payload_of
 
 BATCH = 1000
 """Events read at a time."""
@@ -56,7 +57,7 @@ class Reader:
             seq = row[0]
             kind, session = row[2], row[3]
             if kind == "session_start" and session is not None:
-                start = self._remember(session, parse(seq, row[4]))
+                start = self._remember(session, payload_of(seq, row[4]))
             elif session is not None:
                 start = self._start(conn, session)
             else:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from appliance.config import AnchorSettings, TrailSettings
-from appliance.trail import anchor, chain, db, files
+from appliance.trail import anchor, chain, db, files, shipping
 from appliance.trail.anchor import AnchorError
 from appliance.trail.checkpoint import Checkpoint
 from appliance.trail.db import TrailError
@@ -126,31 +126,18 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until cancelled."""
-        loop = asyncio.get_running_loop()
-        self._wake.set()  # whatever the last run left unpublished, first
-        delay = 0.0
-        failing: str | None = None
-        while True:
-            if delay:
-                await asyncio.sleep(delay)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            self._wake.clear()
-            try:
-                count = await loop.run_in_executor(self._worker, self.publish)
-            except Exception as exc:  # whatever fails, the next round tries again
-                delay = min(self.settings.retry_max, max(1.0, delay * 2))
-                if str(exc) != failing:
-                    failing = str(exc)
-                    log.warning("cannot publish checkpoints: %s; retrying", failing)
-                continue
-            if failing is not None:
-                log.warning("the anchor has the checkpoints again (%d published)", count)
-                failing = None
-            delay = 0.0
-            if count == BATCH:
-                self._wake.set()  # more are waiting
+        await shipping.rounds(
+            self.publish,
+            self._worker,
+            self._wake,
+            poll=POLL_SECONDS,
+            retry_max=self.settings.retry_max,
+            full=BATCH,
+            failed=lambda why: log.warning("cannot publish checkpoints: %s; retrying", why),
+            recovered=lambda count: log.warning(
+                "the anchor has the checkpoints again (%d published)", count
+            ),
+        )
 
     async def finish(self) -> None:
         """One last round, for the checkpoint made at shutdown, then let go of the anchor."""

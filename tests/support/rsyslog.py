@@ -4,13 +4,13 @@ receives to a file of its own: the hostname, app name, msgid and message of each
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from witnessproc import terminate
 
 from appliance.lab.net import free_port, wait_port
 
@@ -63,11 +63,5 @@ class Rsyslog:
         raise AssertionError(f"rsyslogd received {len(found)} lines of {count}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
