@@ -35,6 +35,11 @@ ALGORITHMS = (
 LOGIN_TOKENS = ("access_token", "id_token")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DURABILITY = ("process", "power")
+EXPORT_FORMATS = ("jsonl", "ocsf", "cef", "pcap")
+SYSLOG_FORMATS = ("cef",)
+TRANSPORTS = ("udp", "tcp")
+FRAMINGS = ("rfc5424", "rfc3164")
+_EXPORT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _INTERFACE = re.compile(r"[^/:\s]{1,15}")
 
 
@@ -167,6 +172,10 @@ class TrailSettings:
         """What has been shipped to the central store, and the last failure."""
         return self.path.with_name(self.path.name + ".central")
 
+    def export_state(self, name: str) -> Path:
+        """How far the continuous export ``name`` has come, beside the trail."""
+        return self.path.with_name(f"{self.path.name}.export-{name}")
+
     @classmethod
     def beside(cls, trail: Path, **settings: Any) -> TrailSettings:
         """Settings for a trail given on the command line: the key lives next to it."""
@@ -177,11 +186,36 @@ class TrailSettings:
 class Capture:
     """What is captured of each command: rows (``rows == 0`` turns capture off), and which
     functions' arguments are secrets beyond the built-in ones (``redact_functions``: name ->
-    1-based argument positions; secrets are never recorded)."""
+    1-based argument positions; secrets are never recorded). With ``wire``, each session's
+    raw messages too, up to ``wire_bytes`` a session (where they cannot hold a secret or a
+    masked value: see :mod:`appliance.protocols.postgres.wire`)."""
 
     rows: int = 0
     bytes: int = 65536
     redact_functions: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    wire: bool = False
+    wire_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    """A continuous export (``[[export]]``): the trail's events, as they are committed, in
+    ``format``, appended to ``file`` or sent to the syslog server at ``syslog`` (HOST:PORT,
+    over ``transport``, framed as ``framing``); only those of ``identities`` and
+    ``backends`` when they are given (the trail's own events are always taken)."""
+
+    name: str
+    format: str
+    file: Path | None = None
+    syslog: str | None = None
+    transport: str = "udp"
+    framing: str = "rfc5424"
+    identities: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ()
+
+    @property
+    def destination(self) -> str:
+        return str(self.file) if self.file is not None else f"syslog {self.syslog}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +343,8 @@ class Settings:
     approvals: ApprovalSettings | None = None
     """Who approves the statements a ``hold`` rule holds; required by such a rule."""
     max_message_bytes: int = 64 * 1024 * 1024
+    exports: tuple[ExportSettings, ...] = ()
+    """Continuous exports of the trail, shipped off the recorder's path."""
     transparent: bool = False
     """The file has an ``[enforce]`` table: ``witness serve`` then also accepts the connections
     that ``witness up`` diverts, on ``enforce.redirect_port`` at 127.0.0.1 and ::1, and must run
@@ -593,7 +629,7 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
 
 def _capture(raw: Any) -> Capture:
     table = _table(raw, "capture")
-    _no_unknown(table, "capture", {"rows", "bytes", "redact_functions"})
+    _no_unknown(table, "capture", {"rows", "bytes", "redact_functions", "wire", "wire_bytes"})
     try:
         functions = parse_functions(table.get("redact_functions", {}), "capture.redact_functions")
     except ValueError as exc:
@@ -602,7 +638,76 @@ def _capture(raw: Any) -> Capture:
         rows=_int(table.get("rows", 0), "capture.rows", 0, 1_000_000),
         bytes=_int(table.get("bytes", 65536), "capture.bytes", 0, 1 << 30),
         redact_functions=tuple(sorted(functions.items())),
+        wire=_bool(table.get("wire", False), "capture.wire"),
+        wire_bytes=_int(table.get("wire_bytes", 16 << 20), "capture.wire_bytes", 1024, 1 << 30),
     )
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as a host and a port; ValueError if it is not."""
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _export(raw: Any, key: str, base: Path, backends: dict[str, Backend]) -> ExportSettings:
+    table = _table(raw, key)
+    _no_unknown(
+        table,
+        key,
+        {"name", "format", "file", "syslog", "transport", "framing", "identities", "backends"},
+    )
+    name = _str(table.get("name"), f"{key}.name")
+    if not _EXPORT_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{key}.name: expected 1 to 64 letters, digits, '-' or '_' (it names the export's"
+            f" state file beside the trail), got {name!r}"
+        )
+    fmt = _choice(table.get("format"), f"{key}.format", EXPORT_FORMATS)
+    if ("file" in table) == ("syslog" in table):
+        raise ConfigError(f"{key}: expected either file or syslog (one destination)")
+    syslog = None
+    if "syslog" in table:
+        syslog = _str(table["syslog"], f"{key}.syslog")
+        if fmt not in SYSLOG_FORMATS:
+            raise ConfigError(
+                f"{key}.syslog: a {fmt} export goes to a file; syslog takes"
+                f" {', '.join(SYSLOG_FORMATS)}"
+            )
+        try:
+            host_port(syslog)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.syslog: {exc}") from None
+    names = _strings(table["backends"], f"{key}.backends") if "backends" in table else ()
+    for i, backend in enumerate(names):
+        if backend not in backends:
+            raise ConfigError(f"{key}.backends[{i}]: no backend is named {backend!r}")
+    return ExportSettings(
+        name=name,
+        format=fmt,
+        file=base / _str(table["file"], f"{key}.file") if "file" in table else None,
+        syslog=syslog,
+        transport=_choice(table.get("transport", "udp"), f"{key}.transport", TRANSPORTS),
+        framing=_choice(table.get("framing", "rfc5424"), f"{key}.framing", FRAMINGS),
+        identities=_strings(table["identities"], f"{key}.identities")
+        if "identities" in table
+        else (),
+        backends=names,
+    )
+
+
+def _exports(raw: Any, base: Path, backends: dict[str, Backend]) -> tuple[ExportSettings, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("export: expected [[export]] tables")
+    found: list[ExportSettings] = []
+    for i, item in enumerate(raw):
+        export = _export(item, f"export[{i}]", base, backends)
+        if any(e.name == export.name for e in found):
+            raise ConfigError(f"export[{i}].name: {export.name!r} is defined twice")
+        found.append(export)
+    return tuple(found)
 
 
 def _enforce(raw: Any) -> EnforceSettings:
@@ -860,6 +965,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
             "identity",
             "policy",
             "approvals",
+            "export",
         },
     )
     raw_backends = data.get("backend", [])
@@ -898,6 +1004,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
             1024,
             1 << 30,
         ),
+        exports=_exports(data.get("export", []), base, backends),
         transparent=transparent,
     )
 

@@ -13,12 +13,13 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from appliance import native
 from appliance.config import Settings
 from appliance.enforce import cgroups, owners
 from appliance.enforce.divert import Routes
+from appliance.export.forward import Forwarder
 from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
 from appliance.identity.oidc import Validator
 from appliance.policy.access import Access
@@ -35,7 +36,7 @@ from appliance.proxy.server import OwnerLookup, QuickLookup, Relay
 from appliance.trail import db, maskkey, query
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
-from appliance.trail.publisher import Courier, Publisher
+from appliance.trail.publisher import Publisher
 from appliance.trail.shipper import Shipper
 from appliance.trail.store import Trail
 
@@ -178,13 +179,19 @@ async def run(
     limits = Limits()
     trail = Trail.open(settings.trail)
     recorder = Recorder(trail, loop)
-    couriers: list[tuple[Courier, asyncio.Future[None]]] = []
+    # What carries the trail's events off the host, each in a thread of its own, woken at
+    # every checkpoint: the anchor's publisher, the central store's shipper, the exports.
+    couriers: list[tuple[Any, asyncio.Future[None]]] = []
     if settings.trail.anchor is not None:
         publisher = Publisher(settings.trail, settings.trail.anchor, trail.id)
         couriers.append((publisher, asyncio.ensure_future(publisher.run())))
     if settings.trail.central is not None:
         shipper = Shipper(settings.trail, settings.trail.central, trail.id)
         couriers.append((shipper, asyncio.ensure_future(shipper.run())))
+    host = socket.gethostname()
+    for export in settings.exports:
+        forwarder = Forwarder(settings.trail, export, trail.id, host)
+        couriers.append((forwarder, asyncio.ensure_future(forwarder.run())))
     if couriers:
         woken = tuple(courier.wake for courier, _ in couriers)
 
@@ -341,6 +348,8 @@ async def run(
             log.info("checkpoints published to the anchor %s", where(settings.trail.anchor))
         else:
             log.warning("no [trail.anchor]: checkpoints are kept on this host only")
+        for export in settings.exports:
+            log.info("export %s: %s to %s", export.name, export.format, export.destination)
         report = log.info if native.STATUS.compiled else log.warning
         report("hot path: %s", native.STATUS)
 

@@ -13,11 +13,12 @@ from appliance.cli.central import verify_central
 from appliance.cli.common import fail, json_option, trail_option, trail_settings
 from appliance.cli.terminal import progress
 from appliance.config import AnchorSettings, TrailSettings
+from appliance.export import jsonl
 from appliance.trail import anchor, db, keys
 from appliance.trail.anchor import AnchorError
 from appliance.trail.checkpoint import Checkpoint
 from appliance.trail.db import TrailError
-from appliance.trail.verify import Report, verify
+from appliance.trail.verify import ExportReport, Report, verify, verify_export
 
 
 @click.command("verify")
@@ -67,6 +68,20 @@ from appliance.trail.verify import Report, verify
     default=None,
     help="With --central: a directory of the bastions' public keys, BASTION.pub.",
 )
+@click.option(
+    "--jsonl",
+    "jsonl_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Check this JSONL export (witness export --format jsonl) instead of the trail,"
+    " with the trail's public key (or --public-key).",
+)
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="With --jsonl: accept events no signed checkpoint in the export vouches for (a"
+    " filtered export's, or its last ones, not yet signed when it was made).",
+)
 @json_option
 @click.pass_context
 def verify_command(  # noqa: PLR0917 - one parameter per click option
@@ -80,17 +95,31 @@ def verify_command(  # noqa: PLR0917 - one parameter per click option
     central_dsn: str | None,
     bastion: str | None,
     keys_dir: Path | None,
+    jsonl_path: Path | None,
+    partial: bool,
     as_json: bool,
 ) -> None:
     """Check the hash chain, every signature, what vouches for the trail outside it (the
     checkpoint file, the anchor) and the unsigned tail; exit 1 at the first fault. With
-    --central, check the central store's chains instead."""
+    --central, check the central store's chains instead; with --jsonl, an export of the
+    trail, the same way."""
     if central_dsn is not None:
         local = _local_trail(ctx, trail)
         key = public_key or (local.public_key if local and local.public_key.exists() else None)
         if not verify_central(central_dsn, bastion, key, keys_dir, local, as_json):
             ctx.exit(1)
         return
+    if jsonl_path is not None:
+        _verify_jsonl(
+            ctx,
+            jsonl_path,
+            public_key or trail_settings(ctx, trail).public_key,
+            partial=partial,
+            as_json=as_json,
+        )
+        return
+    if partial:
+        fail("--partial goes with --jsonl", 2)
     settings = trail_settings(ctx, trail)
     if not settings.path.exists():
         fail(f"{settings.path}: no such trail file")
@@ -128,6 +157,49 @@ def _local_trail(ctx: click.Context, trail: Path | None) -> TrailSettings | None
     if trail is None and ctx.find_root().obj is None and not config.DEFAULT_CONFIG.exists():
         return None
     return trail_settings(ctx, trail)
+
+
+def _verify_jsonl(
+    ctx: click.Context, path: Path, public_key: Path, *, partial: bool, as_json: bool
+) -> None:
+    """Check an export line by line, streaming, with the walk the trail's check uses."""
+    try:
+        public = keys.load_public(public_key)
+        with path.open("rb") as lines:
+            rows = (jsonl.row(line, number) for number, line in enumerate(lines, 1))
+            report = verify_export(rows, public, partial=partial)
+    except TrailError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{path}: cannot read: {exc.strerror}")
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(_describe_export(path, report))
+    if not report.ok:
+        ctx.exit(1)
+
+
+def _describe_export(path: Path, report: ExportReport) -> str:
+    if not report.ok:
+        where = "" if report.first_bad_seq is None else f" at event {report.first_bad_seq}"
+        return f"{path}: FAULT{where}: {report.reason}"
+    signed = f"{report.checkpoints} checkpoint{'' if report.checkpoints == 1 else 's'}"
+    trail = f"trail {report.trail}, " if report.trail else ""
+    line = (
+        f"{path}: ok, {trail}events {report.first} to {report.last}: {report.events}"
+        f" verified ({signed})"
+    )
+    if report.complete:
+        line += ", the whole chain from its genesis"
+    else:
+        line += f", {report.gaps} gap{'' if report.gaps == 1 else 's'}"
+    if report.unvouched:
+        return line + (
+            f"; {report.vouched} vouched for by a signed checkpoint, {report.unvouched} not"
+            f" (from event {report.first_unvouched})"
+        )
+    return line + "; all vouched for by a signed checkpoint"
 
 
 def _anchored(path: Path, where: AnchorSettings) -> list[Checkpoint] | None:

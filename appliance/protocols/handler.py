@@ -123,6 +123,27 @@ class Refusal:
     data: bytes = field(repr=False)
 
 
+class Tap(Protocol):
+    """What the trail keeps of a session's raw messages (``[capture] wire``), sans-io: fed
+    the bytes each way as they go, it gives back the payloads of ``wire`` events; it never
+    raises, and stops for good where a message may hold what the trail must not."""
+
+    sizes: dict[str, int]
+    """Bytes recorded from the client and from the server."""
+
+    def client(self, data: bytes) -> None: ...
+
+    def server(self, data: bytes) -> None: ...
+
+    def withhold(self, reason: str) -> None:
+        """Record nothing more of this session, and say why."""
+        ...
+
+    def take(self) -> list[dict[str, Any]]:
+        """The payloads made since the last take, oldest first."""
+        ...
+
+
 class Handler(Protocol):
     """One session's protocol, sans-io. Every ``receive_*`` may raise ProtocolError."""
 
@@ -199,4 +220,8 @@ class Handler(Protocol):
 
     def close(self) -> list[Event]:
         """The session ended: the results of the commands that never finished."""
+        ...
+
+    def wire(self, limit: int) -> Tap:
+        """A tap for this session's raw messages, recording at most ``limit`` bytes."""
         ...

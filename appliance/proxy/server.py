@@ -45,6 +45,7 @@ from appliance.protocols.handler import (
     Opened,
     Ready,
     Reply,
+    Tap,
 )
 from appliance.protocols.registry import handler_for
 from appliance.proxy import states as st
@@ -157,6 +158,11 @@ class Relay:
             protocol, self.capture, self.max_message, self.redactor, certain=self.decide is not None
         )
 
+    def tap(self, handler: Handler) -> Tap | None:
+        """What records a session's raw messages: None unless ``[capture] wire`` asks."""
+        capture = self.capture
+        return handler.wire(capture.wire_bytes) if capture.wire else None
+
 
 # Session and _Backend are asyncio protocols by their methods, not by inheritance: a class
 # deriving from asyncio.Protocol is compiled by mypyc as an ordinary Python class, with its
@@ -203,6 +209,7 @@ class Session:
         self.id = secrets.token_hex(8)
         self.state = st.ATTRIBUTING
         self.handler: Handler = relay.handler(relay.backend)
+        self.tap: Tap | None = relay.tap(self.handler)  # the raw messages, if recorded
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
         self.peer = ("", 0)
@@ -285,6 +292,7 @@ class Session:
         self.backend = backend
         self.target = self.original
         self.handler = self.relay.handler(backend)
+        self.tap = self.relay.tap(self.handler)
 
     async def _setup(self) -> None:
         try:
@@ -415,6 +423,8 @@ class Session:
             return
         self.masks = masks
         self.handler.mask(masks)
+        if self.tap is not None:  # fail closed: no masked value reaches the trail raw
+            self.tap.withhold("masks apply to this session: its raw messages are not recorded")
         self._start()
 
     def _start(self) -> None:
@@ -470,6 +480,8 @@ class Session:
             if not self._record_command(payload):
                 break
         self.early.clear()
+        if self.tap is not None:
+            self._record_wire(self.tap)
         log.debug(
             "session %s: %s:%d uid %s pid %s -> %s as %s",
             self.id,
@@ -521,6 +533,10 @@ class Session:
                 self.cancel = event
                 self._cancel_requested()
                 return
+        tap = self.tap
+        if tap is not None:
+            tap.client(data)
+            self._record_wire(tap)
         data = handler.client_payload(data)
         if data:
             if self.gated or self.held or self.state not in st.RELAYING:
@@ -530,6 +546,12 @@ class Session:
                 self.server.write(data)
         elif self.undecided and handler.deferred_bytes > HOLD_LIMIT:
             self._pause(_HOLDING)  # bounded as held bytes are: see _hold
+
+    def _record_wire(self, tap: Tap) -> None:
+        """Record what the tap made of the bytes so far, once the session is recorded."""
+        if self.started:
+            for payload in tap.take():
+                self.recorder.record("wire", self.id, payload)
 
     def _decide(self, decide: Decide, event: CommandStarted, payload: dict[str, Any]) -> None:
         """The policy's decision, into the command's record; a block is carried out by the
@@ -614,6 +636,9 @@ class Session:
         )
         if data and self.client is not None and not self.client.is_closing():
             self.client.write(data)
+            if self.tap is not None:
+                self.tap.server(data)
+                self._record_wire(self.tap)
 
     def resolve(self, hold: Hold, why: str) -> None:
         """The hold ended (its end is committed): the statement goes on if approved, and is
@@ -737,6 +762,10 @@ class Session:
             data = handler.server_payload(data)
             if data:
                 client.write(data)
+        tap = self.tap
+        if tap is not None:
+            tap.server(data)
+            self._record_wire(tap)
         for event in events:
             if isinstance(event, CommandFinished):
                 self.recorder.record(
@@ -975,6 +1004,8 @@ class Session:
         """A last word to the client; nothing it held back goes on."""
         if self.client is not None and not self.client.is_closing():
             self.client.write(data)
+            if self.tap is not None:
+                self.tap.server(data)
         self.held.clear()
         self.held_bytes = 0
 
@@ -1003,17 +1034,18 @@ class Session:
                 )
         log.debug("session %s ended: %s", self.id, reason)
         if self.started:
-            self.recorder.record(
-                "session_end",
-                self.id,
-                {
-                    "reason": reason,
-                    "bytes_in": self.bytes_in,
-                    "bytes_out": self.bytes_out,
-                    "commands": self.commands,
-                    "backend_pid": self.backend_pid,
-                },
-            )
+            end = {
+                "reason": reason,
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "commands": self.commands,
+                "backend_pid": self.backend_pid,
+            }
+            tap = self.tap
+            if tap is not None:
+                self._record_wire(tap)
+                end["wire"] = dict(tap.sizes)  # what the recorded streams come to
+            self.recorder.record("session_end", self.id, end)
         if self.client is not None:
             self.client.close()
         # Bytes still waiting for a commit go out (then the backend closes) in released().

@@ -105,8 +105,8 @@ def list_sessions(
             start=int(start),
             end=None if end is None else int(end),
             commands=int(commands),
-            start_payload=payload_of(start_text, start_seq),
-            end_payload=None if end_text is None else payload_of(end_text, end_seq),
+            start_payload=payload_of(start_seq, start_text),
+            end_payload=None if end_text is None else payload_of(end_seq, end_text),
             bastion=str(who),
         )
         for who, sid, start, start_seq, start_text, end, end_seq, end_text, commands in rows
@@ -151,7 +151,7 @@ def search(conn: psycopg.Connection[Any], text: str, bastion: str | None = None)
     rows = conn.execute(_SEARCH, {"needle": text.lower(), "bastion": bastion}).fetchall()
     out = []
     for who, seq, ts, type_, session, payload, result_text, identity in rows:
-        result = None if result_text is None else payload_of(result_text, seq)
+        result = None if result_text is None else payload_of(seq, result_text)
         status = None if result is None else result.get("status")
         command = Event.from_row((seq, ts, type_, session, payload))
         label = identity_label(identity_from_json(identity))

@@ -53,8 +53,9 @@ def verify_trail(
     for seq, digest in vouched:
         walk.vouch(seq, digest, "the anchor")
     found = central.cut(conn, bastion, trail)
-    if found is not None:
+    if found is not None:  # retention dropped the chain up to here: go on from its cut
         walk.start_after(found.seq, found.hash)
+        walk.since = found.seq + 1
     cut = None if found is None else found.seq
 
     def lookup(seq: int) -> str | None:
@@ -64,7 +65,7 @@ def verify_trail(
         for row in central.events(conn, bastion, trail, walk.seq):
             if row[0] == walk.seq and walk.seq:
                 raise Fault(row[0], f"event {row[0]} was shipped twice, with different contents")
-            walk.step(lookup, row)
+            walk.step(row, lookup)
             if progress is not None and not walk.seq % PROGRESS_EVERY:
                 progress(walk.seq)
         if walk.seq == 0:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -70,3 +72,17 @@ def write_atomic(path: Path, data: bytes, mode: int, *, sync: bool, replace: boo
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A small state file's JSON object; None when it is missing or not one."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_state(path: Path, data: dict[str, Any]) -> None:
+    """Replace a small state file (mode 0600) with ``data`` as JSON."""
+    write_atomic(path, json.dumps(data, sort_keys=True).encode() + b"\n", 0o600, sync=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 import psycopg
 
 from appliance.config import AnchorSettings, TrailSettings
-from appliance.trail import anchor, chain, db, files
+from appliance.trail import anchor, chain, db, files, shipping
 from appliance.trail.anchor import AnchorError
 from appliance.trail.checkpoint import Checkpoint
 from appliance.trail.db import TrailError
@@ -47,15 +46,13 @@ class State:
         """The state kept for ``trail``; a fresh one when there is none, or it is another
         trail's (publishing again from the start is harmless)."""
         try:
-            data = json.loads(path.read_bytes())
-            state = cls(**data)
-        except (OSError, ValueError, TypeError):
+            state = cls(**(files.read_state(path) or {}))
+        except TypeError:
             return cls(trail)
         return state if state.trail == trail and isinstance(state.published, int) else cls(trail)
 
     def save(self, path: Path) -> None:
-        data = json.dumps(asdict(self), sort_keys=True).encode() + b"\n"
-        files.write_atomic(path, data, 0o600, sync=False)
+        files.write_state(path, asdict(self))
 
 
 def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int, Checkpoint]]:
@@ -140,31 +137,17 @@ class Courier:
 
     async def run(self) -> None:
         """Carry until cancelled."""
-        loop = asyncio.get_running_loop()
-        self._wake.set()  # whatever the last run left behind, first
-        delay = 0.0
-        failing: str | None = None
-        while True:
-            if delay:
-                await asyncio.sleep(delay)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
-            self._wake.clear()
-            try:
-                count = await loop.run_in_executor(self._worker, self.carry)
-            except Exception as exc:  # whatever fails, the next round tries again
-                delay = min(self.settings.retry_max, max(1.0, delay * 2))
-                if str(exc) != failing:
-                    failing = str(exc)
-                    log.warning("cannot send %s: %s; retrying", self.what, failing)
-                continue
-            if failing is not None:
-                log.warning("sending %s again (%d sent)", self.what, count)
-                failing = None
-            delay = 0.0
-            if count == self.batch:
-                self._wake.set()  # more are waiting
+        what = self.what
+        await shipping.rounds(
+            self.carry,
+            self._worker,
+            self._wake,
+            poll=self.poll,
+            retry_max=self.settings.retry_max,
+            full=self.batch,
+            failed=lambda why: log.warning("cannot send %s: %s; retrying", what, why),
+            recovered=lambda count: log.warning("sending %s again (%d sent)", what, count),
+        )
 
     async def finish(self) -> None:
         """One last round (for what was written at shutdown), then let go of the far end."""

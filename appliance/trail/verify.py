@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from appliance.trail import db
+from appliance.trail import chain, db
 from appliance.trail.checkpoint import Checkpoint, Head, read_file
 from appliance.trail.walk import Fault, Walk
 
@@ -193,3 +194,146 @@ def _check_tail(walk: Walk, conn: sqlite3.Connection, now: float) -> None:
             " signing it (a crash: accept with --open-tail), or it was appended by someone"
             " without the key",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """The outcome of checking an export of the trail (its events in seq order, with gaps
+    where a filter left events out). ``events`` counts the events checked good before any
+    fault; of those, checkpoints aside, ``vouched`` are covered by a signed checkpoint in
+    the export through an unbroken run of events up to it, and ``unvouched`` are not (after
+    a gap, or after the last checkpoint, from event ``first_unvouched`` on); ``gaps``
+    counts the places where events are missing."""
+
+    ok: bool
+    events: int
+    vouched: int
+    unvouched: int
+    gaps: int
+    checkpoints: int
+    first: int | None = None
+    last: int | None = None
+    trail: str | None = None
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    first_unvouched: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """The export holds the whole chain from its genesis, with no gap."""
+        return self.first == 1 and self.gaps == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "complete": self.complete}
+
+
+RECENT = 65_536
+"""Events an export's check remembers, for a checkpoint that signs an event other than the
+one just before it (the recorder never makes one)."""
+
+Row = tuple[Any, int, str, str | None, str, str, str]
+
+
+class _Tally:
+    """Counts what an export's walk vouches for, run by run (a run ends at a gap)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.counted = 0  # events walked, checkpoints aside
+        self.vouched = 0
+        self.gaps = 0
+        self.first: int | None = None
+        self.first_unvouched: int | None = None
+        self.base = 0  # ``counted`` when the run began
+        self.covered = 0  # ``counted`` up to the last event a checkpoint of the run covers
+        self.loose: int | None = None  # the first event of the run after what is covered
+        # seq -> (hash, ``counted`` up to it), for the latest events
+        self.recent: OrderedDict[int, tuple[str, int]] = OrderedDict()
+
+    def hash_of(self, seq: int) -> str | None:
+        found = self.recent.get(seq)
+        return None if found is None else found[0]
+
+    def walked(self, walk: Walk, type: str, covered: int) -> None:
+        """Event ``walk.seq`` was good; ``covered`` was the walk's before it."""
+        self.events += 1
+        if self.first is None:
+            self.first = walk.seq
+        if walk.covered != covered and walk.covered >= walk.since:
+            found = self.recent.get(walk.covered)
+            self.covered = found[1] if found is not None else self.counted
+            if self.covered == self.counted:
+                self.loose = None
+        if type != chain.CHECKPOINT:
+            self.counted += 1
+            if self.loose is None:
+                self.loose = walk.seq
+        self.recent[walk.seq] = (walk.prev, self.counted)
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+
+    def end_run(self, walk: Walk) -> None:
+        good = max(0, self.covered - self.base)
+        self.vouched += good
+        if good < self.counted - self.base and self.first_unvouched is None:
+            self.first_unvouched = self.loose
+        self.base = self.covered = self.counted
+        self.loose = None
+
+
+def verify_export(
+    rows: Iterable[Row], public: Ed25519PublicKey, *, partial: bool = False
+) -> ExportReport:
+    """Check an export's events (rows of seq, ts, type, session, payload text, prev_hash,
+    hash; iterating ``rows`` may raise Fault for one that cannot be read) with the walk
+    ``verify`` uses.
+
+    An unbroken run of events is checked as the trail is: every hash, every link, every
+    checkpoint's signature, and a checkpoint vouches for the run up to the event it signs.
+    After a gap the walk goes on from the next event, whose link to the events left out
+    cannot be checked: nothing before it is vouched for by what follows. Every event
+    (checkpoints aside) must be vouched for, unless ``partial``: a filtered export, or one
+    whose last events were not yet signed when it was made.
+    """
+    walk = Walk(public)
+    tally = _Tally()
+    fault: Fault | None = None
+    try:
+        for row in rows:
+            seq = row[0]
+            if isinstance(seq, int) and seq > walk.seq + 1 and (tally.first is not None or seq > 1):
+                if tally.first is not None:
+                    tally.end_run(walk)
+                    tally.gaps += 1
+                walk.restart(seq, row[5])
+            covered = walk.covered
+            walk.step(row, tally.hash_of)
+            tally.walked(walk, row[2], covered)
+        if tally.first is None:
+            raise Fault(None, "the export holds no event")
+        tally.end_run(walk)
+    except Fault as found:
+        fault = found
+    unvouched = tally.counted - tally.vouched
+    if fault is None and unvouched and not partial:
+        fault = Fault(
+            tally.first_unvouched,
+            f"{unvouched} of its {tally.counted} events (checkpoints aside) are not vouched"
+            " for by a signed checkpoint in the export (after a gap, what a filter left out"
+            " breaks the chain; at the end, events not yet signed when it was made);"
+            " --partial accepts that",
+        )
+    return ExportReport(
+        ok=fault is None,
+        events=tally.events,
+        vouched=tally.vouched,
+        unvouched=unvouched,
+        gaps=tally.gaps,
+        checkpoints=len(walk.signed),
+        first=tally.first,
+        last=walk.seq if tally.first is not None else None,
+        trail=walk.trail,
+        first_bad_seq=None if fault is None else fault.seq,
+        reason=None if fault is None else fault.reason,
+        first_unvouched=tally.first_unvouched,
+    )

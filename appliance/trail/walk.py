@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -55,6 +56,7 @@ class Walk:
     signed: list[int] = field(default_factory=list)  # the seq each checkpoint covers
     trail: str | None = None
     intervals: list[Interval] = field(default_factory=list)
+    since: int = 1  # the first event a checkpoint can vouch for: the start of the walk's run
 
     def __post_init__(self) -> None:
         self.fingerprint = keys.fingerprint(self.public)
@@ -70,6 +72,13 @@ class Walk:
         self.seq, self.prev = seq, hash
         self.covered = max(self.covered, seq)
 
+    def restart(self, seq: int, prev: str) -> None:
+        """Go on at event ``seq`` after a gap (a filtered export), taking its ``prev`` hash as
+        given: nothing before it is vouched for, and a checkpoint vouches for it and what
+        follows only if it comes after it, with no gap between."""
+        self.seq, self.prev = seq - 1, prev
+        self.since = seq
+
     def run(
         self,
         conn: sqlite3.Connection,
@@ -81,13 +90,9 @@ class Walk:
         ``progress`` is told the seq reached every ``PROGRESS_EVERY`` events."""
         query = f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq"
         step = self.step
-
-        def lookup(seq: int) -> str | None:
-            found = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
-            return None if found is None else str(found[0])
-
+        find = functools.partial(_hash_at, conn)
         for row in conn.execute(query, (self.seq,)):
-            step(lookup, row)
+            step(row, find)
             if until is not None and self.seq >= until:
                 return
             if progress is not None and not self.seq % PROGRESS_EVERY:
@@ -111,9 +116,9 @@ class Walk:
         signed = [i for i in self.intervals if i.seq <= self.covered]
         return signed[-1] if signed else None
 
-    def step(self, lookup: Callable[[int], str | None], row: tuple[Any, ...]) -> None:
-        """Check one event, the next in order; ``lookup`` gives an earlier event's hash
-        (the one a checkpoint signs, when it is not the event just before it)."""
+    def step(self, row: tuple[Any, ...], find: Callable[[int], str | None]) -> None:
+        """Check the next event, a row of (seq, ts, type, session, payload text, prev_hash,
+        hash); ``find`` gives the hash of an earlier event (None: not held)."""
         seq, ts, type, session, text, prev_hash, digest = row
         expected = self.seq + 1
         if seq != expected:
@@ -145,7 +150,7 @@ class Walk:
         if seq == 2 and type != chain.CHECKPOINT:
             raise Fault(2, "event 2 is not the checkpoint that signs the trail's genesis")
         if type == chain.CHECKPOINT:
-            self._checkpoint(lookup, seq, payload)
+            self._checkpoint(seq, payload, find)
         elif type == chain.TRAIL:
             self._trail_event(seq, payload)
         known = self.vouched.get(seq)
@@ -158,7 +163,7 @@ class Walk:
         self.seq, self.prev = seq, digest
 
     def _checkpoint(
-        self, lookup: Callable[[int], str | None], seq: int, payload: dict[str, Any]
+        self, seq: int, payload: dict[str, Any], find: Callable[[int], str | None]
     ) -> None:
         signed = Checkpoint.from_dict(payload)
         if signed is None:
@@ -167,7 +172,12 @@ class Walk:
             raise Fault(seq, f"checkpoint {seq} vouches for event {signed.seq}, not an earlier one")
         if seq == 2 and signed.seq != 1:
             raise Fault(2, f"checkpoint 2 signs event {signed.seq}, not the genesis")
-        covered = self.prev if signed.seq == seq - 1 else lookup(signed.seq)
+        if signed.seq == seq - 1:
+            covered: str | None = self.prev
+        elif signed.seq < self.since:
+            covered = signed.hash  # before a gap: it vouches for nothing walked here
+        else:
+            covered = find(signed.seq)
         if covered != signed.hash:
             raise Fault(
                 seq,
@@ -181,7 +191,8 @@ class Walk:
         if not signed.valid(self.public):
             raise Fault(seq, f"the signature of checkpoint {seq} does not verify")
         self.signed.append(signed.seq)
-        self.covered = max(self.covered, signed.seq)
+        if signed.seq >= self.since:
+            self.covered = max(self.covered, signed.seq)
 
     def _trail_event(self, seq: int, payload: dict[str, Any]) -> None:
         action, trail, key = payload.get("action"), payload.get("trail"), payload.get("key")
@@ -202,11 +213,18 @@ class Walk:
             if seq != 1:
                 raise Fault(seq, f"event {seq} is a second genesis: trails are not spliced")
             self.trail = trail
+        elif self.trail is None and seq > 1:
+            self.trail = trail  # a walk that began after the genesis (an export's run)
         elif trail != self.trail:
             raise Fault(seq, f"trail event {seq} names trail {trail}, not {self.trail}")
         if key != self.fingerprint:
             raise Fault(seq, f"trail event {seq} names key {key}, not {self.fingerprint}")
         self.intervals.append(Interval(seq, events, float(seconds)))
+
+
+def _hash_at(conn: sqlite3.Connection, seq: int) -> str | None:
+    row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _parse(type: str, text: str) -> Any:

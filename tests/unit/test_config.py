@@ -45,6 +45,9 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
     assert settings.trail.durability == "power"
     assert settings.trail.checkpoint_events == 50
     assert settings.capture.rows == 10
+    assert (settings.capture.wire, settings.capture.wire_bytes) == (False, 16 << 20)
+    wired = config.load(write(tmp_path, GOOD + "wire = true\nwire_bytes = 4096\n")).capture
+    assert (wired.wire, wired.wire_bytes) == (True, 4096)
 
 
 def test_at_most_a_second_or_a_thousand_events_go_unsigned_by_default(tmp_path: Path) -> None:
@@ -68,6 +71,8 @@ def test_at_most_a_second_or_a_thousand_events_go_unsigned_by_default(tmp_path: 
         (('durability = "power"', 'durability = "fast"'), "trail.durability: expected one of"),
         (("rows = 10", "rowz = 10"), "capture.rowz: unknown key"),
         (("[capture]", "[capture]\nrows = -1\n[x]"), "unknown key"),
+        (("rows = 10", 'wire = "yes"'), "capture.wire: expected true or false, got 'yes'"),
+        (("rows = 10", "wire_bytes = 10"), "capture.wire_bytes: expected an integer from 1024"),
     ],
 )
 def test_errors_name_the_key_and_what_was_wrong(
@@ -258,3 +263,65 @@ def test_anchor_errors_name_the_key_and_never_the_password(
         config.load(write(tmp_path, GOOD + ANCHOR.replace(*change, 1)))
     assert message in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+EXPORTS = """
+[[export]]
+name = "siem"
+format = "cef"
+syslog = "siem.example.com:514"
+transport = "tcp"
+framing = "rfc3164"
+identities = ["agent-ci@example.test"]
+backends = ["orders"]
+
+[[export]]
+name = "chain"
+format = "jsonl"
+file = "exports/trail.jsonl"
+"""
+
+
+def test_continuous_exports(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, GOOD + EXPORTS))
+    siem, chain = settings.exports
+    assert (siem.name, siem.format, siem.syslog, siem.file) == (
+        "siem",
+        "cef",
+        "siem.example.com:514",
+        None,
+    )
+    assert (siem.transport, siem.framing) == ("tcp", "rfc3164")
+    assert (siem.identities, siem.backends) == (("agent-ci@example.test",), ("orders",))
+    assert chain.file == tmp_path / "exports" / "trail.jsonl"
+    assert (chain.transport, chain.framing, chain.identities) == ("udp", "rfc5424", ())
+    assert settings.trail.export_state("siem") == tmp_path / "trail.db.export-siem"
+    assert config.load(write(tmp_path, GOOD)).exports == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('format = "cef"', 'format = "xml"'), "export[0].format: expected one of jsonl, ocsf"),
+        (('name = "siem"', 'name = "../x"'), "export[0].name: expected 1 to 64 letters"),
+        (('name = "chain"', 'name = "siem"'), "export[1].name: 'siem' is defined twice"),
+        (('syslog = "siem.example.com:514"', ""), "export[0]: expected either file or syslog"),
+        (('file = "exports', 'syslog = "h:1"\nfile = "exports'), "export[1]: expected either"),
+        (('syslog = "siem.example.com:514"', 'syslog = "siem"'), "export[0].syslog: expected"),
+        (('format = "cef"', 'format = "pcap"'), "export[0].syslog: a pcap export goes to a file"),
+        (('transport = "tcp"', 'transport = "tls"'), "export[0].transport: expected one of"),
+        (('backends = ["orders"]', 'backends = ["billing"]'), "no backend is named 'billing'"),
+        (('name = "siem"', 'name = "siem"\ncolour = 1'), "export[0].colour: unknown key"),
+    ],
+)
+def test_export_errors_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, GOOD + EXPORTS.replace(*change, 1)))
+    assert message in str(info.value)
+
+
+def test_the_exports_formats_are_the_configurations() -> None:
+    from appliance.export import formats
+
+    assert tuple(formats.FORMATS) == config.EXPORT_FORMATS
+    assert tuple(n for n, f in formats.FORMATS.items() if f.syslog) == config.SYSLOG_FORMATS

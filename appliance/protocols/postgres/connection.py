@@ -53,7 +53,7 @@ def _packet(body: bytes) -> bytes:
 _PROTOCOL_3 = 3
 _REFRESHED_LIMIT = 1024
 _CANCEL = 80877102
-_NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
+NEGOTIATIONS = {80877103: "ssl", 80877104: "gss"}
 
 
 class _Command:
@@ -476,7 +476,7 @@ class PostgresConnection:
     def _startup(self, body: bytes) -> None:
         code = int.from_bytes(body[:4], "big")
         major, minor = code >> 16, code & 0xFFFF
-        kind = _NEGOTIATIONS.get(code)
+        kind = NEGOTIATIONS.get(code)
         if kind is not None:
             if len(body) != 4:
                 raise decode.DecodeError(

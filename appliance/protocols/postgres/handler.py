@@ -16,6 +16,7 @@ from appliance.protocols import handler as h
 from appliance.protocols.postgres import events as ev
 from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.messages import error_response
+from appliance.protocols.postgres.wire import PostgresTap
 
 # The relay's reasons as SQLSTATEs.
 SQLSTATE = {
@@ -65,6 +66,7 @@ class PostgresHandler:
             refresh=refresh,
         )
         self.redactor = redactor
+        self.max_message = max_message
         self._secrets: dict[int, list[str]] = {}  # command -> what its result may echo
         self._recent: list[str] = []
 
@@ -191,6 +193,9 @@ class PostgresHandler:
 
     def close(self) -> list[h.Event]:
         return _neutral(self.pg.close())
+
+    def wire(self, limit: int) -> h.Tap:
+        return PostgresTap(self.redactor, limit, self.max_message)
 
 
 def _scrubbed(params: Sequence[str | None], secret: frozenset[int]) -> list[str | None]:

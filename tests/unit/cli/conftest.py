@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 import pgwire as pg
 import pytest
+from trailwriter import T0, writer
 
-from appliance.cli import sessions, tail, trail
-from appliance.config import TrailSettings
+from appliance.cli import export, sessions, tail, trail
 from appliance.protocols.postgres.connection import PostgresConnection
 from appliance.protocols.postgres.events import CommandFinished, CommandStarted
-from appliance.trail.store import Trail
 
-T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 MAIN = {"name": "main", "address": "127.0.0.1", "port": 5432, "protocol": "postgresql"}
 OTHER = {"name": "other", "address": "127.0.0.2", "port": 5433, "protocol": "postgresql"}
 
@@ -50,31 +47,14 @@ def cli() -> click.Group:
     sessions.register(group)
     tail.register(group)
     trail.register(group)
+    export.register(group)
     return group
-
-
-Write = Callable[[float, str, str | None, dict[str, object]], None]
-
-
-def _writer(tmp_path: Path) -> tuple[TrailSettings, Trail, Write]:
-    """A trail in ``tmp_path`` and ``at(offset, type, session, payload)``, which commits one
-    event ``offset`` seconds after T0."""
-    now = [T0]
-    settings = TrailSettings.beside(tmp_path / "trail.db")
-    t = Trail.open(settings, clock=lambda: now[0])
-
-    def at(offset: float, type_: str, session: str | None, payload: dict[str, object]) -> None:
-        now[0] = T0 + offset
-        t.append(type_, session, payload)
-        t.commit()
-
-    return settings, t, at
 
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     """Alice's finished session, Bob's, and Alice's still-open one, plus a stray error."""
-    settings, t, at = _writer(tmp_path)
+    settings, t, at = writer(tmp_path)
 
     alice = "a1b2c3d4-alice"
     at(0, "session_start", alice, start("alice", 1000, MAIN))
@@ -225,7 +205,7 @@ def bound(who: dict[str, object] | None, uid: int, backend: dict[str, object]) -
 def identity_path(tmp_path: Path) -> Path:
     """Carol's session (cgroup binding), Dave's (uid binding, expiring mid-session), a
     connection refused for want of an identity, and one written before identities existed."""
-    settings, t, at = _writer(tmp_path)
+    settings, t, at = writer(tmp_path)
 
     by = {"uid": 0, "pid": 321, "cgroup": None}
     at(
@@ -339,7 +319,7 @@ SJIS_TEXT = "insert into t values ('ソ')"
 def truth_path(tmp_path: Path) -> Path:
     """A session recorded by the real parser: a statement a DO block may have redefined, a
     SQL EXECUTE, and a query sent before the backend reported its new client_encoding."""
-    settings, t, at = _writer(tmp_path)
+    settings, t, at = writer(tmp_path)
     sid = "c0ffee-truth"
     at(0, "session_start", sid, start("alice", 1000, MAIN))
     conn = PostgresConnection(clock=lambda: 0.0)
@@ -387,7 +367,7 @@ def truth_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def damaged_path(tmp_path: Path) -> Path:
     """A command whose prepared entry has the wrong types (a trail damaged, or forged)."""
-    settings, t, at = _writer(tmp_path)
+    settings, t, at = writer(tmp_path)
     at(0, "session_start", "d1", start("alice", 1000, MAIN))
     entry = {"name": 7, "text": ["x"], "defined": "one", "doubt": "changed", "changed_by": True}
     at(1, "command", "d1", {"n": 1, "kind": "query", "text": "execute x", "prepared": [entry]})
@@ -407,7 +387,7 @@ LONG_BACKEND = {
 def crowd_path(tmp_path: Path) -> Path:
     """Sessions with the long names real fleets have: service identities with long emails,
     backends named by role, region and version, a refusal with its whole advice."""
-    settings, t, at = _writer(tmp_path)
+    settings, t, at = writer(tmp_path)
     people = [
         identity(
             "7f3c9a2e-4b1d-4e8f-9a6c-2d5e8b1f0c3a",
@@ -455,7 +435,7 @@ def decision(action: str, rule: str | None, reason: str) -> dict[str, object]:
 def decided_path(tmp_path: Path) -> Path:
     """Carol's session under a policy: an allowed command, one blocked by a rule, one held and
     approved; Dave's on the other backend, with a cancel request; two sessions interleaved."""
-    settings, t, at = _writer(tmp_path)
+    settings, t, at = writer(tmp_path)
     carol, dave = "c2-carol", "d2-dave"
     at(0, "session_start", carol, bound(CAROL, 1002, MAIN))
     at(

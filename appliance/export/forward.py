@@ -1,0 +1,162 @@
+"""Continuous exports (``[[export]]``): the trail's events, as they are committed, to a file
+or a syslog server; off the write-before-forward path, in a thread of their own, resumed by
+seq after a restart from a small state file beside the trail, with bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from appliance.config import ExportSettings, TrailSettings
+from appliance.export import formats, stream
+from appliance.export.record import Meta
+from appliance.export.run import deliver
+from appliance.export.select import Selection
+from appliance.export.sinks import AppendFile, SinkError, Syslog
+from appliance.trail import db, files, shipping
+from appliance.trail.db import TrailError
+
+log = logging.getLogger(__name__)
+
+# Checkpoints (at least one a second while events come) wake the exports; this catches
+# anything a wake missed.
+POLL_SECONDS = 5.0
+RETRY_MAX_SECONDS = 60.0
+# Rounds a shutdown gives an export to catch up (each reads one batch).
+LAST_ROUNDS = 100
+
+
+@dataclass(slots=True)
+class State:
+    """How far one export has come in one trail: every event up to ``seq`` was taken or
+    passed over, and a file export's file was ``size`` bytes long after it."""
+
+    trail: str
+    seq: int = 0
+    size: int = 0
+    exported_at: float | None = None
+    error: str | None = None
+    error_at: float | None = None
+
+    @classmethod
+    def load(cls, settings: TrailSettings, name: str, trail: str) -> State:
+        """The state kept for ``trail``; a fresh one (from the trail's first event) when
+        there is none, or it is another trail's."""
+        try:
+            state = cls(**(files.read_state(settings.export_state(name)) or {}))
+        except TypeError:
+            return cls(trail)
+        good = isinstance(state.seq, int) and isinstance(state.size, int)
+        return state if good and state.trail == trail else cls(trail)
+
+    def save(self, settings: TrailSettings, name: str) -> None:
+        files.write_state(settings.export_state(name), asdict(self))
+
+
+class Forwarder:
+    """One ``[[export]]``: ``forward`` runs one round in the calling thread; ``run`` rounds
+    in a worker thread until cancelled, at once when woken (after each checkpoint), and
+    after 1, 2, 4... seconds (at most a minute) while they fail."""
+
+    def __init__(
+        self,
+        trail: TrailSettings,
+        settings: ExportSettings,
+        trail_id: str,
+        host: str,
+        *,
+        batch: int = stream.BATCH,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.trail = trail
+        self.settings = settings
+        self.fmt = formats.get(settings.format)
+        self.host = host
+        self.clock = clock
+        self.state = State.load(trail, settings.name, trail_id)
+        selection = Selection(identities=settings.identities, backends=settings.backends)
+        self.reader = stream.Reader(selection, batch=batch)
+        self._syslog: Syslog | None = None
+        if settings.syslog is not None:
+            self._syslog = Syslog(
+                settings.syslog,
+                self.fmt,
+                transport=settings.transport,
+                framing=settings.framing,
+                host=host,
+            )
+        self._wake = asyncio.Event()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"witness-export-{settings.name}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def forward(self) -> int:
+        """One round: export what the selection takes of the next batch of events, then
+        save how far it came; how many events it read. Raises TrailError or SinkError when
+        it cannot (the state says why, and the next round reads the same events again)."""
+        state = self.state
+        now = self.clock()
+        try:
+            with db.reading(self.trail.path) as conn:
+                records, seq = self.reader.read(conn, state.seq)
+            if seq != state.seq:
+                meta = Meta(state.trail, self.host)
+                if self._syslog is not None:
+                    deliver(records, self.fmt, meta, self._syslog)
+                else:
+                    assert self.settings.file is not None
+                    sink = AppendFile(self.settings.file, self.fmt, state.size)
+                    try:
+                        deliver(records, self.fmt, meta, sink)
+                    finally:
+                        sink.close()
+                    state.size = sink.size
+        except (TrailError, SinkError) as exc:
+            state.error, state.error_at = str(exc), now
+            self._save()
+            raise
+        read = seq - state.seq
+        if read:
+            state.seq, state.exported_at = seq, now
+        state.error = None
+        self._save()
+        return read
+
+    async def run(self) -> None:
+        """Export until cancelled."""
+        name = self.settings.name
+        await shipping.rounds(
+            self.forward,
+            self._worker,
+            self._wake,
+            poll=POLL_SECONDS,
+            retry_max=RETRY_MAX_SECONDS,
+            full=self.reader.batch,
+            failed=lambda why: log.warning("export %s: %s; retrying", name, why),
+            recovered=lambda _: log.warning("export %s goes on (seq %d)", name, self.state.seq),
+        )
+
+    async def finish(self) -> None:
+        """Catch up with what the trail holds now (the recorder has closed it), then let go."""
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(LAST_ROUNDS):
+                if not await loop.run_in_executor(self._worker, self.forward):
+                    break
+        except Exception as exc:
+            log.warning("export %s: left for the next start: %s", self.settings.name, exc)
+        finally:
+            if self._syslog is not None:
+                await loop.run_in_executor(self._worker, self._syslog.close)
+            self._worker.shutdown()
+
+    def _save(self) -> None:
+        try:
+            self.state.save(self.trail, self.settings.name)
+        except OSError as exc:
+            log.warning("export %s: cannot save its state: %s", self.settings.name, exc.strerror)
