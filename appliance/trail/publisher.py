@@ -79,7 +79,7 @@ class Courier:
     ``state`` (its file), so a restart resumes from there. Subclasses say what a round does.
     """
 
-    what = "checkpoints"  # for the log
+    what = "events"  # for the log
     poll = POLL_SECONDS
     batch = BATCH
 
@@ -102,7 +102,7 @@ class Courier:
     @staticmethod
     def state_path(trail: TrailSettings) -> Path:
         """Where what was sent is kept."""
-        return trail.anchor_state
+        raise NotImplementedError
 
     def wake(self) -> None:
         self._wake.set()
@@ -176,6 +176,12 @@ class Courier:
 class Publisher(Courier):
     """Publishes the trail's checkpoints to the anchor as they are made (``wake`` is called
     when a checkpoint is committed)."""
+
+    what = "checkpoints to the anchor"
+
+    @staticmethod
+    def state_path(trail: TrailSettings) -> Path:
+        return trail.anchor_state
 
     def carry(self) -> int:
         """Publish what the anchor lacks (up to BATCH checkpoints); how many. Raises
