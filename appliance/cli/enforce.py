@@ -29,6 +29,7 @@ import click
 from appliance.cli.common import fail, json_option, settings
 from appliance.config import AnchorSettings, ConfigError, Settings, TrailSettings
 from appliance.enforce import bpf, cgroups, nft
+from appliance.export import forward
 from appliance.trail import publisher, shipper
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
@@ -188,6 +189,36 @@ def _lag(
     return found
 
 
+def exporting(resolved: Settings) -> list[dict[str, Any]]:
+    """How far each ``[[export]]`` is behind the trail."""
+    found = []
+    for export in resolved.exports:
+        try:
+            found.append(forward.lag(resolved.trail, export))
+        except TrailError as exc:
+            found.append({"name": export.name, "unreadable": str(exc)})
+    return found
+
+
+def _export_lines(found: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    now = time.time()
+    for export in found:
+        title = f"export {export['name']}:"
+        if "unreadable" in export:
+            lines.append(f"{title:<20}{export['unreadable']}")
+            continue
+        waiting = export["waiting"]
+        behind = f"{waiting} events wait, the oldest {export['seconds_behind']:.0f} s old"
+        lines.append(
+            f"{title:<20}{export['format']}, up to event {export['exported']}, last"
+            f" {_ago(export['exported_at'], now)}; {behind if waiting else 'none waiting'}"
+        )
+        if export["error"]:
+            lines.append(f"  last error:       {export['error']} ({_ago(export['error_at'], now)})")
+    return lines
+
+
 def _ago(when: float | None, now: float) -> str:
     return "never" if when is None else f"{now - when:.0f} s ago"
 
@@ -240,6 +271,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
     mode, why = attribution()
     anchored = anchoring(resolved)
     shipped = shipping(resolved)
+    exported = exporting(resolved)
     if as_json:
         report = {
             "table": state,
@@ -250,6 +282,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             "attribution": {"mode": mode, "why": why},
             "anchor": anchored,
             "central": shipped,
+            "exports": exported,
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -270,7 +303,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
         click.echo(f"attribution:        {mode} ({why})")
         anchor_lines = _lag_lines(anchored, "anchor", "checkpoints", "anchor")
         central_lines = _lag_lines(shipped, "central", "events", "central store")
-        for line in (*anchor_lines, *central_lines):
+        for line in (*anchor_lines, *central_lines, *_export_lines(exported)):
             click.echo(line)
     ctx.exit(0 if state == "up" else 1)
 

@@ -160,3 +160,26 @@ class Forwarder:
             self.state.save(self.trail, self.settings.name)
         except OSError as exc:
             log.warning("export %s: cannot save its state: %s", self.settings.name, exc.strerror)
+
+
+def lag(settings: TrailSettings, export: ExportSettings) -> dict[str, object]:
+    """How far the export ``name`` is behind the trail, for ``witness status``: the last
+    event it passed, how many wait and since when, and its last error. TrailError when the
+    trail cannot be read."""
+    with db.reading(settings.path) as conn:
+        trail = db.trail_id(conn) or ""
+        state = State.load(settings, export.name, trail)
+        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        first = conn.execute(
+            "SELECT ts FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (state.seq,)
+        ).fetchone()
+    return {
+        "name": export.name,
+        "format": export.format,
+        "exported": state.seq,
+        "waiting": max(0, int(last) - state.seq),
+        "seconds_behind": None if first is None else round(time.time() - first[0] / 1e6, 1),
+        "exported_at": state.exported_at,
+        "error": state.error,
+        "error_at": state.error_at,
+    }

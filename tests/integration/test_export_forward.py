@@ -14,6 +14,8 @@ from witnesscli import WITNESS as CLI
 from witnesscli import witness_env
 from witnessproc import Witness, events, run
 
+from appliance.config import load
+from appliance.export import forward
 from appliance.lab.postgres import PostgresServer
 
 
@@ -90,6 +92,11 @@ def test_forwarded_as_committed_and_never_twice(pg: PostgresServer, tmp_path: Pa
     ]
     state = json.loads((tmp_path / "trail.db.export-siem").read_text())
     assert state["seq"] == stored[-1]
+    # What witness status shows of it: nothing waits.
+    settings = load(trail.with_suffix(".toml"))
+    lags = {e.name: forward.lag(settings.trail, e) for e in settings.exports}
+    assert lags["siem"]["exported"] == stored[-1] and lags["siem"]["waiting"] == 0
+    assert lags["chain"]["error"] is None
     assert state["size"] == cef.stat().st_size
     checked = subprocess.run(
         [*CLI, "verify", "--jsonl", str(jsonl), "--trail", str(trail)],
