@@ -449,11 +449,12 @@ def test_the_play_installs_the_files_with_their_owners_and_modes(world: World) -
     # Installed from a wheel built on the host: the venv runs its site-packages, and no
     # source tree or build is left to run from.
     assert not (world.prefix / "src").exists() and not (world.prefix / "build").exists()
-    found = subprocess.run(
+    found = subprocess.run(  # from /: not the checkout that -c would put first on the path
         [str(venv / "bin" / "python"), "-c", "import appliance; print(appliance.__file__)"],
         capture_output=True,
         text=True,
         check=True,
+        cwd="/",
     )
     package = Path(found.stdout.strip()).parent
     assert package.is_relative_to(venv) and package.parent.name == "site-packages", package
