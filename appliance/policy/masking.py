@@ -444,34 +444,23 @@ class SessionMasks:
         """The command as the trail keeps it (None: as it is): the values of masked columns
         (trail scope) that its literals and parameters carry, masked; with content rules,
         what they find in any literal or parameter."""
-        spans: dict[tuple[int, int], str] = {}
-        masked_params: dict[int, str] = {}
-        clear: list[str] = []
+        taken = _Taken()
         if self._trail_columns:
-            self._columns_carried(text, params, spans, masked_params, clear)
+            self._columns_carried(text, params, taken)
         for scan in self._trail_content:
             for token in maskwrites.literals(text):
-                if (token.start, token.end) not in spans:
+                if (token.start, token.end) not in taken.spans:
                     found = scan.redact(token.value, _content_mark)
                     if found is not None:
-                        spans[(token.start, token.end)] = found
-                        clear.append(token.value)
+                        taken.literal(token.start, token.end, found, token.value)
             for number, value in enumerate(params, 1):
-                if value is not None and number not in masked_params:
+                if value is not None and number not in taken.params:
                     found = scan.redact(value, _content_mark)
                     if found is not None:
-                        masked_params[number] = found
-                        clear.append(value)
-        return _recorded(text, spans, masked_params, clear)
+                        taken.param(number, found, value)
+        return taken.recorded(text)
 
-    def _columns_carried(
-        self,
-        text: str,
-        params: Sequence[str | None],
-        spans: dict[tuple[int, int], str],
-        masked_params: dict[int, str],
-        clear: list[str],
-    ) -> None:
+    def _columns_carried(self, text: str, params: Sequence[str | None], taken: _Taken) -> None:
         masked = self.masked()
         if not masked.tables:
             return
@@ -487,7 +476,7 @@ class SessionMasks:
                 self._carries.clear()
             self._carries[form] = bool(found)
         if found is None:  # no tree says which: every literal and parameter is masked
-            _everything(text, params, spans, masked_params, clear)
+            taken.everything(text, params)
             return
         for item in found:
             rule = self._rule_named(item.table, item.column)
@@ -496,11 +485,10 @@ class SessionMasks:
             if item.param:
                 value = params[item.param - 1] if item.param <= len(params) else None
                 if value is not None:
-                    masked_params[item.param] = masked_text(rule, value, self.key)
-                    clear.append(value)
+                    taken.param(item.param, masked_text(rule, value, self.key), value)
             else:
-                spans[(item.start, item.end)] = masked_text(rule, item.value, self.key)
-                clear.append(item.value)
+                hidden = masked_text(rule, item.value, self.key)
+                taken.literal(item.start, item.end, hidden, item.value)
 
     def carries_params(self, text: str) -> bool:
         """Whether ``text`` puts a parameter in a masked column (trail scope)."""
@@ -590,46 +578,50 @@ class SessionMasks:
         return _encode(masked, codec)
 
 
-def _recorded(
-    text: str, spans: dict[tuple[int, int], str], params: dict[int, str], clear: list[str]
-) -> Recorded | None:
-    """The text with each span replaced by a string literal of its masked value."""
-    if not spans and not params:
-        return None
-    out, at = [], 0
-    for (start, end), value in sorted(spans.items()):
-        out += [text[at:start], "'" + value.replace("'", "''") + "'"]
-        at = end
-    out.append(text[at:])
-    return Recorded("".join(out), params, tuple(clear))
+class _Taken:
+    """What a command's record keeps in place of the values it carries: literal spans of
+    its text and parameters (1-based), each with its masked value; and the clear values."""
+
+    def __init__(self) -> None:
+        self.spans: dict[tuple[int, int], str] = {}
+        self.params: dict[int, str] = {}
+        self.clear: list[str] = []
+
+    def literal(self, start: int, end: int, masked: str, value: str) -> None:
+        self.spans[(start, end)] = masked
+        self.clear.append(value)
+
+    def param(self, number: int, masked: str, value: str) -> None:
+        self.params[number] = masked
+        self.clear.append(value)
+
+    def everything(self, text: str, params: Sequence[str | None]) -> None:
+        """Every literal and parameter masked: where no tree says which carry masked values."""
+        for token in maskwrites.literals(text):
+            self.literal(token.start, token.end, UNRESOLVED, token.value)
+        for number, value in enumerate(params, 1):
+            if value is not None:
+                self.param(number, UNRESOLVED, value)
+
+    def recorded(self, text: str) -> Recorded | None:
+        """The text with each span replaced by a string literal of its masked value."""
+        if not self.spans and not self.params:
+            return None
+        out, at = [], 0
+        for (start, end), value in sorted(self.spans.items()):
+            out += [text[at:start], "'" + value.replace("'", "''") + "'"]
+            at = end
+        out.append(text[at:])
+        return Recorded("".join(out), self.params, tuple(self.clear))
 
 
 def withheld(text: str, params: Sequence[str | None]) -> Recorded | None:
     """The command with every literal and parameter masked: where no mask says which of
     them carry masked values (an EXECUTE of a statement that masks its parameters; a
     command of a session refused before its masks were known)."""
-    spans: dict[tuple[int, int], str] = {}
-    masked_params: dict[int, str] = {}
-    clear: list[str] = []
-    _everything(text, params, spans, masked_params, clear)
-    return _recorded(text, spans, masked_params, clear)
-
-
-def _everything(
-    text: str,
-    params: Sequence[str | None],
-    spans: dict[tuple[int, int], str],
-    masked_params: dict[int, str],
-    clear: list[str],
-) -> None:
-    """Every literal and parameter masked: where no tree says which carry masked values."""
-    for token in maskwrites.literals(text):
-        spans[(token.start, token.end)] = UNRESOLVED
-        clear.append(token.value)
-    for number, value in enumerate(params, 1):
-        if value is not None:
-            masked_params[number] = UNRESOLVED
-            clear.append(value)
+    taken = _Taken()
+    taken.everything(text, params)
+    return taken.recorded(text)
 
 
 def _content_mark(found: Any, text: str) -> str:

@@ -24,6 +24,7 @@ from appliance.trail.query import (
     identity_label,
     one_of,
     payload_of,
+    session_of,
 )
 
 _LIST = """
@@ -99,18 +100,7 @@ def list_sessions(
             "bastion": bastion,
         },
     ).fetchall()
-    return [
-        SessionInfo(
-            id=sid,
-            start=int(start),
-            end=None if end is None else int(end),
-            commands=int(commands),
-            start_payload=payload_of(start_seq, start_text),
-            end_payload=None if end_text is None else payload_of(end_seq, end_text),
-            bastion=str(who),
-        )
-        for who, sid, start, start_seq, start_text, end, end_seq, end_text, commands in rows
-    ]
+    return [session_of(tuple(row[1:]), bastion=str(row[0])) for row in rows]
 
 
 def session_detail(

@@ -324,17 +324,22 @@ def list_sessions(
             "group": group,
         },
     )
-    return [
-        SessionInfo(
-            id=sid,
-            start=start,
-            end=end,
-            commands=commands,
-            start_payload=payload_of(start_seq, start_text),
-            end_payload=None if end_text is None else payload_of(end_seq, end_text),
-        )
-        for sid, start, start_seq, start_text, end, end_seq, end_text, commands in rows
-    ]
+    return [session_of(row) for row in rows]
+
+
+def session_of(row: tuple[Any, ...], bastion: str | None = None) -> SessionInfo:
+    """A session from (id, start ts, start seq, start payload, end ts, end seq, end payload,
+    commands)."""
+    sid, start, start_seq, start_text, end, end_seq, end_text, commands = row
+    return SessionInfo(
+        id=sid,
+        start=int(start),
+        end=None if end is None else int(end),
+        commands=int(commands),
+        start_payload=payload_of(start_seq, start_text),
+        end_payload=None if end_text is None else payload_of(end_seq, end_text),
+        bastion=bastion,
+    )
 
 
 def resolve(conn: sqlite3.Connection, prefix: str) -> str:
