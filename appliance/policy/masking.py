@@ -541,7 +541,23 @@ class SessionMasks:
         ``raw`` as it came in format ``fmt``): masked as the wire masks it."""
         if shown is None or raw is None or not cell.trail:
             return shown
-        masked = self.wire_value(cell, raw, fmt, codec)
+        return self.trail_shown(
+            cell, shown, raw, self.wire_value(cell, raw, fmt, codec), fmt, codec
+        )
+
+    def trail_shown(  # noqa: PLR0917 - a value in each of its forms
+        self,
+        cell: Cell,
+        shown: str | None,
+        raw: bytes | None,
+        masked: bytes | None,
+        fmt: int,
+        codec: Any,
+    ) -> str | None:
+        """What the trail keeps of a captured value whose masked form (as the wire sends
+        it) is already known: ``masked``."""
+        if shown is None or raw is None or not cell.trail:
+            return shown
         if masked == raw:
             return shown
         if masked is None:  # a binary value no mask stands in for

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -72,11 +73,12 @@ def unpublished(trail: Path, after: int, limit: int = -1) -> list[tuple[int, int
     return found
 
 
-class Courier:
+class Courier(ABC):
     """Carries what the trail holds to a PostgreSQL off the host, from a thread of its own,
     round by round: ``wake`` starts a round at once; a failed round is retried after 1, 2,
     4... seconds, at most ``retry_max`` apart; what the far end acknowledged is kept in
-    ``state`` (its file), so a restart resumes from there. Subclasses say what a round does.
+    ``state`` (its file), so a restart resumes from there. Subclasses say what is read
+    from the trail, how it is sent, and where the state is kept.
     """
 
     what = "events"  # for the log
@@ -100,27 +102,34 @@ class Courier:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="witness-courier")
 
     @staticmethod
+    @abstractmethod
     def state_path(trail: TrailSettings) -> Path:
         """Where what was sent is kept."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def read(self, after: int) -> list[Any]:
+        """What waits after event ``after`` (at most ``batch`` items, each a sequence whose
+        first element is its event's seq)."""
+
+    @abstractmethod
+    def send(self, conn: psycopg.Connection[Any], items: list[Any]) -> None:
+        """Hand ``items`` to the far end, in one transaction (AnchorError if it cannot)."""
 
     def wake(self) -> None:
         self._wake.set()
 
     def carry(self) -> int:
-        """One round, in the calling thread: how many items went."""
-        raise NotImplementedError
-
-    def _round(self, pending: list[Any], send: Callable[[psycopg.Connection[Any]], None]) -> int:
-        """Send ``pending`` (items whose first element is their event's seq) with ``send``,
-        and note the outcome in the state file; raise what ``send`` raised."""
+        """One round, in the calling thread: send what the far end lacks; how many items
+        went. Raises AnchorError (or TrailError) when it cannot, and notes why in the
+        state file."""
         state = self.state
         state.attempted_at = now = self.clock()
         try:
+            pending = self.read(state.published)
             if pending:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
-                send(self._conn)
+                self.send(self._conn, pending)
         except (AnchorError, TrailError) as exc:
             self._disconnect()
             state.error, state.error_at = str(exc), now
@@ -183,24 +192,14 @@ class Publisher(Courier):
     def state_path(trail: TrailSettings) -> Path:
         return trail.anchor_state
 
-    def carry(self) -> int:
-        """Publish what the anchor lacks (up to BATCH checkpoints); how many. Raises
-        AnchorError (or TrailError) when it cannot, and notes why in the state file."""
-        state = self.state
-        try:
-            pending = unpublished(self.trail.path, state.published, BATCH)
-        except TrailError as exc:
-            state.error, state.error_at = str(exc), self.clock()
-            self._save()
-            raise
-        checkpoints = [(made, signed) for _, made, signed in pending]
+    def read(self, after: int) -> list[Any]:
+        return unpublished(self.trail.path, after, BATCH)
 
-        def send(conn: psycopg.Connection[Any]) -> None:
-            anchor.publish(conn, self.settings, state.trail, checkpoints)
+    def send(self, conn: psycopg.Connection[Any], items: list[Any]) -> None:
+        checkpoints = [(made, signed) for _, made, signed in items]
+        anchor.publish(conn, self.settings, self.state.trail, checkpoints)
 
-        return self._round(pending, send)
-
-    publish = carry
+    publish = Courier.carry
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ import psycopg
 from appliance.config import TrailSettings
 from appliance.trail import central, db
 from appliance.trail.central import Row
-from appliance.trail.db import TrailError
 from appliance.trail.publisher import Courier, Lag, State
 
 BATCH = 5000  # events in one transaction: bounded memory, whatever the backlog
@@ -41,20 +40,11 @@ class Shipper(Courier):
     def state_path(trail: TrailSettings) -> Path:
         return trail.central_state
 
-    def carry(self) -> int:
-        """Ship what the store lacks (up to BATCH events); how many."""
-        state = self.state
-        try:
-            pending = unshipped(self.trail.path, state.published, BATCH)
-        except TrailError as exc:
-            state.error, state.error_at = str(exc), self.clock()
-            self._save()
-            raise
+    def read(self, after: int) -> list[Any]:
+        return unshipped(self.trail.path, after, BATCH)
 
-        def send(conn: psycopg.Connection[Any]) -> None:
-            central.ship(conn, self.settings, state.trail, pending)
-
-        return self._round(pending, send)
+    def send(self, conn: psycopg.Connection[Any], items: list[Any]) -> None:
+        central.ship(conn, self.settings, self.state.trail, items)
 
     def _connect(self) -> psycopg.Connection[Any]:
         return central.open_store(self.settings)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+from results import report
 
 from appliance.config import AnchorSettings, TrailSettings
 from appliance.lab.postgres import PostgresServer
@@ -166,10 +167,7 @@ def main() -> None:
         f" {stored / steady:.0f} events/s; lag median {statistics.median(lags or [0]):.2f} s,"
         f" worst {max(lags or [0]):.2f} s",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

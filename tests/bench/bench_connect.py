@@ -33,6 +33,8 @@ import time
 import uuid
 from pathlib import Path
 
+from results import report
+
 from appliance import native
 from appliance.enforce import bpf
 from appliance.lab.enforced import EnforcedLab
@@ -166,12 +168,10 @@ def main() -> None:
         f"Commands recorded: {recorded} for {diverted} diverted pgbench transactions",
         f"Witness hot path: {native.STATUS}",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
     if recorded < diverted:
+        print("\n".join(lines))
         raise SystemExit(f"the trail is missing commands: {recorded} < {diverted}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

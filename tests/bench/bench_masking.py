@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_postgres import copy_out, pgbench, wait_port
+from results import report
 
 from appliance.lab.net import free_port
 from appliance.lab.postgres import PostgresServer
@@ -120,10 +121,7 @@ def main() -> None:
         f"COPY TO STDOUT of {size / 1e6:.0f} MB, a masked column in every row: direct"
         f" {cd:.2f}s, through Witness {cm:.2f}s, ratio {cm / cd:.2f}",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

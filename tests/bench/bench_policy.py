@@ -28,6 +28,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from results import report
+
 from appliance.config import TrailSettings
 from appliance.model import Command
 from appliance.policy import replay
@@ -163,10 +165,7 @@ def main() -> None:
         "",
         f"Trail: {path} ({made:.0f}s to generate, or reused)",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

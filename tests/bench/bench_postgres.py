@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import report
+
 from appliance import native
 from appliance.lab.net import free_port
 from appliance.lab.postgres import PostgresServer
@@ -307,10 +309,7 @@ def main() -> None:
         f"Witness peak RSS: {rss:.0f} MB",
         f"Witness hot path: {native.STATUS}",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

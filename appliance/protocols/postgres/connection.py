@@ -1097,8 +1097,7 @@ class PostgresConnection:
         cmd.columns = tuple(f.format for f in found)
 
     def _data_row(self, body: bytes) -> None:
-        if self._masking:
-            self._mask_row(body)
+        sent = self._mask_row(body) if self._masking else None
         cmd = self._capturing()
         if cmd is None:
             return
@@ -1115,15 +1114,18 @@ class PostgresConnection:
         if masks is not None:  # what the trail keeps of a masked value is masked too
             plan, formats = self._plan_of(cmd, len(row))
             if plan is not None:
-                raws = decode.row_values(body)
-                row = [
-                    value
-                    if cell is None
-                    else masks.trail_value(
-                        cell, value, raw, formats[i] if i < len(formats) else 0, codec
-                    )
-                    for i, (cell, value, raw) in enumerate(zip(plan, row, raws, strict=True))
-                ]
+                # The wire's masked values where it masked them: not worked out twice.
+                raws, wired = sent if sent is not None else (decode.row_values(body), None)
+                kept: list[str | None] = []
+                for i, (cell, value, raw) in enumerate(zip(plan, row, raws, strict=True)):
+                    fmt = formats[i] if i < len(formats) else 0
+                    if cell is None:
+                        kept.append(value)
+                    elif wired is not None and cell.wire:
+                        kept.append(masks.trail_shown(cell, value, raw, wired[i], fmt, codec))
+                    else:
+                        kept.append(masks.trail_value(cell, value, raw, fmt, codec))
+                row = kept
         result.captured.append(row)
         cmd.room -= len(body)
         # Once full, let the framer skip rows unread; it reports them, which sets truncated.
@@ -1140,20 +1142,22 @@ class PostgresConnection:
         formats = tuple(decode.expand_formats(cmd.formats, count))
         return masks.unknown_plan(count), formats
 
-    def _mask_row(self, body: bytes) -> None:
-        """A DataRow with its masked values replaced, in place, on the way to the client."""
+    def _mask_row(self, body: bytes) -> tuple[list[bytes | None], list[bytes | None]] | None:
+        """A DataRow with its masked values replaced, in place, on the way to the client:
+        its values as they came and as they went (None: no column is masked)."""
         queue = self._queue
         if not queue or not isinstance(queue[0], _Command):
-            return
+            return None
         masks = self.masks
         assert masks is not None
-        values = decode.row_values(body)
-        plan, formats = self._plan_of(queue[0], len(values))
+        came = decode.row_values(body)
+        plan, formats = self._plan_of(queue[0], len(came))
         if plan is None:
-            return
+            return None
+        values = list(came)
         codec = self._reader.at(self._bounds_done)
         changed = False
-        for i, raw in enumerate(values):
+        for i, raw in enumerate(came):
             cell = plan[i]
             if cell is None or not cell.wire or raw is None:
                 continue
@@ -1167,6 +1171,7 @@ class PostgresConnection:
             end = self._server.seen
             message = b"D" + (len(rebuilt) + 4).to_bytes(4, "big") + rebuilt
             self._back.replace(self._server.start, end, message)
+        return came, values
 
     def _copy_data(self, body: bytes) -> None:
         """A row of COPY TO STDOUT output, masked on the way if its table is."""
