@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -157,6 +158,17 @@ def test_two_bastions_ship_every_event_exactly_once_through_kills_and_outages(
         "--trail", str(one.trail),
     )  # fmt: skip
     assert mine.returncode == 0 and "agrees with" in mine.stdout, mine.stdout + mine.stderr
+    # The bastion's trail rewritten after shipping (its triggers dropped, an event's hash
+    # replaced): what it shipped says otherwise, and verify names the event.
+    with sqlite3.connect(one.trail) as local:
+        local.execute("DROP TRIGGER events_no_update")
+        local.execute("UPDATE events SET hash = ? WHERE seq = 3", ("0" * 64,))
+    rewritten = run(
+        WITNESS, "verify", "--central", store.url("auditor"), "--bastion", "b1",
+        "--trail", str(one.trail),
+    )  # fmt: skip
+    assert rewritten.returncode == 1
+    assert "FAULT at event 3" in rewritten.stdout and "differ at event 3" in rewritten.stdout
 
     # A change in the store is caught, and where.
     store.admin(
