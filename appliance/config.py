@@ -143,6 +143,13 @@ class TrailSettings:
     central: AnchorSettings | None = None
     """The central store every event is shipped to (``[trail.central]``): connected to as
     the anchor is, by a role that may only add events."""
+    segment_bytes: int = 256 << 20
+    """Past this size (at a checkpoint) the active file is sealed, and a new one begins; 0
+    never seals. At most ``MAX_SEALED`` sealed segments wait: past that, the active file
+    grows until one is retired."""
+    retire: str | None = None
+    """Which copy off the host lets a sealed segment be deleted once it holds the segment and
+    has verified it: ``central`` or ``export:NAME``; None keeps every segment."""
     examine_commits: int = 1000
     """Commits between two checks that the trail's files are whole (each also copies the WAL
     into the database), besides the check at every timed checkpoint: about the WAL size at
@@ -161,6 +168,11 @@ class TrailSettings:
     def mask_key(self) -> Path:
         """The key of masking's tokens (HMAC-SHA256), beside the signing key."""
         return self.signing_key.with_name(self.signing_key.name + ".mask")
+
+    @property
+    def sealed(self) -> Path:
+        """The directory of the sealed segments, beside the trail."""
+        return self.path.with_name(self.path.name + ".sealed")
 
     @property
     def anchor_state(self) -> Path:
@@ -600,6 +612,8 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
             "checkpoint_seconds",
             "anchor",
             "central",
+            "segment_mb",
+            "retire",
         },
     )
     path = base / _str(table.get("path", "/var/lib/witness/trail.db"), "trail.path")
@@ -624,6 +638,28 @@ def _trail(raw: Any, base: Path) -> TrailSettings:
         ),
         anchor=_anchor(table["anchor"], base) if "anchor" in table else None,
         central=_anchor(table["central"], base, "trail.central") if "central" in table else None,
+        segment_bytes=_int(table.get("segment_mb", 256), "trail.segment_mb", 0, 1 << 20) << 20,
+        retire=_retire(table),
+    )
+
+
+def _retire(table: dict[str, Any]) -> str | None:
+    """``trail.retire``: by default the central store when there is one, else nothing."""
+    value = table.get("retire", "central" if "central" in table else "never")
+    value = _str(value, "trail.retire")
+    if value == "never":
+        return None
+    if value == "central":
+        if "central" not in table:
+            raise ConfigError(
+                "trail.retire: 'central' needs [trail.central], the store that must hold and"
+                " verify each sealed segment before it is deleted"
+            )
+        return value
+    if value.startswith("export:") and _EXPORT_NAME.fullmatch(value[7:]):
+        return value  # checked against the exports once they are read
+    raise ConfigError(
+        f"trail.retire: expected 'central', 'export:NAME' or 'never', got {value!r}"
     )
 
 
@@ -708,6 +744,22 @@ def _exports(raw: Any, base: Path, backends: dict[str, Backend]) -> tuple[Export
             raise ConfigError(f"export[{i}].name: {export.name!r} is defined twice")
         found.append(export)
     return tuple(found)
+
+
+def _check_retire(trail: TrailSettings, exports: tuple[ExportSettings, ...]) -> None:
+    """An export that retires segments must be able to show it holds every event: a JSONL
+    file of the whole trail, which can be read back and checked."""
+    if trail.retire is None or not trail.retire.startswith("export:"):
+        return
+    name = trail.retire[7:]
+    export = next((e for e in exports if e.name == name), None)
+    if export is None:
+        raise ConfigError(f"trail.retire: no [[export]] is named {name!r}")
+    if export.file is None or export.format != "jsonl" or export.identities or export.backends:
+        raise ConfigError(
+            f"trail.retire: export {name!r} cannot retire segments: only a jsonl export to a"
+            " file, of every event (no identities or backends), can be read back and verified"
+        )
 
 
 def _enforce(raw: Any) -> EnforceSettings:
@@ -989,10 +1041,13 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
     limits = _table(data.get("limits", {}), "limits")
     _no_unknown(limits, "limits", {"max_message_bytes"})
     policy = _policy(data.get("policy"), base, backends)
+    trail = _trail(data.get("trail", {}), base)
+    exports = _exports(data.get("export", []), base, backends)
+    _check_retire(trail, exports)
     return Settings(
         listeners=listeners,
         backends=backends,
-        trail=_trail(data.get("trail", {}), base),
+        trail=trail,
         capture=_capture(data.get("capture", {})),
         enforce=_enforce(data.get("enforce", {})),
         identity=_identity(data.get("identity", {}), base),
@@ -1004,7 +1059,7 @@ def parse(data: dict[str, Any], base: Path = Path("/")) -> Settings:
             1024,
             1 << 30,
         ),
-        exports=_exports(data.get("export", []), base, backends),
+        exports=exports,
         transparent=transparent,
     )
 

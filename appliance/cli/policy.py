@@ -123,7 +123,7 @@ def _run(
     with progress("deciding") as tell:
         if tell is None:
             return replay.replay(policy, rows, since=since, who=who)
-        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        last = db.last_seq(conn)
         return replay.replay(
             policy, rows, since=since, who=who, progress=lambda seq: tell(seq, last)
         )

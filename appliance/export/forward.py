@@ -169,7 +169,7 @@ def lag(settings: TrailSettings, export: ExportSettings) -> dict[str, object]:
     with db.reading(settings.path) as conn:
         trail = db.trail_id(conn) or ""
         state = State.load(settings, export.name, trail)
-        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        last = db.last_seq(conn)
         first = conn.execute(
             "SELECT ts FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (state.seq,)
         ).fetchone()

@@ -43,7 +43,7 @@ def export(
     with db.reading(path) as conn:
         conn.execute("BEGIN")
         try:
-            last = stream.head(conn)
+            last = db.last_seq(conn)
             meta = Meta(db.trail_id(conn), host)
             after, upto = 0, last
             if selection.session is not None:

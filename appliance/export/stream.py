@@ -22,11 +22,6 @@ _QUERY = (
 )
 
 
-def head(conn: sqlite3.Connection) -> int:
-    """The last committed seq (0 for an empty trail)."""
-    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-
-
 def span(conn: sqlite3.Connection, session: str) -> tuple[int, int | None]:
     """Where a session's events lie: after the seq returned, up to its end (None: open)."""
     row = conn.execute("SELECT start_seq, end_seq FROM sessions WHERE id = ?", (session,))

@@ -6,9 +6,12 @@ import contextlib
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
+
+from appliance.trail import segments
 
 # 2: a trail starts with its signed genesis, and the checkpoint file holds a signed head.
 FORMAT = "2"
@@ -74,7 +77,13 @@ def reading(path: Path, *, check: bool = True) -> Iterator[sqlite3.Connection]:
     reader would; with a ``-wal`` but no ``-shm`` (copied off a host) both are copied to a
     private directory and read there. sqlite3 errors inside become TrailError. With
     ``check`` (the default) a database that is not a trail in a format we read is refused.
+
+    The sealed segments before the active file are attached, and ``events`` and
+    ``sessions`` are read across them all (see :func:`join_sealed`).
     """
+    if not path.exists() and segments.next_file(path).exists():
+        # A segment is being sealed: its successor takes the name in a moment.
+        time.sleep(0.05)
     if not path.exists():
         raise TrailError(f"{path}: no such trail file")
     if not path.is_file():
@@ -95,9 +104,10 @@ def reading(path: Path, *, check: bool = True) -> Iterator[sqlite3.Connection]:
                 shutil.copyfile(wal, private / wal.name)
                 conn = sqlite3.connect(uri(private / path.name, mode="ro"), uri=True)
             stack.callback(conn.close)
-            conn.execute("PRAGMA query_only = 1")
             if check:
                 check_format(conn, path)
+                join_sealed(conn, path)
+            conn.execute("PRAGMA query_only = 1")
         except sqlite3.Error as exc:
             raise TrailError(f"{path}: cannot read the trail: {exc}") from None
         except OSError as exc:
@@ -108,11 +118,54 @@ def reading(path: Path, *, check: bool = True) -> Iterator[sqlite3.Connection]:
             raise TrailError(f"{path}: cannot read the trail: {exc}") from None
 
 
-def check_format(conn: sqlite3.Connection, path: Path) -> None:
+_COLUMNS = "seq, ts, type, session, payload, prev_hash, hash"
+
+
+def join_sealed(conn: sqlite3.Connection, path: Path) -> None:
+    """Attach the sealed segments before the active file ``conn`` reads (which begins at its
+    meta ``first``), and shadow ``events`` and ``sessions`` with views across them all.
+
+    A segment sealed after this active file was opened (by a reader that came before the
+    rename) starts after ``first`` and is left out: this file holds its events already.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = 'first'").fetchone()
+    first = int(row[0]) if row is not None else 1
+    before = [s for s in segments.sealed(path) if s.last < first]
+    if not before:
+        return
+    if len(before) > segments.MAX_SEALED:
+        raise TrailError(
+            f"{path}: {len(before)} sealed segments, more than the {segments.MAX_SEALED} a"
+            f" reader can open at once: something other than the recorder sealed them"
+        )
+    names = []
+    for i, segment in enumerate(before):
+        try:
+            conn.execute(
+                f"ATTACH DATABASE ? AS sealed{i}", (uri(segment.path, mode="ro", immutable="1"),)
+            )
+        except sqlite3.OperationalError:
+            if segment.path.exists():
+                raise
+            continue  # retired as we looked: the trail starts later
+        check_format(conn, segment.path, f"sealed{i}")
+        names.append(f"sealed{i}")
+    names.append("main")
+    events = " UNION ALL ".join(f"SELECT {_COLUMNS} FROM {n}.events" for n in names)
+    sessions = " UNION ALL ".join(f"SELECT id, start_seq, end_seq FROM {n}.sessions" for n in names)
+    conn.execute(f"CREATE TEMP VIEW events AS {events}")
+    # A session open across a seal has a row in each file; its end is in the newest.
+    conn.execute(
+        "CREATE TEMP VIEW sessions AS SELECT id, min(start_seq) AS start_seq,"
+        f" max(end_seq) AS end_seq FROM ({sessions}) GROUP BY id"
+    )
+
+
+def check_format(conn: sqlite3.Connection, path: Path, schema: str = "main") -> None:
     """Raise TrailError unless this database is a Witness trail in a format we read."""
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        conn.execute("SELECT seq, ts, type, session, payload, prev_hash, hash FROM events LIMIT 0")
+        row = conn.execute(f"SELECT value FROM {schema}.meta WHERE key = 'format'").fetchone()
+        conn.execute(f"SELECT {_COLUMNS} FROM {schema}.events LIMIT 0")
     except sqlite3.DatabaseError:
         raise TrailError(f"{path}: not a Witness trail") from None
     if row is None:
@@ -132,8 +185,17 @@ def meta(conn: sqlite3.Connection) -> dict[str, str]:
 
 
 def trail_id(conn: sqlite3.Connection) -> str | None:
-    """The id the trail's genesis names (not checked here: verify checks it)."""
+    """The id the trail's genesis names, or (with the genesis retired) the active file's
+    meta (not checked here: verify checks it)."""
     row = conn.execute(
         "SELECT json_extract(payload, '$.trail') FROM events WHERE seq = 1"
     ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT value FROM main.meta WHERE key = 'trail'").fetchone()
     return row[0] if row is not None and isinstance(row[0], str) else None
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The newest event's seq (0: none). Not max(seq), which reads every row of a view."""
+    row = conn.execute("SELECT seq FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    return 0 if row is None else int(row[0])

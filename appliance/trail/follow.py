@@ -118,11 +118,6 @@ class Reader:
         return self._conn
 
 
-def head(conn: sqlite3.Connection) -> int:
-    """The last committed seq (0 for an empty trail)."""
-    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-
-
 def events_after(
     conn: sqlite3.Connection, seq: int, *, limit: int, upto: int | None = None
 ) -> list[Event]:
@@ -219,7 +214,7 @@ class Tail:
 
     def head(self) -> int:
         """The last committed seq."""
-        return self.reader.read(head)
+        return self.reader.read(db.last_seq)
 
     def start(self, last: int, count: int) -> int:
         """The seq to read after so that the first entries are the last ``count`` commands

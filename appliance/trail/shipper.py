@@ -55,7 +55,7 @@ def lag(settings: TrailSettings) -> Lag:
     with db.reading(settings.path) as conn:
         trail = db.trail_id(conn)
         state = State.load(settings.central_state, trail or "")
-        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        last = db.last_seq(conn)
         first = conn.execute(
             "SELECT ts FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (state.published,)
         ).fetchone()

@@ -16,10 +16,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.config import TrailSettings
-from appliance.trail import chain, db, files, keys, walcheck
+from appliance.trail import chain, db, files, keys, segments, walcheck
 from appliance.trail.checkpoint import Checkpoint, Head, read_file, write_file
 from appliance.trail.db import TrailError, TrailFull, TrailLost, TrailWriteError
-from appliance.trail.walk import Fault, Walk
+from appliance.trail.segments import Segment
+from appliance.trail.walk import Fault, Walk, begin
 
 __all__ = ["Trail", "TrailError", "TrailFull", "TrailLost", "TrailWriteError"]
 
@@ -34,6 +35,7 @@ _INSERT = (
 )
 _SESSION_START = "INSERT OR IGNORE INTO sessions (id, start_seq) VALUES (?, ?)"
 _SESSION_END = "UPDATE sessions SET end_seq = ? WHERE id = ? AND end_seq IS NULL"
+_RETIRED = "INSERT OR REPLACE INTO meta (key, value) VALUES ('retired', ?)"
 Row = tuple[int, int, str, str | None, str, str, str]
 
 
@@ -71,6 +73,9 @@ class Batch:
         self.examine = False  # whether write() checks the files once it has committed
         self.problems: list[str] = []  # what write() could not do besides
         self.lost: str | None = None  # set by write(): committed, but not where readers look
+        self.retire: Segment | None = None  # the sealed segment whose retirement it records
+        self.retire_seq = 0  # the seq of that record
+        self.sealed: tuple[Segment, str] | None = None  # set by write(): the file sealed after it
 
 
 class Trail:
@@ -118,6 +123,14 @@ class Trail:
         self._damaged = False  # the WAL is damaged under us: never close (see _keep_open)
         # Called (on the event loop) after each checkpoint is committed.
         self.on_checkpoint: Callable[[], None] | None = None
+        self._segment_bytes = settings.segment_bytes
+        self._sealed: list[Segment] = []
+        self._last_hashes: dict[int, str] = {}  # each sealed segment's last hash, by its last seq
+        self._first = 1  # the active file's first event
+        self._started = 0  # the seq of this start's trail event: older open sessions are dead
+        # The last seq the copy named by [trail] retire holds and has verified; set from the
+        # courier's thread, read when staging.
+        self.retirable = 0
 
     @classmethod
     def open(cls, settings: TrailSettings, *, clock: Callable[[], float] = time.time) -> Trail:
@@ -127,6 +140,7 @@ class Trail:
         vouches for to its end: a trail that fails is refused, naming the first bad event,
         rather than signed over. Each start is then recorded and signed.
         """
+        _finish_seal(settings.path)
         new, signer = _inspect(settings.path)
         if settings.signing_key.exists() or signer is None:
             key = _key(settings.signing_key)
@@ -149,6 +163,12 @@ class Trail:
                     " one: events were cut or the trail was replaced; run witness verify, and"
                     " move the checkpoint file aside only to start a new trail on purpose"
                 )
+            if segments.sealed(settings.path):
+                raise TrailError(
+                    f"{settings.path}: no trail, but {segments.directory(settings.path)} holds"
+                    " sealed segments of one: the active file was removed; run witness verify,"
+                    " and move the segments aside only to start a new trail on purpose"
+                )
             conn = _connect(settings)
             trail = cls(
                 settings, conn, key, (0, chain.GENESIS), trail_id=secrets.token_hex(16), clock=clock
@@ -156,9 +176,13 @@ class Trail:
             trail._create()
             return trail
         walk, unsigned = _resume(settings, key)
+        if walk.trail is None:  # its genesis and its starts were all retired
+            with db.reading(settings.path) as reader:
+                walk.trail = db.trail_id(reader)
         assert walk.trail is not None
         conn = _connect(settings)
         trail = cls(settings, conn, key, (walk.seq, walk.prev), trail_id=walk.trail, clock=clock)
+        trail._load_segments(walk.retired)
         trail._reopen(unsigned)
         return trail
 
@@ -234,7 +258,9 @@ class Trail:
             or uncovered >= self._checkpoint_events
             or now - self._checkpointed_at >= self._checkpoint_seconds
         )
-        if not (n or due or dropped):
+        if not (n or due or dropped) and not (
+            self._sealed and self._sealed[0].last <= self.retirable
+        ):
             return None
         rows: list[Row] = []
         add = rows.append
@@ -258,6 +284,14 @@ class Trail:
         if dropped:
             seq += 1
             prev = self._add(rows, seq, prev, ts=stamp, type="error", payload=self._drop_notice())
+        retire = (
+            self._sealed[0] if self._sealed and self._sealed[0].last <= self.retirable else None
+        )
+        if retire is not None:
+            seq += 1
+            prev = self._add(
+                rows, seq, prev, ts=stamp, type=chain.TRAIL, payload=self._segment("retire", retire)
+            )
         batch = Batch(
             taken=n,
             rows=rows,
@@ -269,6 +303,8 @@ class Trail:
             now=now,
             dropped=dropped,
         )
+        if retire is not None:
+            batch.retire, batch.retire_seq = retire, seq
         if due:
             signed = Checkpoint.sign(self._key, self._fingerprint, seq, prev)
             batch.seq += 1
@@ -301,6 +337,8 @@ class Trail:
                 cursor.executemany(_SESSION_START, batch.starts)
             if batch.ends:
                 cursor.executemany(_SESSION_END, batch.ends)
+            if batch.retire is not None:
+                cursor.execute(_RETIRED, (str(batch.retire_seq),))
             cursor.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -314,6 +352,10 @@ class Trail:
             self._publish(batch)
         if batch.examine:
             batch.lost = self._examine(conn, batch)
+        if batch.retire is not None:
+            self._delete(batch.retire, batch)
+        if batch.head is not None and batch.lost is None and self._seal_due():
+            self._seal(conn, batch)
 
     def settle(self, batch: Batch) -> None:
         """Account for a written batch: the head moves on, its events leave the buffer.
@@ -323,6 +365,15 @@ class Trail:
         """
         del self._pending[: batch.taken]
         self._seq, self._hash = batch.seq, batch.hash
+        if batch.retire is not None:
+            self._sealed.remove(batch.retire)
+            self._last_hashes.pop(batch.retire.last, None)
+        if batch.sealed is not None:
+            segment, last_hash = batch.sealed
+            self._sealed.append(segment)
+            self._last_hashes[segment.last] = last_hash
+            self._first = segment.last + 1
+            self.append(chain.TRAIL, None, self._segment("seal", segment))
         self._unexamined = 0 if batch.examine else self._unexamined + 1
         if batch.dropped:
             self._forget_drops(batch.dropped)
@@ -386,6 +437,7 @@ class Trail:
                 ("format", db.FORMAT),
                 ("key", self._fingerprint),
                 ("created", int(batch.now)),
+                ("trail", self.id),
             )
         )
         try:
@@ -405,6 +457,7 @@ class Trail:
         """
         description = self._describe("open")
         description.update({"after": self._seq, "unsigned": unsigned})
+        self._started = self._seq + 1
         self.append("trail", None, description)
         with contextlib.suppress(TrailWriteError):
             self.checkpoint()
@@ -420,6 +473,143 @@ class Trail:
             "checkpoint_seconds": settings.checkpoint_seconds,
             "durability": settings.durability,
         }
+
+    def _segment(self, action: str, segment: Segment) -> dict[str, Any]:
+        """The trail event that records sealing or retiring ``segment``."""
+        description = self._describe(action)
+        description.update(
+            {
+                "segment": segment.path.name,
+                "first": segment.first,
+                "last": segment.last,
+                "hash": self._last_hashes[segment.last],
+            }
+        )
+        if action == "retire":
+            description["held_by"] = self._settings.retire
+        return description
+
+    def _load_segments(self, retired: int) -> None:
+        """Take stock of the sealed segments before the active file, finishing any retirement
+        a crash cut short (its record is committed; only the file was left)."""
+        path = self._settings.path
+        with db.reading(path, check=False) as conn:
+            meta = db.meta(conn)
+        self._first = int(meta.get("first", "1"))
+        for segment in segments.sealed(path):
+            if segment.last <= retired:
+                with contextlib.suppress(FileNotFoundError):
+                    segment.path.unlink()
+            elif segment.last < self._first:
+                self._sealed.append(segment)
+                self._last_hashes[segment.last] = _last_hash(segment)
+        expected = retired + 1
+        for segment in [*self._sealed, Segment(self._first, self._first, path)]:
+            if segment.first != expected:
+                raise TrailError(
+                    f"{path}: FAULT at event {expected}: the sealed segments in"
+                    f" {segments.directory(path)} do not run on to {path.name}: events"
+                    f" {expected} to {segment.first - 1} are missing, or overlap; the recorder"
+                    " extends no trail it cannot vouch for: run witness verify"
+                )
+            expected = segment.last + 1
+
+    def _seal_due(self) -> bool:
+        if not self._segment_bytes or len(self._sealed) >= segments.MAX_SEALED:
+            return False
+        path = self._settings.path
+        try:
+            size = os.stat(path).st_size
+            with contextlib.suppress(FileNotFoundError):
+                size += os.stat(path.with_name(path.name + "-wal")).st_size
+        except OSError:
+            return False
+        return size >= self._segment_bytes
+
+    def _seal(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Seal the active file, which ends with the batch's checkpoint, and go on in a new
+        one. What fails before the active file moves leaves it active (noted in the batch);
+        a failure after that, which cannot be undone, loses the trail (``batch.lost``)."""
+        settings = self._settings
+        path = settings.path
+        segment = Segment(self._first, batch.seq, segments.path_of(path, self._first, batch.seq))
+        try:
+            self._prepare_next(conn, batch)
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise OSError(0, "a reader holds an old snapshot; sealing waits")
+        except (OSError, sqlite3.Error) as exc:
+            with contextlib.suppress(FileNotFoundError):
+                segments.next_file(path).unlink()
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            batch.problems.append(f"cannot seal {path} (it stays active): {why}")
+            return
+        conn.close()
+        self._conn = None
+        try:
+            # The WAL is empty and the database whole: its WAL and index go with the old
+            # file (readers still holding them keep them), never to the new one.
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.with_name(path.name + suffix).unlink()
+            files.private_dir(segment.path.parent)
+            os.rename(path, segment.path)
+            os.chmod(segment.path, 0o400)
+            segments.sync_directory(segment.path.parent)
+            os.rename(segments.next_file(path), path)
+            segments.sync_directory(path.parent)
+            self._conn = _connect(settings)
+        except (OSError, TrailError) as exc:
+            batch.lost = f"{path}: sealing failed half way, and the trail cannot go on: {exc}"
+            return
+        self._files = None
+        batch.sealed = (segment, batch.hash)
+
+    def _prepare_next(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Make the next active file: the schema, the meta, and the sessions still open (so
+        that their ends are recorded beside them), in one transaction. It is made in
+        SQLite's rollback mode, so that no WAL is left under its temporary name."""
+        nxt = segments.next_file(self._settings.path)
+        with contextlib.suppress(FileNotFoundError):
+            nxt.unlink()
+        os.close(os.open(nxt, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        meta = {
+            "format": db.FORMAT,
+            "key": self._fingerprint,
+            "created": str(int(batch.now)),
+            "trail": self.id,
+            "first": str(batch.seq + 1),
+        }
+        meta.update(
+            (str(k), str(v))
+            for k, v in conn.execute("SELECT key, value FROM meta WHERE key = 'retired'")
+        )
+        open_sessions = conn.execute(
+            "SELECT id, start_seq FROM sessions WHERE end_seq IS NULL AND start_seq >= ?",
+            (self._started,),
+        ).fetchall()
+        new = sqlite3.connect(nxt, isolation_level=None)
+        try:
+            sync = "FULL" if self._settings.durability == "power" else "OFF"
+            new.executescript(f"PRAGMA synchronous = {sync}; BEGIN;" + db.SCHEMA)
+            new.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            new.executemany(_SESSION_START, open_sessions)
+            new.execute("COMMIT")
+        finally:
+            new.close()
+
+    def _delete(self, segment: Segment, batch: Batch) -> None:
+        """Delete a retired segment once its record is committed; a crash in between leaves
+        it for the next start to delete."""
+        try:
+            segment.path.unlink()
+            segments.sync_directory(segment.path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            batch.problems.append(
+                f"cannot delete the retired segment {segment.path}: {exc.strerror}"
+            )
 
     def _examine(self, conn: sqlite3.Connection, batch: Batch) -> str | None:
         """After a commit: why the events this writer committed are not where a new reader
@@ -556,6 +746,32 @@ def _newest(path: Path) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+def _last_hash(segment: Segment) -> str:
+    with db.reading(segment.path, check=False) as conn:
+        row = conn.execute("SELECT hash FROM events WHERE seq = ?", (segment.last,)).fetchone()
+    if row is None:
+        raise TrailError(
+            f"{segment.path}: the sealed segment does not hold its last event {segment.last}"
+        )
+    return str(row[0])
+
+
+def _finish_seal(path: Path) -> None:
+    """Finish or undo a seal that a crash cut short: the next file takes the trail's name
+    if the active file had already moved into the sealed segments, else it goes."""
+    nxt = segments.next_file(path)
+    if not nxt.exists():
+        return
+    try:
+        if path.exists():
+            nxt.unlink()
+        else:
+            os.rename(nxt, path)
+            segments.sync_directory(path.parent)
+    except OSError as exc:
+        raise TrailError(f"{nxt}: cannot finish sealing the trail: {exc.strerror}") from None
+
+
 def _file_id(path: Path) -> tuple[int, int]:
     found = os.stat(path)
     return found.st_dev, found.st_ino
@@ -612,12 +828,15 @@ def _resume(settings: TrailSettings, key: Ed25519PrivateKey) -> tuple[Walk, int]
     with db.reading(path) as conn:
         conn.execute("BEGIN")
         try:
-            walk.run(conn, until=2)
-            if walk.seq < 2:
-                raise Fault(walk.seq + 1, "the trail ends before the checkpoint of its genesis")
+            begin(walk, conn)
+            if not walk.retired:
+                walk.run(conn, until=2)
+                if walk.seq < 2:
+                    raise Fault(walk.seq + 1, "the trail ends before the checkpoint of its genesis")
             if head is None:
-                (last,) = conn.execute("SELECT max(seq) FROM events").fetchone()
-                if last != 2:  # only a creation cut short leaves a trail with no file
+                if (
+                    walk.retired or db.last_seq(conn) != 2
+                ):  # only a creation cut short leaves a trail with no file
                     raise Fault(
                         None,
                         f"{file}: no such checkpoint file, although the trail holds events"

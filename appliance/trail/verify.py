@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.trail import chain, db
 from appliance.trail.checkpoint import Checkpoint, Head, read_file
-from appliance.trail.walk import Fault, Walk
+from appliance.trail.walk import Fault, Walk, begin
 
 # A running recorder signs its tail at most one interval after the tail's first event; this
 # allows for a timer that fires late, a slow commit, and a little difference between clocks.
@@ -41,6 +41,7 @@ class Report:
     trail: str | None = None
     anchored: int | None = None
     unanchored: int | None = None
+    retired: int = 0  # events 1 to this were retired: held off the host, deleted here
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,10 +74,11 @@ def verify(
                 head = _vouch_for_head(walk, checkpoint_file)
                 if anchor is not None:
                     _vouch_for_anchor(walk, anchor)
+                begin(walk, conn)
                 if progress is None:
                     walk.run(conn)
                 else:
-                    total = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                    total = db.last_seq(conn)
                     walk.run(conn, progress=lambda seq: progress(seq, total))
                     progress(walk.seq, total)
                 _check_end(walk, conn, checkpoint_file, head)
@@ -106,6 +108,7 @@ def _report(
         trail=walk.trail,
         anchored=None if anchor is None else len(anchor),
         unanchored=unanchored,
+        retired=walk.retired,
     )
 
 

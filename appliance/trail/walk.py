@@ -18,6 +18,9 @@ from appliance.trail.checkpoint import Checkpoint
 
 _COLUMNS = "seq, ts, type, session, payload, prev_hash, hash"
 TRAIL_ID = re.compile(r"[0-9a-f]{32}")
+# What a trail event records: the genesis, each start of the recorder, each segment sealed
+# and each sealed segment retired.
+ACTIONS = ("create", "open", "seal", "retire")
 PROGRESS_EVERY = 16_384
 
 
@@ -57,6 +60,7 @@ class Walk:
     trail: str | None = None
     intervals: list[Interval] = field(default_factory=list)
     since: int = 1  # the first event a checkpoint can vouch for: the start of the walk's run
+    retired: int = 0  # the last event retired from the trail (held off the host, deleted here)
 
     def __post_init__(self) -> None:
         self.fingerprint = keys.fingerprint(self.public)
@@ -198,7 +202,7 @@ class Walk:
         action, trail, key = payload.get("action"), payload.get("trail"), payload.get("key")
         events, seconds = payload.get("checkpoint_events"), payload.get("checkpoint_seconds")
         if not (
-            action in ("create", "open")
+            action in ACTIONS
             and isinstance(trail, str)
             and TRAIL_ID.fullmatch(trail)
             and isinstance(events, int)
@@ -219,7 +223,57 @@ class Walk:
             raise Fault(seq, f"trail event {seq} names trail {trail}, not {self.trail}")
         if key != self.fingerprint:
             raise Fault(seq, f"trail event {seq} names key {key}, not {self.fingerprint}")
+        if action in ("seal", "retire"):
+            _segment(seq, payload)
         self.intervals.append(Interval(seq, events, float(seconds)))
+
+
+def _segment(seq: int, payload: dict[str, Any]) -> None:
+    """A seal or a retirement names the segment's events, the last one's hash, and the file."""
+    first, last, digest = payload.get("first"), payload.get("last"), payload.get("hash")
+    if not (
+        isinstance(first, int)
+        and isinstance(last, int)
+        and 0 < first <= last < seq
+        and isinstance(digest, str)
+        and isinstance(payload.get("segment"), str)
+    ):
+        raise Fault(seq, f"trail event {seq} is malformed")
+
+
+def begin(walk: Walk, conn: sqlite3.Connection) -> None:
+    """Start ``walk`` where the trail begins: at its genesis, or after the sealed segments
+    that were retired from it, as the newest retirement recorded in the trail says.
+
+    The active file's meta only says where that retirement is; the retirement itself is an
+    event of the chain, walked and signed like any other.
+    """
+    row = conn.execute("SELECT seq, prev_hash FROM events ORDER BY seq LIMIT 1").fetchone()
+    if row is None or row[0] == 1:
+        return
+    first, prev = int(row[0]), str(row[1])
+    found = conn.execute("SELECT value FROM main.meta WHERE key = 'retired'").fetchone()
+    retire = None
+    if found is not None and str(found[0]).isdigit():
+        at = conn.execute(
+            "SELECT type, payload FROM events WHERE seq = ?", (int(found[0]),)
+        ).fetchone()
+        if at is not None and at[0] == chain.TRAIL:
+            retire = _parse(chain.TRAIL, at[1])
+    if not isinstance(retire, dict) or retire.get("action") != "retire":
+        raise Fault(
+            1,
+            f"events 1 to {first - 1} are missing, and no retirement recorded in the trail"
+            " accounts for them: they were cut",
+        )
+    if retire.get("last") != first - 1 or retire.get("hash") != prev:
+        raise Fault(
+            first,
+            f"the trail begins at event {first}, but the retirement recorded at event"
+            f" {found[0]} ends at event {retire.get('last')}: segments were cut or replaced",
+        )
+    walk.restart(first, prev)
+    walk.retired = first - 1
 
 
 def _hash_at(conn: sqlite3.Connection, seq: int) -> str | None:

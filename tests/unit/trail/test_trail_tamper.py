@@ -103,6 +103,7 @@ def test_untouched_trail_verifies(cli: click.Group, path: Path) -> None:
         "trail": trail_id(path),
         "anchored": None,
         "unanchored": None,
+        "retired": 0,
     }
     assert total == 1 + 30 + checkpoints  # the genesis, the sessions, the checkpoints
     assert checkpoints >= 5
