@@ -658,9 +658,7 @@ def _retire(table: dict[str, Any]) -> str | None:
         return value
     if value.startswith("export:") and _EXPORT_NAME.fullmatch(value[7:]):
         return value  # checked against the exports once they are read
-    raise ConfigError(
-        f"trail.retire: expected 'central', 'export:NAME' or 'never', got {value!r}"
-    )
+    raise ConfigError(f"trail.retire: expected 'central', 'export:NAME' or 'never', got {value!r}")
 
 
 def _capture(raw: Any) -> Capture:

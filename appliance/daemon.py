@@ -165,6 +165,25 @@ def _masking(settings: Settings) -> Masking | None:
     return Masking(policy.masks, key)
 
 
+def _retire_by(
+    holder: Shipper, trail: Trail, recorder: Recorder, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Let ``holder`` (from its thread) retire the sealed segments it holds and verified,
+    and record in the trail why it will not."""
+
+    def verified(seq: int) -> None:
+        trail.retirable = seq
+
+    def refused(why: str) -> None:
+        log.warning("%s", why)
+        loop.call_soon_threadsafe(
+            recorder.record, "error", None, {"where": "retire", "message": why}
+        )
+
+    holder.on_verified, holder.on_refused = verified, refused
+    trail.retirable = holder.state.verified
+
+
 async def run(
     settings: Settings,
     owner_lookup: OwnerLookup = owners.lookup,
@@ -187,6 +206,8 @@ async def run(
         couriers.append((publisher, asyncio.ensure_future(publisher.run())))
     if settings.trail.central is not None:
         shipper = Shipper(settings.trail, settings.trail.central, trail.id)
+        if settings.trail.retire == "central":
+            _retire_by(shipper, trail, recorder, loop)
         couriers.append((shipper, asyncio.ensure_future(shipper.run())))
     host = socket.gethostname()
     for export in settings.exports:

@@ -58,6 +58,29 @@ CREATE TABLE IF NOT EXISTS witness.retention (
     dropped_by name        NOT NULL DEFAULT session_user,
     PRIMARY KEY (partition, bastion, trail)
 );
+-- What a bastion may ask of the store about its own trail, though it cannot read it: whether
+-- the store holds events first to last whole. Every hash is recomputed from the event's own
+-- fields (as `witness verify` does), every link checked, and only counts and the two end
+-- hashes are returned, so that the bastion can delete its local copy knowing the store
+-- holds exactly what it has.
+CREATE OR REPLACE FUNCTION witness.held(p_trail text, p_first bigint, p_last bigint)
+RETURNS TABLE (events bigint, distinct_seqs bigint, broken bigint, first_prev text,
+               last_hash text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH mine AS (
+        SELECT seq, prev_hash, hash, lag(hash) OVER (ORDER BY seq) AS before,
+               encode(sha256(convert_to(prev_hash || seq || E'\n' || ts || E'\n' || type
+                   || E'\n' || coalesce(session, '') || E'\n' || payload, 'UTF8')), 'hex')
+                   AS computed
+        FROM witness.events
+        WHERE bastion = session_user AND trail = p_trail AND seq BETWEEN p_first AND p_last
+    )
+    SELECT count(*), count(DISTINCT seq),
+           count(*) FILTER (WHERE computed <> hash OR before <> prev_hash),
+           min(prev_hash) FILTER (WHERE seq = p_first),
+           min(hash) FILTER (WHERE seq = p_last)
+    FROM mine
+$$;
 {ROLES}REVOKE ALL ON SCHEMA witness FROM PUBLIC;
 REVOKE ALL ON witness.events, witness.retention FROM PUBLIC;
 GRANT USAGE ON SCHEMA witness TO witness_bastion, witness_auditor;
@@ -65,6 +88,8 @@ GRANT USAGE ON SCHEMA witness TO witness_bastion, witness_auditor;
 GRANT INSERT (trail, seq, ts, type, session, payload, prev_hash, hash) ON witness.events
     TO witness_bastion;
 GRANT SELECT ON witness.events, witness.retention TO witness_auditor;
+REVOKE ALL ON FUNCTION witness.held(text, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION witness.held(text, bigint, bigint) TO witness_bastion;
 ALTER TABLE witness.events ENABLE ROW LEVEL SECURITY;
 -- session_user, not current_user: SET ROLE cannot make a bastion ship as another.
 DROP POLICY IF EXISTS bastion_adds_its_own ON witness.events;
@@ -100,6 +125,40 @@ def ship(
             cursor.executemany(_INSERT, [(trail, *row) for row in rows])
     except psycopg.Error as exc:
         raise CentralError(f"central store {where(settings)}: cannot ship: {_why(exc)}") from None
+
+
+def held(
+    conn: psycopg.Connection[Any],
+    settings: AnchorSettings,
+    trail: str,
+    *,
+    first: int,
+    last: int,
+    ends: tuple[str, str],
+) -> str | None:
+    """Why the store does not hold events ``first`` to ``last`` of ``trail`` exactly as the
+    bastion does, whose first event follows ``ends[0]`` and whose last hashes to ``ends[1]``
+    (None: it holds them, each hash recomputed and each link checked by the store)."""
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT * FROM witness.held(%s, %s, %s)", (trail, first, last)
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise CentralError(
+            f"central store {where(settings)}: cannot check what it holds: {_why(exc)}"
+            " (run witness central schema there again: it adds witness.held)"
+        ) from None
+    assert row is not None
+    count, seqs, broken, first_prev, last_hash = row
+    wanted = last - first + 1
+    if count != wanted or seqs != wanted:
+        return f"it holds {seqs} of events {first} to {last} ({count} rows), not {wanted}"
+    if broken:
+        return f"{broken} of events {first} to {last} do not match their hash or link"
+    if (first_prev, last_hash) != ends:
+        return f"its events {first} to {last} are not the ones this bastion holds"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

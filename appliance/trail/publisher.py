@@ -41,6 +41,7 @@ class State:
     attempted_at: float | None = None
     error: str | None = None
     error_at: float | None = None
+    verified: int = 0  # the central store's: the last sealed event it holds and verified
 
     @classmethod
     def load(cls, path: Path, trail: str) -> State:

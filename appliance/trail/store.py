@@ -517,14 +517,12 @@ class Trail:
     def _seal_due(self) -> bool:
         if not self._segment_bytes or len(self._sealed) >= segments.MAX_SEALED:
             return False
-        path = self._settings.path
+        # The database alone: the WAL is copied into it within a second, or every
+        # examine_commits commits, and a sealed segment is the database.
         try:
-            size = os.stat(path).st_size
-            with contextlib.suppress(FileNotFoundError):
-                size += os.stat(path.with_name(path.name + "-wal")).st_size
+            return os.stat(self._settings.path).st_size >= self._segment_bytes
         except OSError:
             return False
-        return size >= self._segment_bytes
 
     def _seal(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Seal the active file, which ends with the batch's checkpoint, and go on in a new

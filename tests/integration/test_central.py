@@ -22,7 +22,7 @@ from witnessproc import WITNESS, Witness, run
 
 from appliance.config import TrailSettings
 from appliance.lab.postgres import PostgresServer
-from appliance.trail import central, shipper
+from appliance.trail import central, db, segments, shipper
 
 
 class Central:
@@ -68,12 +68,15 @@ def bench(pg: PostgresServer) -> None:
     )  # fmt: skip
 
 
-def recorder(pg: PostgresServer, store: Central, directory: Path, bastion: str) -> Witness:
+def recorder(
+    pg: PostgresServer, store: Central, directory: Path, bastion: str, trail_options: str = ""
+) -> Witness:
     directory.mkdir(exist_ok=True)
     return Witness(
         pg.port,
         directory / "trail.db",
         tables=f'[trail.central]\ndsn = "{store.url(bastion)}"\nretry_max_seconds = 1\n',
+        trail_options=trail_options,
     )
 
 
@@ -85,10 +88,8 @@ def load(witness: Witness, seconds: int) -> subprocess.Popen[bytes]:
 
 
 def local_events(trail: Path) -> int:
-    import sqlite3
-
-    with sqlite3.connect(f"file:{trail}?mode=ro", uri=True) as db:
-        return int(db.execute("SELECT max(seq) FROM events").fetchone()[0])
+    with db.reading(trail) as conn:
+        return db.last_seq(conn)
 
 
 def shipped(store: Central, bastion: str) -> tuple[int, int, int]:
@@ -331,3 +332,119 @@ def test_operators_ask_the_store_across_bastions(
 
     missing = run(WITNESS, "sessions", "list", "--central", store.url("nobody"))
     assert missing.returncode == 1 and "central store" in missing.stderr
+
+
+def retired(trail: Path) -> int:
+    """The last event the newest retirement took off the bastion (0: none)."""
+    with db.reading(trail) as conn:
+        row = conn.execute(
+            "SELECT json_extract(e.payload, '$.last') FROM events e, main.meta m"
+            " WHERE m.key = 'retired' AND e.seq = CAST(m.value AS INTEGER)"
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def retirements(trail: Path) -> list[dict[str, Any]]:
+    """The retirements recorded in what the bastion still holds."""
+    with db.reading(trail) as conn:
+        rows = conn.execute(
+            "SELECT payload FROM events WHERE type = 'trail'"
+            " AND json_extract(payload, '$.action') = 'retire' ORDER BY seq"
+        ).fetchall()
+    return [json.loads(text) for (text,) in rows]
+
+
+def local_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+def local_verify(trail: Path) -> dict[str, Any]:
+    done = run(WITNESS, "verify", "--trail", str(trail), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_sealed_segments_are_deleted_once_the_store_holds_and_verified_them(
+    pg: PostgresServer, store: Central, bench: None, tmp_path: Path
+) -> None:
+    witness = recorder(pg, store, tmp_path / "b1", "b1", "segment_mb = 1")
+    try:
+        load(witness, 10).wait(timeout=60)
+        wait_shipped(store, "b1", witness.trail)
+        total = local_events(witness.trail)
+        deadline = time.monotonic() + 30
+        while retired(witness.trail) < total // 2:
+            assert time.monotonic() < deadline, segments.sealed(witness.trail)
+            time.sleep(0.2)
+    finally:
+        witness.stop()
+    through = retired(witness.trail)
+    left = segments.sealed(witness.trail)
+    # Nothing retired is left on the disk, and what is left begins where it ends.
+    assert all(s.first > through for s in left)
+    assert all(r["held_by"] == "central" for r in retirements(witness.trail))
+    total = local_events(witness.trail)
+    report = local_verify(witness.trail)
+    assert report["retired"] == through and report["events"] == total
+    with db.reading(witness.trail) as conn:
+        (first,) = conn.execute("SELECT min(seq) FROM events").fetchone()
+    assert first == through + 1
+    # The store holds every event once, retired or not, and its chains verify.
+    assert shipped(store, "b1") == (total, total, total)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(witness.trail.parent / "trail.db.key.pub", keys / "b1.pub")
+    checked = verify(store, keys)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # What stays on the disk is a few segments, not the trail.
+    assert local_bytes(witness.trail.parent) < (len(left) + 2) * (1 << 20) + (16 << 20)
+
+
+def test_a_segment_the_store_does_not_hold_as_the_bastion_does_is_kept(
+    pg: PostgresServer, store: Central, bench: None, tmp_path: Path
+) -> None:
+    # Sealed and shipped, but kept (retire = "never"), then altered in the store.
+    witness = recorder(pg, store, tmp_path / "b1", "b1", 'segment_mb = 1\nretire = "never"')
+    try:
+        load(witness, 6).wait(timeout=60)
+        wait_shipped(store, "b1", witness.trail)
+    finally:
+        witness.stop()
+    oldest = segments.sealed(witness.trail)[0]
+    seq = oldest.first + 10
+    (original,) = store.admin(
+        "SELECT payload FROM witness.events WHERE bastion = 'b1' AND seq = %s", seq
+    )[0]
+    store.admin(
+        "UPDATE witness.events SET payload = %s WHERE bastion = 'b1' AND seq = %s",
+        original + " ", seq,
+    )  # fmt: skip
+    witness = recorder(pg, store, tmp_path / "b1", "b1", "segment_mb = 1")
+    try:
+        deadline = time.monotonic() + 20
+        while not (error := shipper.lag(TrailSettings.beside(witness.trail)).error):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "does not hold sealed segment" in error and "do not match" in error
+        time.sleep(1.5)
+        assert oldest.path.exists() and not retirements(witness.trail)
+        with db.reading(witness.trail) as conn:
+            recorded = conn.execute(
+                "SELECT payload FROM events WHERE type = 'error'"
+                " AND json_extract(payload, '$.where') = 'retire'"
+            ).fetchall()
+        assert len(recorded) == 1 and oldest.path.name in recorded[0][0]
+        # Put right in the store, it is verified and retired.
+        store.admin(
+            "UPDATE witness.events SET payload = %s WHERE bastion = 'b1' AND seq = %s",
+            original, seq,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while oldest.path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        witness.stop()
+    assert retirements(witness.trail)[0]["last"] == oldest.last
+    assert local_verify(witness.trail)["retired"] >= oldest.last

@@ -20,7 +20,7 @@ class Witness:
     """``witness serve`` as a child process: quick-start style, or, with ``backend_options``
     (TOML keys for the backend's table) or ``tables`` (more tables, such as ``[policy]``),
     from a configuration file written beside the trail that is otherwise the same; its
-    ``[identity]`` table holds ``identity``."""
+    ``[identity]`` table holds ``identity``, its ``[trail]`` table ``trail_options``."""
 
     def __init__(
         self,
@@ -31,6 +31,7 @@ class Witness:
         tables: str | None = None,
         *,
         identity: str = 'unbound = "allow"',
+        trail_options: str = "",
     ) -> None:
         self.port = free_port()
         self.trail = trail
@@ -53,7 +54,7 @@ class Witness:
                 f'[[backend]]\nname = "default"\naddress = "127.0.0.1"\nport = {backend_port}\n'
                 f"{backend_options or ''}\n\n"
                 f'[[listener]]\nlisten = "127.0.0.1:{self.port}"\nbackend = "default"\n\n'
-                f'[trail]\npath = "{trail}"\n\n[identity]\n{identity}\n\n'
+                f'[trail]\npath = "{trail}"\n{trail_options}\n\n[identity]\n{identity}\n\n'
                 f"{tables or ''}\n"
             )
             argv = [WITNESS, "--config", str(config), "serve", *(extra or [])]

@@ -4,9 +4,9 @@ attacker or a crash can do to them."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sqlite3
-from pathlib import Path
 
 import pytest
 from trailkit import Clock, fill
@@ -23,7 +23,9 @@ SEGMENT = 48 * 1024
 
 @pytest.fixture
 def sealing(settings: TrailSettings) -> TrailSettings:
-    return dataclasses.replace(settings, segment_bytes=SEGMENT, retire="central")
+    return dataclasses.replace(
+        settings, segment_bytes=SEGMENT, retire="central", examine_commits=10
+    )
 
 
 def check(settings: TrailSettings, clock: Clock) -> Report:
@@ -59,8 +61,8 @@ def test_the_active_file_is_sealed_at_a_checkpoint_and_the_chain_goes_on(
     trail.close()
     head = trail.head
     found = segments.sealed(sealing.path)
-    assert [s.first for s in found][0] == 1
-    for before, after in zip(found, found[1:], strict=False):
+    assert next(s.first for s in found) == 1
+    for before, after in itertools.pairwise(found):
         assert after.first == before.last + 1
     for segment in found:
         assert segment.path.stat().st_mode & 0o777 == 0o400
@@ -96,7 +98,10 @@ def test_a_session_open_across_a_seal_is_read_whole(sealing: TrailSettings, cloc
         detail = query.session_detail(conn, "long")
         listed = {s.id: s for s in query.list_sessions(conn)}
         found = {m.command.payload["text"] for m in query.search(conn, "SELECT '")}
-    assert [c.command.payload["text"] for c in detail.commands] == ["SELECT 'before'", "SELECT 'after'"]
+    assert [c.command.payload["text"] for c in detail.commands] == [
+        "SELECT 'before'",
+        "SELECT 'after'",
+    ]
     assert detail.info.end is not None
     assert listed["long"].commands == 2 and listed["long"].end is not None
     assert found == {"SELECT 'before'", "SELECT 'after'"}
