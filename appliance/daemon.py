@@ -166,7 +166,7 @@ def _masking(settings: Settings) -> Masking | None:
 
 
 def _retire_by(
-    holder: Shipper, trail: Trail, recorder: Recorder, loop: asyncio.AbstractEventLoop
+    holder: Shipper | Forwarder, trail: Trail, recorder: Recorder, loop: asyncio.AbstractEventLoop
 ) -> None:
     """Let ``holder`` (from its thread) retire the sealed segments it holds and verified,
     and record in the trail why it will not."""
@@ -212,6 +212,8 @@ async def run(
     host = socket.gethostname()
     for export in settings.exports:
         forwarder = Forwarder(settings.trail, export, trail.id, host)
+        if forwarder.retires:
+            _retire_by(forwarder, trail, recorder, loop)
         couriers.append((forwarder, asyncio.ensure_future(forwarder.run())))
     if couriers:
         woken = tuple(courier.wake for courier, _ in couriers)

@@ -12,13 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from appliance.config import ExportSettings, TrailSettings
-from appliance.export import formats, stream
+from appliance.export import formats, jsonl, stream
 from appliance.export.record import Meta
 from appliance.export.run import deliver
 from appliance.export.select import Selection
 from appliance.export.sinks import AppendFile, SinkError, Syslog
-from appliance.trail import db, files, shipping
+from appliance.trail import db, files, keys, segments, shipping
 from appliance.trail.db import TrailError
+from appliance.trail.segments import Segment
+from appliance.trail.walk import Fault, Walk
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,15 @@ class State:
     exported_at: float | None = None
     error: str | None = None
     error_at: float | None = None
+    # An export that retires sealed segments reads its file back: every event up to
+    # ``checked`` (whose hash is ``checked_hash``, and which ends at byte ``checked_size``)
+    # was found there whole and in an unbroken chain from event ``checked_from``; the last
+    # sealed event it verified is ``verified``.
+    checked: int = 0
+    checked_hash: str = ""
+    checked_size: int = 0
+    checked_from: int = 0
+    verified: int = 0
 
     @classmethod
     def load(cls, settings: TrailSettings, name: str, trail: str) -> State:
@@ -91,9 +102,18 @@ class Forwarder:
             )
         self._wake = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"witness-export-{settings.name}")
+        # Told (from the export's thread) the last sealed event its file holds, and why a
+        # sealed segment it should hold does not pass: when it retires segments.
+        self.on_verified: Callable[[int], None] | None = None
+        self.on_refused: Callable[[str], None] | None = None
+        self._refused: str | None = None
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def retires(self) -> bool:
+        return self.trail.retire == f"export:{self.settings.name}"
 
     def forward(self) -> int:
         """One round: export what the selection takes of the next batch of events, then
@@ -124,8 +144,60 @@ class Forwarder:
         if read:
             state.seq, state.exported_at = seq, now
         state.error = None
+        if self.retires:
+            self.read_back()
         self._save()
         return read
+
+    def read_back(self) -> None:
+        """Check what the file holds since the last check, as ``witness verify --jsonl``
+        does (every hash, link and signature), and each sealed segment whose last event it
+        reaches against the bastion's own copy. A file found changed is reported (once) and
+        retires nothing more until it reads true again."""
+        state = self.state
+        assert self.settings.file is not None
+        if state.checked_size > state.size:
+            state.checked_size = 0  # the file was started anew: the chain goes on in it
+        pending = {s.last: s for s in segments.sealed(self.trail.path) if s.last > state.verified}
+        walk = Walk(keys.load_public(self.trail.public_key))
+        if state.checked:
+            walk.restart(state.checked + 1, state.checked_hash)
+        try:
+            with self.settings.file.open("rb") as file:
+                file.seek(state.checked_size)
+                while (at := file.tell()) < state.size:
+                    row = _row(file.readline(), at)
+                    if not state.checked:
+                        walk.restart(row[0], row[5])
+                        state.checked_from = row[0]
+                    walk.step(row, lambda _: None)
+                    state.checked, state.checked_hash = walk.seq, walk.prev
+                    state.checked_size = file.tell()
+                    segment = pending.get(walk.seq)
+                    if segment is not None:
+                        self._verified(segment, walk.prev)
+        except (OSError, Fault, TrailError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self._refuse(f"{self.settings.file} cannot be read back whole: {why}")
+
+    def _verified(self, segment: Segment, digest: str) -> None:
+        state = self.state
+        if segment.first < state.checked_from or db.segment_ends(segment)[1] != digest:
+            self._refuse(
+                f"{self.settings.file} does not hold sealed segment {segment.path.name} as"
+                " this bastion does"
+            )
+            return
+        state.verified, self._refused = segment.last, None
+        if self.on_verified is not None:
+            self.on_verified(segment.last)
+
+    def _refuse(self, why: str) -> None:
+        message = f"export {self.settings.name}: {why}; its sealed segments are kept"
+        self.state.error, self.state.error_at = message, self.clock()
+        if message != self._refused and self.on_refused is not None:
+            self.on_refused(message)
+        self._refused = message
 
     async def run(self) -> None:
         """Export until cancelled."""
@@ -160,6 +232,13 @@ class Forwarder:
             self.state.save(self.trail, self.settings.name)
         except OSError as exc:
             log.warning("export %s: cannot save its state: %s", self.settings.name, exc.strerror)
+
+
+def _row(line: bytes, at: int) -> jsonl.Row:
+    try:
+        return jsonl.row(line, 0)
+    except Fault:
+        raise Fault(None, f"the line at byte {at} is not an exported event") from None
 
 
 def lag(settings: TrailSettings, export: ExportSettings) -> dict[str, object]:

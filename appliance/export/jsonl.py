@@ -11,6 +11,8 @@ import orjson
 from appliance.export.record import Record
 from appliance.trail.query import iso
 from appliance.trail.verify import Row
+
+__all__ = ["FIELDS", "Row", "line", "row"]
 from appliance.trail.walk import Fault
 
 FIELDS = ("seq", "ts", "type", "session", "payload", "prev_hash", "hash")

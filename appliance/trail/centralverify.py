@@ -101,15 +101,17 @@ def compare_local(
     with db.reading(path) as local:
         if db.trail_id(local) != report.trail:
             return report
+        # From the later of the store's cut and the bastion's retirement: what either
+        # holds no more is not compared.
+        row = local.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
+        start = max(report.cut or 0, 0 if row is None else int(row[0]) - 1)
         mine = local.execute(
             "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
-            (report.cut or 0, report.events),
+            (start, report.events),
         )
-        differs = _first_difference(
-            mine, central.events(conn, bastion, report.trail, report.cut or 0)
-        )
+        differs = _first_difference(mine, central.events(conn, bastion, report.trail, start))
     if differs is None:
-        return _with(report, local=f"agrees with {path} up to event {report.events}")
+        return _with(report, local=f"agrees with {path} from event {start + 1} to {report.events}")
     return _with(
         report,
         ok=False,

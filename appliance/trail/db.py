@@ -199,3 +199,18 @@ def last_seq(conn: sqlite3.Connection) -> int:
     """The newest event's seq (0: none). Not max(seq), which reads every row of a view."""
     row = conn.execute("SELECT seq FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     return 0 if row is None else int(row[0])
+
+
+def segment_ends(segment: segments.Segment) -> tuple[str, str]:
+    """The hash a sealed segment's first event follows, and its last event's hash."""
+    with reading(segment.path, check=False) as conn:
+        rows = conn.execute(
+            "SELECT prev_hash FROM events WHERE seq = ? UNION ALL"
+            " SELECT hash FROM events WHERE seq = ?",
+            (segment.first, segment.last),
+        ).fetchall()
+    if len(rows) != 2:
+        raise TrailError(
+            f"{segment.path}: the sealed segment does not hold its own first and last events"
+        )
+    return str(rows[0][0]), str(rows[1][0])

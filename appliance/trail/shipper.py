@@ -16,7 +16,6 @@ from appliance.trail.anchor import AnchorError, where
 from appliance.trail.central import Row
 from appliance.trail.db import TrailError
 from appliance.trail.publisher import Courier, Lag, State
-from appliance.trail.segments import Segment
 
 BATCH = 5000  # events in one transaction: bounded memory, whatever the backlog
 POLL_SECONDS = 1.0  # how often new events are looked for (checkpoints also wake it)
@@ -77,7 +76,7 @@ class Shipper(Courier):
                     state.trail,
                     first=segment.first,
                     last=segment.last,
-                    ends=_ends(segment),
+                    ends=db.segment_ends(segment),
                 )
             except (AnchorError, TrailError) as exc:
                 self._disconnect()
@@ -105,21 +104,6 @@ class Shipper(Courier):
 
     def _connect(self) -> psycopg.Connection[Any]:
         return central.open_store(self.settings)
-
-
-def _ends(segment: Segment) -> tuple[str, str]:
-    """The hash its first event follows, and its last event's hash."""
-    with db.reading(segment.path, check=False) as conn:
-        rows = conn.execute(
-            "SELECT prev_hash FROM events WHERE seq = ? UNION ALL"
-            " SELECT hash FROM events WHERE seq = ?",
-            (segment.first, segment.last),
-        ).fetchall()
-    if len(rows) != 2:
-        raise TrailError(
-            f"{segment.path}: the sealed segment does not hold its own first and last events"
-        )
-    return str(rows[0][0]), str(rows[1][0])
 
 
 def lag(settings: TrailSettings) -> Lag:

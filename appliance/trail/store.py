@@ -252,15 +252,15 @@ class Trail:
         n = len(pending)
         now = self._clock()
         dropped = sum(self._dropped.values()) if self._dropped else 0
-        uncovered = self._uncovered + n + (1 if dropped else 0)
+        sealed = self._sealed
+        retire = sealed[0] if sealed and sealed[0].last <= self.retirable else None
+        uncovered = self._uncovered + n + (1 if dropped else 0) + (retire is not None)
         due = uncovered > 0 and (
             self._force
             or uncovered >= self._checkpoint_events
             or now - self._checkpointed_at >= self._checkpoint_seconds
         )
-        if not (n or due or dropped) and not (
-            self._sealed and self._sealed[0].last <= self.retirable
-        ):
+        if not (n or due or dropped or retire):
             return None
         rows: list[Row] = []
         add = rows.append
@@ -284,9 +284,6 @@ class Trail:
         if dropped:
             seq += 1
             prev = self._add(rows, seq, prev, ts=stamp, type="error", payload=self._drop_notice())
-        retire = (
-            self._sealed[0] if self._sealed and self._sealed[0].last <= self.retirable else None
-        )
         if retire is not None:
             seq += 1
             prev = self._add(
@@ -414,6 +411,8 @@ class Trail:
             return
         try:
             self.checkpoint()
+            if self._pending:  # what that commit left to record: the segment it sealed
+                self.checkpoint()
         except TrailWriteError as exc:
             lost = len(self._pending)
             raise TrailWriteError(f"{exc}; closing anyway, {lost} events lost") from exc
@@ -502,7 +501,7 @@ class Trail:
                     segment.path.unlink()
             elif segment.last < self._first:
                 self._sealed.append(segment)
-                self._last_hashes[segment.last] = _last_hash(segment)
+                self._last_hashes[segment.last] = db.segment_ends(segment)[1]
         expected = retired + 1
         for segment in [*self._sealed, Segment(self._first, self._first, path)]:
             if segment.first != expected:
@@ -742,16 +741,6 @@ def _newest(path: Path) -> tuple[int, str] | None:
     finally:
         reader.close()
     return None if row is None else (int(row[0]), str(row[1]))
-
-
-def _last_hash(segment: Segment) -> str:
-    with db.reading(segment.path, check=False) as conn:
-        row = conn.execute("SELECT hash FROM events WHERE seq = ?", (segment.last,)).fetchone()
-    if row is None:
-        raise TrailError(
-            f"{segment.path}: the sealed segment does not hold its last event {segment.last}"
-        )
-    return str(row[0])
 
 
 def _finish_seal(path: Path) -> None:

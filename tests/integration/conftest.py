@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,13 @@ def witness(pg: PostgresServer, tmp_path: Path) -> Iterator[Witness]:
     recorder = Witness(pg.port, tmp_path / "trail.db")
     yield recorder
     recorder.stop()
+
+
+@pytest.fixture
+def bench(pg: PostgresServer) -> None:
+    """pgbench's tables in the shared server's database ``postgres``."""
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
+         "postgres", "postgres"],
+        check=True, capture_output=True,
+    )  # fmt: skip

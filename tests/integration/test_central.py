@@ -59,15 +59,6 @@ def store() -> Iterator[Central]:
     central.server.remove()
 
 
-@pytest.fixture
-def bench(pg: PostgresServer) -> None:
-    subprocess.run(
-        ["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
-         "postgres", "postgres"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-
-
 def recorder(
     pg: PostgresServer, store: Central, directory: Path, bastion: str, trail_options: str = ""
 ) -> Witness:
@@ -397,6 +388,13 @@ def test_sealed_segments_are_deleted_once_the_store_holds_and_verified_them(
     shutil.copy(witness.trail.parent / "trail.db.key.pub", keys / "b1.pub")
     checked = verify(store, keys)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The bastion's trail agrees with the store from where it begins now.
+    mine = run(
+        WITNESS, "verify", "--central", store.url("auditor"), "--bastion", "b1",
+        "--trail", str(witness.trail),
+    )  # fmt: skip
+    assert mine.returncode == 0, mine.stdout + mine.stderr
+    assert f"agrees with {witness.trail} from event {through + 1} to" in mine.stdout
     # What stays on the disk is a few segments, not the trail.
     assert local_bytes(witness.trail.parent) < (len(left) + 2) * (1 << 20) + (16 << 20)
 

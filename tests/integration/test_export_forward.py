@@ -5,6 +5,7 @@ exported twice or lost; the JSONL forwarded verifies as the whole chain."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -17,6 +18,7 @@ from witnessproc import Witness, events, run
 from appliance.config import load
 from appliance.export import forward
 from appliance.lab.postgres import PostgresServer
+from appliance.trail import db, segments
 
 
 def exports(tmp_path: Path) -> str:
@@ -139,3 +141,92 @@ transport = "tcp"
     assert isinstance(state["seq"], int) and state["seq"] < start["seq"]
     log = (tmp_path / "trail.log").read_text()
     assert "export siem: syslog 127.0.0.1:9 (tcp): cannot connect: Connection refused" in log
+
+
+def retire_config(tmp_path: Path) -> str:
+    return f"""
+[[export]]
+name = "chain"
+format = "jsonl"
+file = "{tmp_path / "out" / "trail.jsonl"}"
+"""
+
+
+def drive(witness: Witness, seconds: int) -> None:
+    done = subprocess.run(
+        ["pgbench", "-n", "-S", "-c", "2", "-T", str(seconds), witness.url()],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def rewrite(path: Path, offset: int, data: bytes) -> None:
+    """Write over part of a file that the recorder may be appending to."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def first_event(trail: Path) -> int:
+    with db.reading(trail) as conn:
+        return int(conn.execute("SELECT min(seq) FROM events").fetchone()[0])
+
+
+def test_a_jsonl_export_read_back_whole_retires_sealed_segments(
+    pg: PostgresServer, bench: None, tmp_path: Path
+) -> None:
+    (tmp_path / "out").mkdir()
+    trail = tmp_path / "trail.db"
+    jsonl = tmp_path / "out" / "trail.jsonl"
+    kept = 'segment_mb = 1\nretire = "never"'
+    recorder = Witness(pg.port, trail, tables=retire_config(tmp_path), trail_options=kept)
+    try:
+        drive(recorder, 6)
+    finally:
+        assert recorder.stop() == 0
+    sealed = segments.sealed(trail)
+    assert len(sealed) >= 2 and first_event(trail) == 1
+    # Someone rewrites an event of the first segment in the export file, in place.
+    lines = jsonl.read_bytes().splitlines(keepends=True)
+    target = next(i for i, line in enumerate(lines) if json.loads(line)["seq"] == 7)
+    offset = sum(len(line) for line in lines[:target])
+    original = lines[target]
+    rewrite(jsonl, offset, original.replace(b'"ts":1', b'"ts":2', 1))
+    retiring = 'segment_mb = 1\nretire = "export:chain"'
+    recorder = Witness(pg.port, trail, tables=retire_config(tmp_path), trail_options=retiring)
+    try:
+        settings = load(trail.with_suffix(".toml"))
+        deadline = time.monotonic() + 20
+        while not (error := forward.lag(settings.trail, settings.exports[0])["error"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "cannot be read back whole" in str(error) and "event 7" in str(error)
+        time.sleep(1.5)
+        assert sealed[0].path.exists() and first_event(trail) == 1
+        # Put right, the file is read back whole, and the segments it holds are retired.
+        rewrite(jsonl, offset, original)
+        deadline = time.monotonic() + 20
+        while first_event(trail) <= sealed[-1].last:
+            assert time.monotonic() < deadline, segments.sealed(trail)
+            time.sleep(0.2)
+    finally:
+        assert recorder.stop() == 0
+    assert not any(s.path.exists() for s in sealed)
+    # The refusal is in the trail (in the export, which holds what was retired), once.
+    exported_events = [json.loads(line) for line in jsonl.read_bytes().splitlines()]
+    reasons = [
+        json.loads(e["payload"])["message"]
+        for e in exported_events
+        if e["type"] == "error" and json.loads(e["payload"]).get("where") == "retire"
+    ]
+    assert len(reasons) == 1 and "export chain" in reasons[0] and "event 7" in reasons[0]
+    local = run(*CLI, "verify", "--trail", str(trail), "--json", env=witness_env())
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert json.loads(local.stdout)["retired"] >= sealed[-1].last
+    exported = run(
+        *CLI, "verify", "--jsonl", str(jsonl), "--public-key", f"{trail}.key.pub", "--json",
+        env=witness_env(),
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stdout + exported.stderr
