@@ -30,7 +30,7 @@ from appliance.cli.common import fail, json_option, settings
 from appliance.config import AnchorSettings, ConfigError, Settings, TrailSettings
 from appliance.enforce import bpf, cgroups, nft
 from appliance.export import forward
-from appliance.trail import publisher, shipper
+from appliance.trail import db, publisher, segments, shipper
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
 
@@ -189,6 +189,53 @@ def _lag(
     return found
 
 
+def storing(resolved: Settings) -> dict[str, Any]:
+    """What the trail keeps on this host: the active file, the sealed segments, and how
+    much was retired (held off the host, deleted here)."""
+    path = resolved.trail.path
+    sealed = segments.sealed(path)
+    found: dict[str, Any] = {
+        "path": str(path),
+        "active_bytes": sum(
+            f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists()
+        ),
+        "sealed": len(sealed),
+        "sealed_bytes": sum(s.size for s in sealed),
+        "sealed_limit": segments.MAX_SEALED,
+        "segment_bytes": resolved.trail.segment_bytes,
+        "retire": resolved.trail.retire,
+    }
+    try:
+        with db.reading(path) as conn:
+            row = conn.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
+            found["first_event"] = None if row is None else int(row[0])
+            found["last_event"] = db.last_seq(conn)
+    except TrailError as exc:
+        found["unreadable"] = str(exc)
+    return found
+
+
+def _storing_lines(found: dict[str, Any]) -> list[str]:
+    lines = [f"{'trail:':<20}{found['path']}"]
+    if "unreadable" in found:
+        return [*lines, f"  {found['unreadable']}"]
+    first, last = found["first_event"], found["last_event"]
+    held = f"events {first} to {last}" if first is not None else "no events"
+    retired = f"; events 1 to {first - 1} retired" if first and first > 1 else ""
+    lines.append(f"  holds:            {held}{retired}")
+    mib = 1 << 20
+    seal = found["segment_bytes"]
+    sealing = f"sealed at {seal / mib:.0f} MiB" if seal else "never sealed: segment_mb = 0"
+    lines.append(f"  on disk:          {found['active_bytes'] / mib:.1f} MiB active ({sealing})")
+    full = " (the limit: the active file grows until one is retired)"
+    lines.append(
+        f"  sealed segments:  {found['sealed']}, {found['sealed_bytes'] / mib:.1f} MiB"
+        f"{full if found['sealed'] >= found['sealed_limit'] else ''}; retired by"
+        f" {found['retire'] or 'nothing (retire = never): kept on this host'}"
+    )
+    return lines
+
+
 def exporting(resolved: Settings) -> list[dict[str, Any]]:
     """How far each ``[[export]]`` is behind the trail."""
     found = []
@@ -209,7 +256,7 @@ def _export_lines(found: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{title:<20}{export['unreadable']}")
             continue
         waiting = export["waiting"]
-        behind = f"{waiting} events wait, the oldest {export['seconds_behind']:.0f} s old"
+        behind = f"{waiting} events wait{_oldest(export['seconds_behind'])}"
         lines.append(
             f"{title:<20}{export['format']}, up to event {export['exported']}, last"
             f" {_ago(export['exported_at'], now)}; {behind if waiting else 'none waiting'}"
@@ -217,6 +264,10 @@ def _export_lines(found: list[dict[str, Any]]) -> list[str]:
         if export["error"]:
             lines.append(f"  last error:       {export['error']} ({_ago(export['error_at'], now)})")
     return lines
+
+
+def _oldest(seconds: float | None) -> str:
+    return "" if seconds is None else f", the oldest {seconds:.0f} s old"
 
 
 def _ago(when: float | None, now: float) -> str:
@@ -236,8 +287,8 @@ def _lag_lines(found: dict[str, Any] | None, name: str, what: str, title: str) -
     upto = f"up to event {published}" if published else "nothing yet"
     lines.append(f"  sent:             {upto}, last {_ago(found['published_at'], now)}")
     behind = found["unpublished"]
-    waiting = f"{behind} {what}, the oldest {found['seconds_behind']:.0f} s old"
-    lines.append(f"  not yet sent:     {waiting if behind else 'none'}")
+    waiting = f"{behind} {what}{_oldest(found['seconds_behind'])}" if behind else "none"
+    lines.append(f"  not yet sent:     {waiting}")
     if found["error"]:
         lines.append(f"  last error:       {found['error']} ({_ago(found['error_at'], now)})")
     return lines
@@ -272,6 +323,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
     anchored = anchoring(resolved)
     shipped = shipping(resolved)
     exported = exporting(resolved)
+    stored = storing(resolved)
     if as_json:
         report = {
             "table": state,
@@ -283,6 +335,7 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
             "anchor": anchored,
             "central": shipped,
             "exports": exported,
+            "trail": stored,
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -303,7 +356,12 @@ def status(ctx: click.Context, netns: str | None, as_json: bool) -> None:
         click.echo(f"attribution:        {mode} ({why})")
         anchor_lines = _lag_lines(anchored, "anchor", "checkpoints", "anchor")
         central_lines = _lag_lines(shipped, "central", "events", "central store")
-        for line in (*anchor_lines, *central_lines, *_export_lines(exported)):
+        for line in (
+            *_storing_lines(stored),
+            *anchor_lines,
+            *central_lines,
+            *_export_lines(exported),
+        ):
             click.echo(line)
     ctx.exit(0 if state == "up" else 1)
 

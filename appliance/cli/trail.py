@@ -229,7 +229,14 @@ def _describe(path: Path, report: Report) -> str:
         where = "" if report.first_bad_seq is None else f" at event {report.first_bad_seq}"
         return f"{path}: FAULT{where}: {report.reason}"
     signed = f"{report.checkpoints} checkpoint{'' if report.checkpoints == 1 else 's'}"
-    line = f"{path}: ok, trail {report.trail}, {report.events} events verified ({signed})"
+    if report.retired:
+        held = f"events {report.retired + 1} to {report.events}"
+        line = (
+            f"{path}: ok, trail {report.trail}, {held} verified ({signed}); events 1 to"
+            f" {report.retired} were retired (held off the host, deleted here)"
+        )
+    else:
+        line = f"{path}: ok, trail {report.trail}, {report.events} events verified ({signed})"
     if report.uncovered or not report.checkpoints:
         line += f"; the last {report.uncovered} are not yet covered by a signed checkpoint"
     else:

@@ -397,6 +397,18 @@ def test_sealed_segments_are_deleted_once_the_store_holds_and_verified_them(
     assert f"agrees with {witness.trail} from event {through + 1} to" in mine.stdout
     # What stays on the disk is a few segments, not the trail.
     assert local_bytes(witness.trail.parent) < (len(left) + 2) * (1 << 20) + (16 << 20)
+    # witness status says so.
+    config = witness.trail.with_suffix(".toml")
+    with_user = tmp_path / "status.toml"
+    with_user.write_text(config.read_text() + '\n[enforce]\nservice_user = "nobody"\n')
+    status = run(WITNESS, "--config", str(with_user), "status")
+    assert status.returncode in (0, 1), status.stderr
+    assert f"holds:            events {through + 1} to {total}; events 1 to {through} retired" in (
+        status.stdout
+    )
+    assert f"sealed segments:  {len(left)}," in status.stdout and "retired by central" in (
+        status.stdout
+    )
 
 
 def test_a_segment_the_store_does_not_hold_as_the_bastion_does_is_kept(
