@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from appliance import native
-from appliance.config import Settings
+from appliance.config import Settings, TrailSettings
 from appliance.enforce import cgroups, owners
 from appliance.enforce.divert import Routes
 from appliance.export.forward import Forwarder
@@ -163,6 +163,25 @@ def _masking(settings: Settings) -> Masking | None:
         log.info("masking: token key %s created", settings.trail.mask_key)
     log.info("masking: %d mask%s", len(policy.masks), "" if len(policy.masks) == 1 else "s")
     return Masking(policy.masks, key)
+
+
+def _log_sealing(trail: TrailSettings) -> None:
+    if not trail.segment_bytes:
+        log.warning("segment_mb = 0: the trail is never sealed, and grows without bound")
+        return
+    mib = trail.segment_bytes >> 20
+    if trail.retire is None:
+        log.warning(
+            "trail sealed every %d MiB; sealed segments are kept (retire = never): the trail"
+            " grows without bound",
+            mib,
+        )
+    else:
+        log.info(
+            "trail sealed every %d MiB; a sealed segment is deleted once %s holds and verified it",
+            mib,
+            "the central store" if trail.retire == "central" else trail.retire,
+        )
 
 
 def _retire_by(
@@ -367,6 +386,7 @@ async def run(
         )
         if settings.trail.central is not None:
             log.info("events shipped to the central store %s", where(settings.trail.central))
+        _log_sealing(settings.trail)
         if settings.trail.anchor is not None:
             log.info("checkpoints published to the anchor %s", where(settings.trail.anchor))
         else:

@@ -325,3 +325,36 @@ def test_the_exports_formats_are_the_configurations() -> None:
 
     assert tuple(formats.FORMATS) == config.EXPORT_FORMATS
     assert tuple(n for n, f in formats.FORMATS.items() if f.syslog) == config.SYSLOG_FORMATS
+
+
+def test_sealing_and_retiring(tmp_path: Path) -> None:
+    trail = config.load(write(tmp_path, GOOD)).trail
+    assert (trail.segment_bytes, trail.retire) == (256 << 20, None)  # kept: nothing holds them
+    assert trail.sealed == tmp_path / "trail.db.sealed"
+    central = '\n[trail.central]\ndsn = "host=central dbname=witness user=b1"\n'
+    with_central = config.load(write(tmp_path, GOOD + central)).trail
+    assert with_central.retire == "central"  # by default, once a central store holds them
+    kept = GOOD.replace("checkpoint_events = 50", 'checkpoint_events = 50\nretire = "never"')
+    assert config.load(write(tmp_path, kept + central)).trail.retire is None
+    by_export = GOOD.replace("checkpoint_events = 50", 'segment_mb = 64\nretire = "export:chain"')
+    loaded = config.load(write(tmp_path, by_export + EXPORTS)).trail
+    assert (loaded.segment_bytes, loaded.retire) == (64 << 20, "export:chain")
+
+
+@pytest.mark.parametrize(
+    ("setting", "tables", "message"),
+    [
+        ('retire = "central"', "", "trail.retire: 'central' needs [trail.central]"),
+        ('retire = "s3"', "", "trail.retire: expected 'central', 'export:NAME' or 'never'"),
+        ('retire = "export:nowhere"', "", "trail.retire: no [[export]] is named 'nowhere'"),
+        ('retire = "export:siem"', EXPORTS, "export 'siem' cannot retire segments: only a jsonl"),
+        ("segment_mb = -1", "", "trail.segment_mb"),
+    ],
+)
+def test_sealing_errors_name_the_key(
+    tmp_path: Path, setting: str, tables: str, message: str
+) -> None:
+    text = GOOD.replace("checkpoint_events = 50", f"checkpoint_events = 50\n{setting}")
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text + tables))
+    assert message in str(info.value)
