@@ -358,3 +358,12 @@ def test_sealing_errors_name_the_key(
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text + tables))
     assert message in str(info.value)
+
+
+def test_the_readmes_complete_file_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = readme[readme.index("A complete file, with every key") :]
+    block = after[after.index("```toml\n") + 8 :]
+    settings = config.load(write(tmp_path, block[: block.index("```")]))
+    assert settings.trail.segment_bytes == 256 << 20 and settings.trail.retire is None
+    assert [e.name for e in settings.exports]
