@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--segment-mb", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=ROOT / "tests/bench/results/rotation.txt")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results/rotation.md")
     args = parser.parse_args()
     pg = PostgresServer()
     pg.start()
