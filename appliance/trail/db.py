@@ -202,15 +202,41 @@ def last_seq(conn: sqlite3.Connection) -> int:
 
 
 def segment_ends(segment: segments.Segment) -> tuple[str, str]:
-    """The hash a sealed segment's first event follows, and its last event's hash."""
-    with reading(segment.path, check=False) as conn:
-        rows = conn.execute(
-            "SELECT prev_hash FROM events WHERE seq = ? UNION ALL"
-            " SELECT hash FROM events WHERE seq = ?",
-            (segment.first, segment.last),
-        ).fetchall()
+    """The hash a sealed segment's first event follows, and its last event's hash, read as
+    every reader reads a segment: immutable, so that no WAL planted beside it counts."""
+    try:
+        conn = sqlite3.connect(uri(segment.path, mode="ro", immutable="1"), uri=True)
+    except sqlite3.Error as exc:
+        raise TrailError(f"{segment.path}: cannot read the sealed segment: {exc}") from None
+    try:
+        with contextlib.closing(conn):
+            rows = conn.execute(
+                "SELECT prev_hash FROM events WHERE seq = ? UNION ALL"
+                " SELECT hash FROM events WHERE seq = ?",
+                (segment.first, segment.last),
+            ).fetchall()
+    except sqlite3.Error as exc:
+        raise TrailError(f"{segment.path}: cannot read the sealed segment: {exc}") from None
     if len(rows) != 2:
         raise TrailError(
             f"{segment.path}: the sealed segment does not hold its own first and last events"
         )
     return str(rows[0][0]), str(rows[1][0])
+
+
+def misnamed(conn: sqlite3.Connection) -> str | None:
+    """Why a sealed segment ``conn`` reads does not hold what its name says (None: each
+    holds exactly the events its name gives, as the recorder and the couriers take it to)."""
+    for _, schema, file in conn.execute("PRAGMA database_list").fetchall():
+        if not str(schema).startswith("sealed"):
+            continue
+        name = Path(file).name
+        low = conn.execute(f"SELECT seq FROM {schema}.events ORDER BY seq LIMIT 1").fetchone()
+        high = conn.execute(f"SELECT seq FROM {schema}.events ORDER BY seq DESC LIMIT 1").fetchone()
+        held = (low[0] if low else None, high[0] if high else None)
+        if f"{held[0] or 0:016d}-{held[1] or 0:016d}.db" != name:
+            return (
+                f"sealed segment {name} holds events {held[0]} to {held[1]}, not those its name"
+                " gives: it was renamed or changed"
+            )
+    return None

@@ -28,6 +28,9 @@ MAX_BACKLOG = 1_000_000
 # Only a foreign writer can hold the lock (readers never block a WAL writer), and the relay
 # commits on its event loop: fail fast and let it retry rather than freeze every session.
 BUSY_TIMEOUT_MS = 200
+# After a seal that could not be made (a reader held an old snapshot), none is tried again
+# for this long: trying costs the writer a WAL checkpoint.
+SEAL_RETRY_SECONDS = 5.0
 
 _INSERT = (
     "INSERT INTO events (seq, ts, type, session, payload, prev_hash, hash)"
@@ -76,6 +79,7 @@ class Batch:
         self.retire: Segment | None = None  # the sealed segment whose retirement it records
         self.retire_seq = 0  # the seq of that record
         self.sealed: tuple[Segment, str] | None = None  # set by write(): the file sealed after it
+        self.deleted: Segment | None = None  # set by write(): the retired segment it deleted
 
 
 class Trail:
@@ -127,6 +131,10 @@ class Trail:
         self._sealed: list[Segment] = []
         self._last_hashes: dict[int, str] = {}  # each sealed segment's last hash, by its last seq
         self._first = 1  # the active file's first event
+        self._retired = 0  # the last event retired (its file may yet have to be deleted)
+        self._undeleted: str | None = None  # why a retired segment's file is still there
+        self._seal_after = 0.0  # no seal is tried before then (one failed: a reader held on)
+        self._unsealed: str | None = None  # why the last seal failed
         self._started = 0  # the seq of this start's trail event: older open sessions are dead
         # The last seq the copy named by [trail] retire holds and has verified; set from the
         # courier's thread, read when staging.
@@ -253,7 +261,7 @@ class Trail:
         now = self._clock()
         dropped = sum(self._dropped.values()) if self._dropped else 0
         sealed = self._sealed
-        retire = sealed[0] if sealed and sealed[0].last <= self.retirable else None
+        retire = sealed[0] if sealed and self._retired < sealed[0].last <= self.retirable else None
         uncovered = self._uncovered + n + (1 if dropped else 0) + (retire is not None)
         due = uncovered > 0 and (
             self._force
@@ -349,9 +357,12 @@ class Trail:
             self._publish(batch)
         if batch.examine:
             batch.lost = self._examine(conn, batch)
+        sealed = self._sealed
         if batch.retire is not None:
             self._delete(batch.retire, batch)
-        if batch.head is not None and batch.lost is None and self._seal_due():
+        elif batch.head is not None and sealed and sealed[0].last <= self._retired:
+            self._delete(sealed[0], batch)  # retired, but its file could not be deleted
+        if batch.head is not None and batch.lost is None and self._seal_due(batch.now):
             self._seal(conn, batch)
 
     def settle(self, batch: Batch) -> None:
@@ -363,8 +374,10 @@ class Trail:
         del self._pending[: batch.taken]
         self._seq, self._hash = batch.seq, batch.hash
         if batch.retire is not None:
-            self._sealed.remove(batch.retire)
-            self._last_hashes.pop(batch.retire.last, None)
+            self._retired = batch.retire.last
+        if batch.deleted is not None:
+            self._sealed.remove(batch.deleted)
+            self._last_hashes.pop(batch.deleted.last, None)
         if batch.sealed is not None:
             segment, last_hash = batch.sealed
             self._sealed.append(segment)
@@ -495,14 +508,21 @@ class Trail:
         with db.reading(path, check=False) as conn:
             meta = db.meta(conn)
         self._first = int(meta.get("first", "1"))
+        self._retired = retired
         for segment in segments.sealed(path):
             if segment.last <= retired:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     segment.path.unlink()
-            elif segment.last < self._first:
+                    continue
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    pass  # kept as retired: its deletion is tried again at each checkpoint
+            if segment.last < self._first:
                 self._sealed.append(segment)
                 self._last_hashes[segment.last] = db.segment_ends(segment)[1]
-        expected = retired + 1
+        leftover = self._sealed and self._sealed[0].last <= retired
+        expected = self._sealed[0].first if leftover else retired + 1
         for segment in [*self._sealed, Segment(self._first, self._first, path)]:
             if segment.first != expected:
                 raise TrailError(
@@ -513,8 +533,12 @@ class Trail:
                 )
             expected = segment.last + 1
 
-    def _seal_due(self) -> bool:
-        if not self._segment_bytes or len(self._sealed) >= segments.MAX_SEALED:
+    def _seal_due(self, now: float) -> bool:
+        if (
+            not self._segment_bytes
+            or len(self._sealed) >= segments.MAX_SEALED
+            or now < self._seal_after
+        ):
             return False
         # The database alone: the WAL is copied into it within a second, or every
         # examine_commits commits, and a sealed segment is the database.
@@ -531,20 +555,27 @@ class Trail:
         path = settings.path
         segment = Segment(self._first, batch.seq, segments.path_of(path, self._first, batch.seq))
         try:
+            # Every frame of the WAL copied into the database, without waiting on readers
+            # (PASSIVE never waits): one still reading an old snapshot defers the seal.
+            (_, wal, copied) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied != wal:
+                raise OSError(0, "a reader holds an old snapshot of it")
             self._prepare_next(conn, batch)
-            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy:
-                raise OSError(0, "a reader holds an old snapshot; sealing waits")
         except (OSError, sqlite3.Error) as exc:
             with contextlib.suppress(FileNotFoundError):
                 segments.next_file(path).unlink()
+            self._seal_after = batch.now + SEAL_RETRY_SECONDS
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            batch.problems.append(f"cannot seal {path} (it stays active): {why}")
+            message = f"cannot seal {path} yet (it stays active, and is tried again): {why}"
+            if message != self._unsealed:  # once, not at every checkpoint
+                batch.problems.append(message)
+            self._unsealed = message
             return
+        self._unsealed = None
         conn.close()
         self._conn = None
         try:
-            # The WAL is empty and the database whole: its WAL and index go with the old
+            # The database holds every frame of the WAL: its WAL and index go with the old
             # file (readers still holding them keep them), never to the new one.
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
@@ -596,17 +627,22 @@ class Trail:
             new.close()
 
     def _delete(self, segment: Segment, batch: Batch) -> None:
-        """Delete a retired segment once its record is committed; a crash in between leaves
-        it for the next start to delete."""
+        """Delete a retired segment once its record is committed. A crash in between leaves
+        it for the next start to delete; a failure, for the next checkpoint to try again
+        (no later segment is retired meanwhile)."""
         try:
             segment.path.unlink()
             segments.sync_directory(segment.path.parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            batch.problems.append(
-                f"cannot delete the retired segment {segment.path}: {exc.strerror}"
-            )
+            message = f"cannot delete the retired segment {segment.path}: {exc.strerror}"
+            if message != self._undeleted:
+                batch.problems.append(message)
+            self._undeleted = message
+            return
+        self._undeleted = None
+        batch.deleted = segment
 
     def _examine(self, conn: sqlite3.Connection, batch: Batch) -> str | None:
         """After a commit: why the events this writer committed are not where a new reader

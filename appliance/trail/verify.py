@@ -74,6 +74,9 @@ def verify(
                 head = _vouch_for_head(walk, checkpoint_file)
                 if anchor is not None:
                     _vouch_for_anchor(walk, anchor)
+                misnamed = db.misnamed(conn)
+                if misnamed is not None:
+                    raise Fault(None, misnamed)
                 begin(walk, conn)
                 if progress is None:
                     walk.run(conn)

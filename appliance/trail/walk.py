@@ -246,15 +246,24 @@ def begin(walk: Walk, conn: sqlite3.Connection) -> None:
     that were retired from it, as the newest retirement recorded in the trail says.
 
     The active file's meta only says where that retirement is; the retirement itself is an
-    event of the chain, walked and signed like any other.
+    event of the chain, walked and signed like any other. A retired segment still on the
+    disk (the recorder stopped before it could delete it) is passed over.
     """
     row = conn.execute("SELECT seq, prev_hash FROM events ORDER BY seq LIMIT 1").fetchone()
-    if row is None or row[0] == 1:
+    if row is None:
         return
     first, prev = int(row[0]), str(row[1])
     found = conn.execute("SELECT value FROM main.meta WHERE key = 'retired'").fetchone()
+    if found is None:
+        if first == 1:
+            return
+        raise Fault(
+            1,
+            f"events 1 to {first - 1} are missing, and no retirement recorded in the trail"
+            " accounts for them: they were cut",
+        )
     retire = None
-    if found is not None and str(found[0]).isdigit():
+    if str(found[0]).isdigit():
         at = conn.execute(
             "SELECT type, payload FROM events WHERE seq = ?", (int(found[0]),)
         ).fetchone()
@@ -262,15 +271,20 @@ def begin(walk: Walk, conn: sqlite3.Connection) -> None:
             retire = _parse(chain.TRAIL, at[1])
     if not isinstance(retire, dict) or retire.get("action") != "retire":
         raise Fault(
-            1,
-            f"events 1 to {first - 1} are missing, and no retirement recorded in the trail"
-            " accounts for them: they were cut",
+            None,
+            f"the trail's meta names event {found[0]} as its newest retirement, and it is not"
+            " one: the meta was changed",
         )
-    if retire.get("last") != first - 1 or retire.get("hash") != prev:
+    last = retire.get("last")
+    if isinstance(last, int) and last > 0 and first <= last:  # retired, not yet deleted
+        after = conn.execute("SELECT prev_hash FROM events WHERE seq = ?", (last + 1,))
+        held = after.fetchone()
+        first, prev = last + 1, "" if held is None else str(held[0])
+    if last != first - 1 or retire.get("hash") != prev:
         raise Fault(
             first,
             f"the trail begins at event {first}, but the retirement recorded at event"
-            f" {found[0]} ends at event {retire.get('last')}: segments were cut or replaced",
+            f" {found[0]} ends at event {last}: segments were cut or replaced",
         )
     walk.restart(first, prev)
     walk.retired = first - 1
