@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from appliance.model import Command, Decoding, Prepared
+from appliance.trail import db
 from appliance.trail.db import TrailError
 
 _COLUMNS = "seq, ts, type, session, payload"
@@ -291,16 +292,21 @@ def list_sessions(
         return value.casefold() if isinstance(value, str) else None
 
     conn.create_function("witness_casefold", 1, folded, deterministic=True)
+    # The start and end events are looked up by seq first (each a key lookup, in every
+    # sealed segment too), then joined: a join on the events view itself would copy it.
     rows = conn.execute(
         """
+        WITH s AS MATERIALIZED (
+                SELECT seq, ts, payload FROM events
+                WHERE seq IN (SELECT start_seq FROM sessions)),
+             e AS MATERIALIZED (
+                SELECT seq, ts, payload FROM events
+                WHERE seq IN (SELECT end_seq FROM sessions WHERE end_seq IS NOT NULL))
         SELECT x.id, s.ts, s.seq, s.payload, e.ts, e.seq, e.payload,
-               coalesce(json_extract(e.payload, '$.commands'),
-                        (SELECT count(*) FROM events c
-                          WHERE c.seq > x.start_seq AND c.session = x.id
-                            AND c.type = 'command'))
+               json_extract(e.payload, '$.commands')
         FROM sessions x
-        JOIN events s ON s.seq = x.start_seq
-        LEFT JOIN events e ON e.seq = x.end_seq
+        JOIN s ON s.seq = x.start_seq
+        LEFT JOIN e ON e.seq = x.end_seq
         WHERE (:until IS NULL OR s.ts <= :until)
           AND (:since IS NULL OR e.ts IS NULL OR e.ts >= :since)
           AND (:user IS NULL OR json_extract(s.payload, '$.db_user') = :user
@@ -324,7 +330,19 @@ def list_sessions(
             "group": group,
         },
     )
-    return [session_of(row) for row in rows]
+    return [session_of(_counted(conn, row)) for row in rows.fetchall()]
+
+
+def _counted(conn: sqlite3.Connection, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row with its commands counted, for a session whose end does not say how many
+    (still open, or cut short): a scan of the events from its start on."""
+    if row[7] is not None:
+        return row
+    (count,) = conn.execute(
+        "SELECT count(*) FROM events WHERE seq > ? AND session = ? AND type = 'command'",
+        (row[2], row[0]),
+    ).fetchone()
+    return (*row[:7], count)
 
 
 def session_of(row: tuple[Any, ...], bastion: str | None = None) -> SessionInfo:
@@ -371,14 +389,14 @@ def one_of(prefix: str, found: list[str]) -> str:
 
 def session_events(conn: sqlite3.Connection, session: str) -> list[Event]:
     """The session's events, found by a scan of its seq range only."""
+    span = conn.execute(
+        "SELECT start_seq, end_seq FROM sessions WHERE id = ?", (session,)
+    ).fetchone()
+    if span is None:
+        return []
     rows = conn.execute(
-        f"""
-        SELECT {_COLUMNS} FROM events, sessions x
-        WHERE x.id = :id AND seq >= x.start_seq AND seq <= coalesce(x.end_seq, seq)
-          AND session = :id
-        ORDER BY seq
-        """,
-        {"id": session},
+        f"SELECT {_COLUMNS} FROM events WHERE seq >= ? AND seq <= ? AND session = ? ORDER BY seq",
+        (span[0], span[1] if span[1] is not None else db.last_seq(conn), session),
     )
     return [Event.from_row(row) for row in rows]
 

@@ -214,13 +214,6 @@ def full_scans(settings: TrailSettings, ask: Callable[[sqlite3.Connection], obje
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HOLE (perf): with segments, session_events joins the events and sessions views by full "
-        "scans of every segment's events (a PK range scan on one file)"
-    ),
-)
 def test_showing_one_session_reads_its_span_not_every_segment(
     sealing: TrailSettings, clock: Clock
 ) -> None:
@@ -230,13 +223,6 @@ def test_showing_one_session_reads_its_span_not_every_segment(
     assert full_scans(sealing, lambda conn: query.session_detail(conn, sid)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HOLE (perf): with segments, list_sessions MATERIALIZEs every event of every segment into"
-        " temp storage (twice) and scans them per session"
-    ),
-)
 def test_listing_sessions_copies_no_segment(sealing: TrailSettings, clock: Clock) -> None:
     sealed_trail(sealing, clock, 3)
     assert full_scans(sealing, query.list_sessions) == []
