@@ -68,7 +68,7 @@ RETURNS TABLE (events bigint, distinct_seqs bigint, broken bigint, first_prev te
                last_hash text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH mine AS (
-        SELECT seq, prev_hash, hash, lag(hash) OVER (ORDER BY seq) AS before,
+        SELECT seq, session, prev_hash, hash, lag(hash) OVER (ORDER BY seq) AS before,
                encode(sha256(convert_to(prev_hash || seq || E'\n' || ts || E'\n' || type
                    || E'\n' || coalesce(session, '') || E'\n' || payload, 'UTF8')), 'hex')
                    AS computed
@@ -76,7 +76,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         WHERE bastion = session_user AND trail = p_trail AND seq BETWEEN p_first AND p_last
     )
     SELECT count(*), count(DISTINCT seq),
-           count(*) FILTER (WHERE computed <> hash OR before <> prev_hash),
+           -- an empty session hashes as no session does: a row the bastion never made
+           count(*) FILTER (WHERE computed <> hash OR before <> prev_hash OR session = ''),
            min(prev_hash) FILTER (WHERE seq = p_first),
            min(hash) FILTER (WHERE seq = p_last)
     FROM mine
