@@ -37,6 +37,7 @@ from appliance.trail import db, maskkey, query
 from appliance.trail.anchor import where
 from appliance.trail.db import TrailError
 from appliance.trail.publisher import Publisher
+from appliance.trail.retire import Gate
 from appliance.trail.shipper import Shipper
 from appliance.trail.store import Trail
 
@@ -184,25 +185,6 @@ def _log_sealing(trail: TrailSettings) -> None:
         )
 
 
-def _retire_by(
-    holder: Shipper | Forwarder, trail: Trail, recorder: Recorder, loop: asyncio.AbstractEventLoop
-) -> None:
-    """Let ``holder`` (from its thread) retire the sealed segments it holds and verified,
-    and record in the trail why it will not."""
-
-    def verified(seq: int) -> None:
-        trail.retirable = seq
-
-    def refused(why: str) -> None:
-        log.warning("%s", why)
-        loop.call_soon_threadsafe(
-            recorder.record, "error", None, {"where": "retire", "message": why}
-        )
-
-    holder.on_verified, holder.on_refused = verified, refused
-    trail.retirable = holder.state.verified
-
-
 async def run(
     settings: Settings,
     owner_lookup: OwnerLookup = owners.lookup,
@@ -220,19 +202,37 @@ async def run(
     # What carries the trail's events off the host, each in a thread of its own, woken at
     # every checkpoint: the anchor's publisher, the central store's shipper, the exports.
     couriers: list[tuple[Any, asyncio.Future[None]]] = []
+    # Sealed segments are retired once the copy named by [trail] retire verified them and
+    # every courier carried them off; what goes wrong is recorded in the trail.
+    gate = Gate(trail) if settings.trail.retire is not None else None
+
+    def refused(why: str) -> None:
+        log.warning("%s", why)
+        loop.call_soon_threadsafe(
+            recorder.record, "error", None, {"where": "retire", "message": why}
+        )
+
     if settings.trail.anchor is not None:
         publisher = Publisher(settings.trail, settings.trail.anchor, trail.id)
+        if gate is not None:
+            publisher.on_progress = gate.expect("anchor", publisher.state.published)
         couriers.append((publisher, asyncio.ensure_future(publisher.run())))
     if settings.trail.central is not None:
         shipper = Shipper(settings.trail, settings.trail.central, trail.id)
-        if settings.trail.retire == "central":
-            _retire_by(shipper, trail, recorder, loop)
+        if gate is not None and settings.trail.retire == "central":
+            shipper.on_verified = gate.expect("central", shipper.state.verified)
+            shipper.on_refused = refused
+        elif gate is not None:
+            shipper.on_progress = gate.expect("central", shipper.state.published)
         couriers.append((shipper, asyncio.ensure_future(shipper.run())))
     host = socket.gethostname()
     for export in settings.exports:
         forwarder = Forwarder(settings.trail, export, trail.id, host)
-        if forwarder.retires:
-            _retire_by(forwarder, trail, recorder, loop)
+        forwarder.on_refused = refused
+        if gate is not None and forwarder.retires:
+            forwarder.on_verified = gate.expect(export.name, forwarder.state.verified)
+        elif gate is not None:
+            forwarder.on_progress = gate.expect(export.name, forwarder.state.seq)
         couriers.append((forwarder, asyncio.ensure_future(forwarder.run())))
     if couriers:
         woken = tuple(courier.wake for courier, _ in couriers)

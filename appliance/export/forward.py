@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ class State:
     checked_size: int = 0
     checked_from: int = 0
     verified: int = 0
+    file: list[int] | None = None  # the file's (device, inode), to tell a new one
 
     @classmethod
     def load(cls, settings: TrailSettings, name: str, trail: str) -> State:
@@ -102,8 +104,10 @@ class Forwarder:
             )
         self._wake = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"witness-export-{settings.name}")
-        # Told (from the export's thread) the last sealed event its file holds, and why a
-        # sealed segment it should hold does not pass: when it retires segments.
+        # Told (from the export's thread) how far it has come, the last sealed event its file
+        # holds and has verified (when it retires segments), and what went wrong that the
+        # trail should record.
+        self.on_progress: Callable[[int], None] | None = None
         self.on_verified: Callable[[int], None] | None = None
         self.on_refused: Callable[[str], None] | None = None
         self._refused: str | None = None
@@ -121,9 +125,18 @@ class Forwarder:
         it cannot (the state says why, and the next round reads the same events again)."""
         state = self.state
         now = self.clock()
+        if self.retires:
+            self._restart_if_new()
         try:
             with db.reading(self.trail.path) as conn:
+                first = conn.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
                 records, seq = self.reader.read(conn, state.seq)
+            gap = None
+            if state.seq and first is not None and first[0] > state.seq + 1:
+                gap = (
+                    f"events {state.seq + 1} to {first[0] - 1} were retired from the trail"
+                    " before this export sent them; they are where the trail retired them to"
+                )
             if seq != state.seq:
                 meta = Meta(state.trail, self.host)
                 if self._syslog is not None:
@@ -136,6 +149,8 @@ class Forwarder:
                     finally:
                         sink.close()
                     state.size = sink.size
+                    found = os.stat(self.settings.file)
+                    state.file = [found.st_dev, found.st_ino]
         except (TrailError, SinkError) as exc:
             state.error, state.error_at = str(exc), now
             self._save()
@@ -144,10 +159,32 @@ class Forwarder:
         if read:
             state.seq, state.exported_at = seq, now
         state.error = None
+        if gap is not None:
+            self._report(gap)
         if self.retires:
             self.read_back()
         self._save()
+        if self.on_progress is not None:
+            self.on_progress(state.seq)
         return read
+
+    def _restart_if_new(self) -> None:
+        """A file that is not the one written to (rotated, or gone), or shorter than what
+        was written (emptied), begins a new chain to read back: the events of the segments
+        not yet verified are written to it again, so that it holds each one whole."""
+        state = self.state
+        assert self.settings.file is not None
+        try:
+            found = os.stat(self.settings.file)
+            same = [found.st_dev, found.st_ino] == state.file and found.st_size >= state.size
+        except FileNotFoundError:
+            same = False
+        if same or not (state.size or state.checked):
+            return
+        state.seq = min(state.seq, state.verified)
+        state.size = state.checked = state.checked_size = state.checked_from = 0
+        state.checked_hash = ""
+        state.file = None
 
     def read_back(self) -> None:
         """Check what the file holds since the last check, as ``witness verify --jsonl``
@@ -193,7 +230,11 @@ class Forwarder:
             self.on_verified(segment.last)
 
     def _refuse(self, why: str) -> None:
-        message = f"export {self.settings.name}: {why}; its sealed segments are kept"
+        self._report(f"{why}; its sealed segments are kept")
+
+    def _report(self, why: str) -> None:
+        """Say what went wrong, in the state (for witness status) and, once, in the trail."""
+        message = f"export {self.settings.name}: {why}"
         self.state.error, self.state.error_at = message, self.clock()
         if message != self._refused and self.on_refused is not None:
             self.on_refused(message)

@@ -85,6 +85,8 @@ class Courier(ABC):
     what = "events"  # for the log
     poll = POLL_SECONDS
     batch = BATCH
+    # Told (from the courier's thread) the seq the far end has acknowledged, after each round.
+    on_progress: Callable[[int], None] | None = None
 
     def __init__(
         self,
@@ -140,6 +142,8 @@ class Courier(ABC):
             state.published, state.published_at = pending[-1][0], now
         state.error = None
         self._save()
+        if self.on_progress is not None:
+            self.on_progress(state.published)
         return len(pending)
 
     def _connect(self) -> psycopg.Connection[Any]:

@@ -1,6 +1,5 @@
-"""Hostile review of witness.held, with a real PostgreSQL: what a tampered central store can
-make a bastion believe about a sealed segment before it deletes its own copy. Tests of holes
-found are xfail(strict) until they are fixed."""
+"""witness.held under attack, with a real PostgreSQL: what a tampered central store cannot
+make a bastion believe about a sealed segment before it deletes its own copy."""
 
 from __future__ import annotations
 
