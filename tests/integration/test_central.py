@@ -458,3 +458,35 @@ def test_a_segment_the_store_does_not_hold_as_the_bastion_does_is_kept(
         witness.stop()
     assert retirements(witness.trail)[0]["last"] == oldest.last
     assert local_verify(witness.trail)["retired"] >= oldest.last
+
+
+def test_no_segment_is_retired_before_an_export_has_carried_it(
+    pg: PostgresServer, store: Central, bench: None, tmp_path: Path
+) -> None:
+    out = tmp_path / "siem.jsonl"
+    out.mkdir()  # the export cannot write there: its destination is down
+    directory = tmp_path / "b1"
+    directory.mkdir()
+    witness = Witness(
+        pg.port,
+        directory / "trail.db",
+        tables=f'[trail.central]\ndsn = "{store.url("b1")}"\nretry_max_seconds = 1\n\n'
+        f'[[export]]\nname = "siem"\nformat = "jsonl"\nfile = "{out}"\n',
+        trail_options="segment_mb = 1",
+    )
+    try:
+        load(witness, 6).wait(timeout=60)
+        wait_shipped(store, "b1", witness.trail)
+        time.sleep(2)  # the store has verified what it holds: only the export holds it back
+        sealed = segments.sealed(witness.trail)
+        assert sealed and sealed[0].first == 1 and retired(witness.trail) == 0
+        out.rmdir()  # the destination is back: the export catches up, then they go
+        deadline = time.monotonic() + 30
+        while retired(witness.trail) < sealed[-1].last:
+            assert time.monotonic() < deadline, segments.sealed(witness.trail)
+            time.sleep(0.2)
+    finally:
+        witness.stop()
+    with out.open("rb") as file:
+        sent = [json.loads(line)["seq"] for line in file]
+    assert sent[: sealed[-1].last] == list(range(1, sealed[-1].last + 1))
