@@ -18,38 +18,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from centralstore import Central
 from witnessproc import WITNESS, Witness, run
 
 from appliance.config import TrailSettings
 from appliance.lab.postgres import PostgresServer
 from appliance.trail import central, db, segments, shipper
-
-
-class Central:
-    """A PostgreSQL holding the central store in database ``central``."""
-
-    def __init__(self) -> None:
-        self.server = PostgresServer()
-        self.server.start()
-        self.server.psql("CREATE DATABASE central")
-        printed = run(WITNESS, "central", "schema", "--bastion=b1", "--bastion=b2")
-        assert printed.returncode == 0, printed.stderr
-        applied = subprocess.run(
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", self.url("postgres")],
-            input=printed.stdout, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert applied.returncode == 0, applied.stderr
-        self.admin("CREATE ROLE auditor LOGIN IN ROLE witness_auditor")
-        made = run(WITNESS, "central", "maintain", "--dsn", self.url("postgres"))
-        assert made.returncode == 0 and "partition(s) made" in made.stdout, made.stderr
-
-    def url(self, user: str) -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.server.port}/central"
-
-    def admin(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            cursor = conn.execute(sql, params or None)
-            return cursor.fetchall() if cursor.description else []
 
 
 @pytest.fixture

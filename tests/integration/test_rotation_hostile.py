@@ -4,17 +4,14 @@ make a bastion believe about a sealed segment before it deletes its own copy."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from witnessproc import WITNESS, run
+from centralstore import Central
 
 from appliance.config import AnchorSettings, TrailSettings
-from appliance.lab.postgres import PostgresServer
 from appliance.trail import central, centralverify, chain, db, keys, segments, shipper
 from appliance.trail.store import Trail
 
@@ -28,35 +25,9 @@ ODD = [
 ]
 
 
-class Store:
-    """A PostgreSQL holding the central store in database ``central``, roles b1 and b2."""
-
-    def __init__(self) -> None:
-        self.server = PostgresServer()
-        self.server.start()
-        self.server.psql("CREATE DATABASE central")
-        printed = run(WITNESS, "central", "schema", "--bastion=b1", "--bastion=b2")
-        assert printed.returncode == 0, printed.stderr
-        applied = subprocess.run(
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", self.url("postgres")],
-            input=printed.stdout, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert applied.returncode == 0, applied.stderr
-        made = run(WITNESS, "central", "maintain", "--dsn", self.url("postgres"))
-        assert made.returncode == 0, made.stderr
-
-    def url(self, user: str) -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.server.port}/central"
-
-    def admin(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            cursor = conn.execute(sql, params or None)
-            return cursor.fetchall() if cursor.description else []
-
-
 @pytest.fixture(scope="module")
-def store() -> Iterator[Store]:
-    found = Store()
+def store() -> Iterator[Central]:
+    found = Central()
     yield found
     found.server.remove()
 
@@ -108,7 +79,7 @@ def sealed_trail(directory: Path) -> Sealed:
     )
 
 
-def held(store: Store, bastion: str, sealed: Sealed) -> str | None:
+def held(store: Central, bastion: str, sealed: Sealed) -> str | None:
     settings = AnchorSettings(dsn=store.url(bastion))
     with psycopg.connect(store.url(bastion)) as conn:
         return central.held(
@@ -121,12 +92,12 @@ def held(store: Store, bastion: str, sealed: Sealed) -> str | None:
         )
 
 
-def ship(store: Store, bastion: str, sealed: Sealed) -> None:
+def ship(store: Central, bastion: str, sealed: Sealed) -> None:
     with psycopg.connect(store.url(bastion)) as conn:
         central.ship(conn, AnchorSettings(dsn=store.url(bastion)), sealed.trail, sealed.rows)
 
 
-def test_odd_payloads_are_held_as_the_bastion_hashes_them(store: Store, tmp_path: Path) -> None:
+def test_odd_payloads_are_held_as_the_bastion_hashes_them(store: Central, tmp_path: Path) -> None:
     sealed = sealed_trail(tmp_path)
     ship(store, "b1", sealed)
     assert held(store, "b1", sealed) is None
@@ -134,7 +105,7 @@ def test_odd_payloads_are_held_as_the_bastion_hashes_them(store: Store, tmp_path
     assert held(store, "b2", sealed) is not None
 
 
-def test_another_bastions_rows_never_fill_a_gap(store: Store, tmp_path: Path) -> None:
+def test_another_bastions_rows_never_fill_a_gap(store: Central, tmp_path: Path) -> None:
     sealed = sealed_trail(tmp_path)
     ship(store, "b1", sealed)
     ship(store, "b2", sealed)  # a copy under the same trail id, as another bastion
@@ -146,7 +117,7 @@ def test_another_bastions_rows_never_fill_a_gap(store: Store, tmp_path: Path) ->
     assert held(store, "b1", sealed) is not None
 
 
-def test_a_seq_held_twice_is_not_held(store: Store, tmp_path: Path) -> None:
+def test_a_seq_held_twice_is_not_held(store: Central, tmp_path: Path) -> None:
     sealed = sealed_trail(tmp_path)
     ship(store, "b1", sealed)
     row = next(r for r in sealed.rows if r[0] == sealed.segment.first + 3)
@@ -160,7 +131,7 @@ def test_a_seq_held_twice_is_not_held(store: Store, tmp_path: Path) -> None:
     assert "rows" in (held(store, "b1", sealed) or "")
 
 
-def test_a_rewritten_and_rehashed_event_is_not_held(store: Store, tmp_path: Path) -> None:
+def test_a_rewritten_and_rehashed_event_is_not_held(store: Central, tmp_path: Path) -> None:
     sealed = sealed_trail(tmp_path)
     ship(store, "b1", sealed)
     # The store's owner changes a payload and rehashes it and every later link of the
@@ -187,7 +158,7 @@ def test_a_rewritten_and_rehashed_event_is_not_held(store: Store, tmp_path: Path
 
 
 def test_a_store_whose_copy_no_longer_verifies_does_not_hold_it(
-    store: Store, tmp_path: Path
+    store: Central, tmp_path: Path
 ) -> None:
     sealed = sealed_trail(tmp_path)
     ship(store, "b1", sealed)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
-from trailkit import Clock
+from trailkit import SEGMENT, Clock
 
 from appliance.config import TrailSettings
 
@@ -22,4 +23,12 @@ def settings(tmp_path: Path) -> TrailSettings:
         signing_key=tmp_path / "keys" / "trail.key",
         checkpoint_events=5,
         checkpoint_seconds=3600,
+    )
+
+
+@pytest.fixture
+def sealing(settings: TrailSettings) -> TrailSettings:
+    """Settings that seal the trail every ``SEGMENT`` bytes, retired by the central store."""
+    return dataclasses.replace(
+        settings, segment_bytes=SEGMENT, retire="central", examine_commits=10
     )

@@ -3,54 +3,18 @@ attacker or a crash can do to them."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import sqlite3
 
 import pytest
-from trailkit import Clock, fill
+from trailkit import SEGMENT, Clock, check, fill, grow, sealed_trail
 
 from appliance.config import TrailSettings
-from appliance.trail import db, keys, query, segments
+from appliance.trail import db, query, segments
 from appliance.trail.db import TrailError
 from appliance.trail.follow import Reader, Tail
 from appliance.trail.store import Trail
-from appliance.trail.verify import Report, verify
-
-SEGMENT = 48 * 1024
-
-
-@pytest.fixture
-def sealing(settings: TrailSettings) -> TrailSettings:
-    return dataclasses.replace(
-        settings, segment_bytes=SEGMENT, retire="central", examine_commits=10
-    )
-
-
-def check(settings: TrailSettings, clock: Clock) -> Report:
-    return verify(
-        settings.path,
-        keys.load_public(settings.public_key),
-        settings.checkpoint_file,
-        now=clock.now,
-    )
-
-
-def grow(trail: Trail, clock: Clock, sealed: int) -> None:
-    """Record sessions until the trail has ``sealed`` sealed segments."""
-    n = 0
-    while len(segments.sealed(trail._settings.path)) < sealed:
-        n += 1
-        sid = f"g{n}"
-        trail.append("session_start", sid, {"client": "127.0.0.1:5000", "db_user": "u"})
-        for i in range(20):
-            clock.tick()
-            trail.append("command", sid, {"n": i, "kind": "query", "text": f"SELECT {n}, {i}"})
-            trail.append("result", sid, {"n": i, "status": "ok", "rows": 1})
-        trail.append("session_end", sid, {"reason": "client closed", "commands": 20})
-        trail.commit()
-        assert n < 10_000
 
 
 def test_the_active_file_is_sealed_at_a_checkpoint_and_the_chain_goes_on(
@@ -188,13 +152,6 @@ def test_sealing_stops_at_the_limit_until_a_segment_is_retired(
 
 
 # --- what an attacker, or a crash, does to the segments --------------------------------
-
-
-def sealed_trail(sealing: TrailSettings, clock: Clock, count: int = 3) -> list[segments.Segment]:
-    trail = Trail.open(sealing, clock=clock)
-    grow(trail, clock, count)
-    trail.close()
-    return segments.sealed(sealing.path)
 
 
 def test_a_deleted_segment_is_a_cut(sealing: TrailSettings, clock: Clock) -> None:

@@ -13,49 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from trailkit import Clock, fill
+from trailkit import SEGMENT, Clock, check, fill, grow, sealed_trail
 
 from appliance.config import ExportSettings, TrailSettings
 from appliance.export.forward import Forwarder
-from appliance.trail import db, keys, query, segments
+from appliance.trail import db, query, segments
 from appliance.trail.db import TrailError
 from appliance.trail.retire import Gate
 from appliance.trail.store import Trail
-from appliance.trail.verify import Report, verify
-
-SEGMENT = 48 * 1024
 
 
-@pytest.fixture
-def sealing(settings: TrailSettings) -> TrailSettings:
-    return dataclasses.replace(
-        settings, segment_bytes=SEGMENT, retire="central", examine_commits=10
-    )
-
-
-def check(settings: TrailSettings, clock: Clock) -> Report:
-    return verify(
-        settings.path,
-        keys.load_public(settings.public_key),
-        settings.checkpoint_file,
-        now=clock.now,
-    )
-
-
-def grow(trail: Trail, clock: Clock, sealed: int) -> None:
-    """Record sessions until the trail has ``sealed`` sealed segments."""
-    n = 0
-    while len(segments.sealed(trail._settings.path)) < sealed:
-        n += 1
-        sid = f"g{len(segments.sealed(trail._settings.path))}-{n}"
-        trail.append("session_start", sid, {"client": "127.0.0.1:5000", "db_user": "u"})
-        for i in range(20):
-            clock.tick()
-            trail.append("command", sid, {"n": i, "kind": "query", "text": f"SELECT {n}, {i}"})
-            trail.append("result", sid, {"n": i, "status": "ok", "rows": 1})
-        trail.append("session_end", sid, {"reason": "client closed", "commands": 20})
-        trail.commit()
-        assert n < 10_000
+def trail_of(settings: TrailSettings) -> str:
+    with db.reading(settings.path) as conn:
+        found = db.trail_id(conn)
+    assert found is not None
+    return found
 
 
 def kill(trail: Trail) -> None:
@@ -186,13 +158,6 @@ def report_hash(settings: TrailSettings, seq: int) -> str:
         return str(conn.execute("SELECT prev_hash FROM events WHERE seq = ?", (seq,)).fetchone()[0])
 
 
-def sealed_trail(sealing: TrailSettings, clock: Clock, count: int = 3) -> list[segments.Segment]:
-    trail = Trail.open(sealing, clock=clock)
-    grow(trail, clock, count)
-    trail.close()
-    return segments.sealed(sealing.path)
-
-
 def full_scans(settings: TrailSettings, ask: Callable[[sqlite3.Connection], object]) -> list[str]:
     """The plans' full scans of the events of sealed segments, or copies of all events,
     among the statements ``ask`` runs on a reader."""
@@ -233,9 +198,7 @@ def test_an_export_file_emptied_mid_segment_is_given_the_segment_again_whole(
 ) -> None:
     settings = dataclasses.replace(sealing, retire="export:chain")
     oldest, second = sealed_trail(settings, clock, 2)
-    with db.reading(settings.path) as conn:
-        trail_id = db.trail_id(conn)
-    assert trail_id is not None
+    trail_id = trail_of(settings)
     out = tmp_path / "out" / "trail.jsonl"
     out.parent.mkdir()
     export = ExportSettings(name="chain", format="jsonl", file=out)
@@ -262,9 +225,7 @@ def test_an_export_refused_once_then_rotated_can_retire_again(
 ) -> None:
     settings = dataclasses.replace(sealing, retire="export:chain")
     sealed_trail(settings, clock, 2)
-    with db.reading(settings.path) as conn:
-        trail_id = db.trail_id(conn)
-    assert trail_id is not None
+    trail_id = trail_of(settings)
     out = tmp_path / "out" / "trail.jsonl"
     out.parent.mkdir()
     export = ExportSettings(name="chain", format="jsonl", file=out)
@@ -299,9 +260,7 @@ def test_no_segment_goes_before_every_courier_carried_it(
     # A SIEM export sent the first events, then its server was down; meanwhile the central
     # store (the retire source) held and verified both sealed segments.
     oldest, second = sealed_trail(sealing, clock, 2)
-    with db.reading(sealing.path) as conn:
-        trail_id = db.trail_id(conn)
-    assert trail_id is not None
+    trail_id = trail_of(sealing)
     out = tmp_path / "siem.jsonl"
     export = ExportSettings(name="siem", format="jsonl", file=out)
     siem = Forwarder(sealing, export, trail_id, "b", batch=50)
@@ -328,9 +287,7 @@ def test_an_export_behind_a_retirement_says_what_it_never_sent(
 ) -> None:
     # Retired behind its back (its state file was restored from an old backup, say).
     oldest = sealed_trail(sealing, clock, 2)[0]
-    with db.reading(sealing.path) as conn:
-        trail_id = db.trail_id(conn)
-    assert trail_id is not None
+    trail_id = trail_of(sealing)
     out = tmp_path / "siem.jsonl"
     export = ExportSettings(name="siem", format="jsonl", file=out)
     Forwarder(sealing, export, trail_id, "b", batch=50).forward()
