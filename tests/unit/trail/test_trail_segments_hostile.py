@@ -23,6 +23,10 @@ from appliance.trail.retire import Gate
 from appliance.trail.store import Trail
 
 
+class Killed(BaseException):
+    """The recorder killed at this point."""
+
+
 def trail_of(settings: TrailSettings) -> str:
     with db.reading(settings.path) as conn:
         found = db.trail_id(conn)
@@ -48,9 +52,17 @@ def test_kill_between_the_second_retirement_and_its_unlink_is_reopened(
     trail.commit()
     assert not oldest.path.exists()
     # The second retirement is committed; the recorder dies before the unlink.
-    monkeypatch.setattr(Trail, "_delete", lambda self, segment, batch: None)
+    real_unlink = type(second.path).unlink
+
+    def dies(path: Path, missing_ok: bool = False) -> None:
+        if path == second.path:
+            raise Killed
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(type(second.path), "unlink", dies)
     trail.retirable = second.last
-    trail.commit()
+    with pytest.raises(Killed):
+        trail.commit()
     kill(trail)
     monkeypatch.undo()
     assert second.path.exists()
@@ -317,10 +329,6 @@ def test_a_segment_renamed_to_a_shorter_range_is_a_fault_for_verify_too(
 
 
 # --- what held up -----------------------------------------------------------------------
-
-
-class Killed(BaseException):
-    """The recorder killed at this point."""
 
 
 def test_kill_between_the_two_renames_of_a_seal_is_finished_on_open(
