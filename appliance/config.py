@@ -170,11 +170,6 @@ class TrailSettings:
         return self.signing_key.with_name(self.signing_key.name + ".mask")
 
     @property
-    def sealed(self) -> Path:
-        """The directory of the sealed segments, beside the trail."""
-        return self.path.with_name(self.path.name + ".sealed")
-
-    @property
     def anchor_state(self) -> Path:
         """What has been published to the anchor, and the last failure, beside the trail."""
         return self.path.with_name(self.path.name + ".anchor")

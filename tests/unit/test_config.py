@@ -8,6 +8,7 @@ import pytest
 
 from appliance import config
 from appliance.config import ConfigError
+from appliance.trail import segments
 
 GOOD = """
 [[backend]]
@@ -330,7 +331,7 @@ def test_the_exports_formats_are_the_configurations() -> None:
 def test_sealing_and_retiring(tmp_path: Path) -> None:
     trail = config.load(write(tmp_path, GOOD)).trail
     assert (trail.segment_bytes, trail.retire) == (256 << 20, None)  # kept: nothing holds them
-    assert trail.sealed == tmp_path / "trail.db.sealed"
+    assert segments.directory(trail.path) == tmp_path / "trail.db.sealed"
     central = '\n[trail.central]\ndsn = "host=central dbname=witness user=b1"\n'
     with_central = config.load(write(tmp_path, GOOD + central)).trail
     assert with_central.retire == "central"  # by default, once a central store holds them
