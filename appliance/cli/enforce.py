@@ -100,6 +100,15 @@ def up(ctx: click.Context, netns: str | None, ebpf: bool | None) -> None:
         f"diverted to port {plan.redirect_port}, "
         f"{resolved.enforce.service_user} (uid {plan.service_uid}) exempt"
     )
+    if netns is None:
+        # The agents' cgroups are made below it by the warden, with or without eBPF.
+        try:
+            cgroups.create_root()
+        except cgroups.CgroupError as exc:
+            click.echo(
+                f"witness: no agent cgroup root, so witness run cannot start agents: {exc}",
+                err=True,
+            )
     if ebpf or (ebpf is None and netns is None):
         _up_ebpf(plan)
 

@@ -32,14 +32,17 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # What the role installs (witness_packages) is there already, so that it finds it present
 # and the container needs no network to the mirror; then what a booted host and its tests
-# need: systemd, an SSH server the controller reaches it through, sudo.
+# need: systemd, an SSH server the controller reaches it through, sudo and acl (for tasks
+# become another user), python3-apt (for Ansible's apt module).
 PACKAGES = (
     "systemd",
     "systemd-sysv",
     "dbus",
     "openssh-server",
     "sudo",
+    "acl",
     "ca-certificates",
+    "python3-apt",
     "python3",
     "python3-venv",
     "python3-bpfcc",
@@ -89,10 +92,13 @@ def root(log: Path) -> Path:
 class Container:
     """One boot of the root, in ``lab``'s bastion namespace."""
 
-    def __init__(self, lab: Lab, image: Path, log: Path) -> None:
+    def __init__(
+        self, lab: Lab, image: Path, log: Path, binds: tuple[tuple[Path, str], ...] = ()
+    ) -> None:
         self.lab = lab
         self.image = image
         self.log = log
+        self.binds = binds  # (host directory, where the container sees it), read-only
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0  # the container's PID 1, as the host sees it
 
@@ -104,7 +110,8 @@ class Container:
                 ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.image}",
                  "--volatile=overlay", "--register=no", "--keep-unit",
                  f"--network-namespace-path={namespace}", f"--capability={CAPABILITIES}",
-                 "--bind=/sys/fs/bpf", "--machine=witness-system"],
+                 "--bind=/sys/fs/bpf", "--machine=witness-system",
+                 *(f"--bind-ro={source}:{target}" for source, target in self.binds)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 # cgroup2 alone inside, as on a current Debian host, whatever the host runs.
                 env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},

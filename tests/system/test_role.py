@@ -1,0 +1,226 @@
+"""The Ansible role for real, on a Debian 12 host booted with systemd as PID 1: the controller
+(this machine, in the lab's bastion namespace) reaches the host over SSH and runs
+``ansible/site.yml`` with ``witness_manage_service: true``, as an operator would.
+
+The host has no network to a package mirror or to PyPI: its root holds the role's Debian
+packages, and the Python packages Witness needs (and its build needs) are given to pip as a
+wheelhouse, bound read-only into the host (``witness_pip_args``). ``witness_compile`` is
+false, to save the minutes mypyc would take; the compiled build is covered elsewhere.
+
+After the first run the units are enabled and active, ``witness status`` exits 0, and an
+agent's psql, started through ``witness run`` with a token from the lab's identity
+provider, is recorded under its OIDC identity; the trail verifies. A second run changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from container import Container
+
+from appliance.lab.idp import IdP, missing
+from appliance.lab.netns import Lab
+
+REPO = Path(__file__).resolve().parents[2]
+SITE = REPO / "ansible" / "site.yml"
+PLAYBOOK = shutil.which("ansible-playbook")
+HOST = "bastion"
+UNITS = ("witness-enforce.service", "witness-warden.service", "witness.service")
+AGENT = "agent1"
+WHEELS = "/opt/wheelhouse"
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(PLAYBOOK is None, reason="ansible-playbook is not installed (ansible)"),
+    pytest.mark.skipif(missing() is not None, reason=f"no identity provider: {missing()}"),
+]
+
+
+@dataclass
+class Provisioned:
+    host: Container
+    lab: Lab
+    idp: IdP
+    root: Path  # the controller's directory: inventory, variables, fetched keys
+    recap: dict[str, int]
+    output: str
+
+
+def wheelhouse(into: Path) -> Path:
+    """Wheels of everything pip needs on the host to build and install Witness offline."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+         "--wheel-dir", str(into), *wanted],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return into
+
+
+def variables(root: Path, lab: Lab, idp: IdP) -> dict[str, Any]:
+    issuer = idp.settings()
+    topo = lab.topology
+    port = topo.service("postgres").port
+    return {
+        "witness_source_dir": str(REPO),
+        "witness_public_key_dir": str(root / "keys"),
+        "witness_agent_users": [AGENT],
+        "witness_manage_service": True,
+        "witness_compile": False,
+        "witness_apt_update_cache": False,
+        "witness_pip_args": ["--no-index", "--find-links", WHEELS],
+        "witness_backends": [
+            {
+                "name": "lab",
+                "address": str(topo.backend_ipv4),
+                "port": port,
+                "protect": list(topo.networks),
+                "protect_ports": [port],
+            }
+        ],
+        "witness_issuers": [
+            {
+                "name": issuer.name,
+                "issuer": issuer.issuer,
+                "audience": list(issuer.audience),
+                "algorithms": list(issuer.algorithms),
+                "client_id": issuer.client_id,
+                "login_params": dict(issuer.login_params),
+                "leeway_seconds": issuer.leeway,
+                "timeout_seconds": issuer.timeout,
+            }
+        ],
+        "witness_static_bindings": [],
+        "witness_unbound": "refuse",
+    }
+
+
+RECAP = re.compile(
+    rf"^{HOST}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
+)
+
+
+def play(root: Path, lab: Lab) -> tuple[dict[str, int], str]:
+    """site.yml, run from the bastion namespace (where the host's SSH server listens)."""
+    assert PLAYBOOK is not None
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_HOME": str(root / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
+    }
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.topology.bastion, PLAYBOOK, "-i", str(root / "inventory.yml"),
+         "-e", f"@{root / 'vars.json'}", str(SITE)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=780, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    found = RECAP.search(done.stdout)
+    assert found is not None, f"no PLAY RECAP for {HOST}:\n{output[-6000:]}"
+    ok, changed, unreachable, failed = map(int, found.groups())
+    recap = {"ok": ok, "changed": changed, "unreachable": unreachable, "failed": failed}
+    assert done.returncode == 0 and failed == 0 and unreachable == 0, output[-6000:]
+    return recap, output
+
+
+@pytest.fixture(scope="module")
+def provisioned(
+    lab: Lab, image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Provisioned]:
+    root = tmp_path_factory.mktemp("controller")
+    wheels = wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+    host = Container(lab, image, root / "console.log", binds=((wheels, WHEELS),))
+    idp = IdP(netns=lab.topology.bastion)
+    try:
+        host.boot()
+        idp.start()
+        key = root / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        host.run("install", "-d", "-m", "0700", "/root/.ssh")
+        host.run("tee", "/root/.ssh/authorized_keys", input=(root / "id_ed25519.pub").read_text())
+        (root / "inventory.yml").write_text(
+            "bastions:\n  hosts:\n"
+            f"    {HOST}:\n      ansible_host: 127.0.0.1\n      ansible_user: root\n"
+            f"      ansible_ssh_private_key_file: {key}\n"
+            "      ansible_ssh_common_args: >-\n"
+            "        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null\n"
+            "      ansible_python_interpreter: /usr/bin/python3\n"
+        )
+        (root / "vars.json").write_text(json.dumps(variables(root, lab, idp), indent=1))
+        recap, output = play(root, lab)
+        yield Provisioned(host, lab, idp, root, recap, output)
+    finally:
+        idp.close()
+        host.stop()
+
+
+def test_the_first_run_starts_the_units_and_records_an_agent(provisioned: Provisioned) -> None:
+    host = provisioned.host
+    assert provisioned.recap["changed"] > 0, provisioned.output[-3000:]
+    for unit in UNITS:
+        assert host.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+        active = host.run("systemctl", "is-active", unit, check=False).stdout.strip()
+        assert active == "active", host.run("journalctl", "-u", unit, "--no-pager").stdout
+    status = host.run("witness", "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "present, matches the configuration" in status.stdout, status.stdout
+
+    # The agent's token, in a file only it can read; psql through witness run, as a service
+    # of the host's systemd starts it (in a cgroup of that systemd's own).
+    token = provisioned.idp.client_credentials("agent-ci")
+    host.run("install", "-o", AGENT, "-g", AGENT, "-m", "0600", "/dev/null", f"/home/{AGENT}/jwt")
+    host.run("tee", f"/home/{AGENT}/jwt", input=token + "\n")
+    probe = f"system-probe-{uuid.uuid4().hex[:12]}"
+    backend = str(provisioned.lab.topology.backend_ipv4)
+    ran = host.run(
+        "systemd-run", "--quiet", "--wait", "--pipe", f"--uid={AGENT}", "--",
+        "/usr/local/bin/witness", "run", "--token-file", f"/home/{AGENT}/jwt", "--",
+        "psql", "-X", "-At", "-h", backend, "-U", "postgres", "-c", f"select '{probe}'",
+        check=False,
+    )  # fmt: skip
+    journal = ["journalctl", "--no-pager", *(f"--unit={unit}" for unit in UNITS)]
+    assert ran.returncode == 0 and ran.stdout.split() == [probe], (
+        ran.stdout + ran.stderr + host.run(*journal, check=False).stdout[-4000:]
+    )
+
+    deadline = time.monotonic() + 10
+    rows: list[dict[str, Any]] = []
+    while not rows:
+        assert time.monotonic() < deadline, "no session under agent-ci@example.test"
+        listed = host.run(
+            "witness", "sessions", "list", "--identity", "agent-ci@example.test", "--json"
+        )
+        rows = json.loads(listed.stdout)
+        time.sleep(0.1)
+    assert rows[0]["identity"]["issuer"] == provisioned.idp.issuer, rows[0]
+    shown = host.run("witness", "sessions", "show", rows[0]["id"], "--json")
+    assert probe in shown.stdout
+    verified = host.run("witness", "verify", "--open-tail", check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    fetched = provisioned.root / "keys" / f"{HOST}.pub"
+    assert fetched.is_file()
+
+
+def test_a_second_run_changes_nothing(provisioned: Provisioned) -> None:
+    recap, output = play(provisioned.root, provisioned.lab)
+    assert recap["changed"] == 0, "\n".join(
+        line for line in output.splitlines() if line.startswith("changed")
+    )
