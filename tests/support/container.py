@@ -93,22 +93,33 @@ class Container:
     """One boot of the root, in ``lab``'s bastion namespace."""
 
     def __init__(
-        self, lab: Lab, image: Path, log: Path, binds: tuple[tuple[Path, str], ...] = ()
+        self,
+        lab: Lab,
+        image: Path,
+        log: Path,
+        binds: tuple[tuple[Path, str], ...] = (),
+        disk: Path | None = None,
     ) -> None:
         self.lab = lab
         self.image = image
         self.log = log
         self.binds = binds  # (host directory, where the container sees it), read-only
+        # A copy of the image of its own, made at the first boot and kept across reboots
+        # (None: each boot on a throw-away overlay of the image).
+        self.disk = disk
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0  # the container's PID 1, as the host sees it
 
     def boot(self) -> None:
         """Boot, and wait until systemd says the system is up."""
         namespace = f"/run/netns/{self.lab.topology.bastion}"
+        if self.disk is not None and not self.disk.exists():
+            subprocess.run(["cp", "-a", "--reflink=auto", self.image, self.disk], check=True)
+        where = ["--volatile=overlay"] if self.disk is None else []
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.image}",
-                 "--volatile=overlay", "--register=no", "--keep-unit",
+                ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.disk or self.image}",
+                 *where, "--register=no", "--keep-unit",
                  f"--network-namespace-path={namespace}", f"--capability={CAPABILITIES}",
                  "--bind=/sys/fs/bpf", "--machine=witness-system",
                  *(f"--bind-ro={source}:{target}" for source, target in self.binds)],
@@ -146,6 +157,12 @@ class Container:
                 f" {done.stdout}{done.stderr}"
             )
         return done
+
+    def reboot(self) -> None:
+        """Power off and boot again, on the same disk."""
+        assert self.disk is not None, "a throw-away overlay keeps nothing across a reboot"
+        self.stop()
+        self.boot()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Power it off (SIGTERM asks nspawn for an orderly shutdown), then kill it if it

@@ -141,13 +141,48 @@ def play(root: Path, lab: Lab) -> tuple[dict[str, int], str]:
     return recap, output
 
 
+def as_agent(host: Container, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` as the agent, a service of the host's systemd (in a cgroup of its own)."""
+    return host.run(
+        "systemd-run", "--quiet", "--wait", "--pipe", f"--uid={AGENT}", "--", *argv, check=False
+    )
+
+
+def psql(backend: str, sql: str) -> list[str]:
+    return ["psql", "-X", "-At", "-h", backend, "-U", "postgres", "-c", sql]
+
+
+def recorded(provisioned: Provisioned) -> str:
+    """An agent's psql through witness run: the text it ran, once found in the trail."""
+    host = provisioned.host
+    probe = f"system-probe-{uuid.uuid4().hex[:12]}"
+    backend = str(provisioned.lab.topology.backend_ipv4)
+    ran = as_agent(
+        host, "/usr/local/bin/witness", "run", "--token-file", f"/home/{AGENT}/jwt", "--",
+        *psql(backend, f"select '{probe}'"),
+    )  # fmt: skip
+    journal = ["journalctl", "--no-pager", *(f"--unit={unit}" for unit in UNITS)]
+    assert ran.returncode == 0 and ran.stdout.split() == [probe], (
+        ran.stdout + ran.stderr + host.run(*journal, check=False).stdout[-4000:]
+    )
+    deadline = time.monotonic() + 10
+    while probe not in host.run("witness", "search", probe, "--json").stdout:
+        assert time.monotonic() < deadline, f"{probe} is not in the trail"
+        time.sleep(0.1)
+    return probe
+
+
 @pytest.fixture(scope="module")
 def provisioned(
     lab: Lab, image: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Provisioned]:
     root = tmp_path_factory.mktemp("controller")
     wheels = wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
-    host = Container(lab, image, root / "console.log", binds=((wheels, WHEELS),))
+    disk = tmp_path_factory.mktemp("disk")
+    lab.record("directory", str(disk))  # removed with the lab, after a crash too
+    host = Container(
+        lab, image, root / "console.log", binds=((wheels, WHEELS),), disk=disk / "root"
+    )
     idp = IdP(netns=lab.topology.bastion)
     try:
         host.boot()
@@ -170,6 +205,7 @@ def provisioned(
     finally:
         idp.close()
         host.stop()
+        shutil.rmtree(disk, ignore_errors=True)
 
 
 def test_the_first_run_starts_the_units_and_records_an_agent(provisioned: Provisioned) -> None:
@@ -183,34 +219,16 @@ def test_the_first_run_starts_the_units_and_records_an_agent(provisioned: Provis
     assert status.returncode == 0, status.stdout + status.stderr
     assert "present, matches the configuration" in status.stdout, status.stdout
 
-    # The agent's token, in a file only it can read; psql through witness run, as a service
-    # of the host's systemd starts it (in a cgroup of that systemd's own).
+    # The agent's token, in a file only it can read; psql through witness run.
     token = provisioned.idp.client_credentials("agent-ci")
     host.run("install", "-o", AGENT, "-g", AGENT, "-m", "0600", "/dev/null", f"/home/{AGENT}/jwt")
     host.run("tee", f"/home/{AGENT}/jwt", input=token + "\n")
-    probe = f"system-probe-{uuid.uuid4().hex[:12]}"
-    backend = str(provisioned.lab.topology.backend_ipv4)
-    ran = host.run(
-        "systemd-run", "--quiet", "--wait", "--pipe", f"--uid={AGENT}", "--",
-        "/usr/local/bin/witness", "run", "--token-file", f"/home/{AGENT}/jwt", "--",
-        "psql", "-X", "-At", "-h", backend, "-U", "postgres", "-c", f"select '{probe}'",
-        check=False,
-    )  # fmt: skip
-    journal = ["journalctl", "--no-pager", *(f"--unit={unit}" for unit in UNITS)]
-    assert ran.returncode == 0 and ran.stdout.split() == [probe], (
-        ran.stdout + ran.stderr + host.run(*journal, check=False).stdout[-4000:]
+    probe = recorded(provisioned)
+    listed = host.run(
+        "witness", "sessions", "list", "--identity", "agent-ci@example.test", "--json"
     )
-
-    deadline = time.monotonic() + 10
-    rows: list[dict[str, Any]] = []
-    while not rows:
-        assert time.monotonic() < deadline, "no session under agent-ci@example.test"
-        listed = host.run(
-            "witness", "sessions", "list", "--identity", "agent-ci@example.test", "--json"
-        )
-        rows = json.loads(listed.stdout)
-        time.sleep(0.1)
-    assert rows[0]["identity"]["issuer"] == provisioned.idp.issuer, rows[0]
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 1 and rows[0]["identity"]["issuer"] == provisioned.idp.issuer, rows
     shown = host.run("witness", "sessions", "show", rows[0]["id"], "--json")
     assert probe in shown.stdout
     verified = host.run("witness", "verify", "--open-tail", check=False)
@@ -224,3 +242,49 @@ def test_a_second_run_changes_nothing(provisioned: Provisioned) -> None:
     assert recap["changed"] == 0, "\n".join(
         line for line in output.splitlines() if line.startswith("changed")
     )
+
+
+def since_boot(host: Container, unit: str) -> int:
+    """When ``unit`` became active, in microseconds after the boot (0: never)."""
+    shown = host.run("systemctl", "show", unit, "--property=ActiveEnterTimestampMonotonic")
+    return int(shown.stdout.strip().partition("=")[2] or 0)
+
+
+def test_the_boot_is_closed_until_the_recorder_starts(provisioned: Provisioned) -> None:
+    host = provisioned.host
+    backend = str(provisioned.lab.topology.backend_ipv4)
+    host.run("systemctl", "disable", "witness.service")
+    try:
+        host.reboot()
+        # The table was loaded before the network came up, and the recorder is not running.
+        enforced = since_boot(host, "witness-enforce.service")
+        assert 0 < enforced <= since_boot(host, "network-pre.target")
+        assert host.run("systemctl", "is-active", "witness", check=False).stdout.strip() == (
+            "inactive"
+        )
+        # An agent's connection to the backend is refused, and stays refused.
+        for _ in range(2):
+            direct = as_agent(host, *psql(backend, "select 1"))
+            assert direct.returncode != 0 and "Connection refused" in direct.stderr, direct
+            time.sleep(1)
+        host.run("systemctl", "start", "witness.service")
+        deadline = time.monotonic() + 20
+        while "Connection refused" in as_agent(host, *psql(backend, "select 1")).stderr:
+            assert time.monotonic() < deadline, "the recorder did not start"
+            time.sleep(0.2)
+        recorded(provisioned)
+    finally:
+        host.run("systemctl", "enable", "--now", "witness.service", check=False)
+
+
+def test_a_flushed_ruleset_is_reported_by_status(provisioned: Provisioned) -> None:
+    host = provisioned.host
+    host.run("nft", "flush", "ruleset")
+    try:
+        status = host.run("witness", "status", check=False)
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert "table inet witness: absent" in status.stdout, status.stdout
+    finally:
+        host.run("systemctl", "restart", "witness-enforce.service")
+    status = host.run("witness", "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
