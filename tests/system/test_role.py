@@ -288,3 +288,74 @@ def test_a_flushed_ruleset_is_reported_by_status(provisioned: Provisioned) -> No
         host.run("systemctl", "restart", "witness-enforce.service")
     status = host.run("witness", "status", check=False)
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+RECORDER_CAPS = {"cap_sys_ptrace", "cap_dac_read_search", "cap_bpf"}
+# `systemd-analyze security`'s exposure for each unit as the role installs it (lower is
+# safer): a change to a unit must not raise it.
+# witness-enforce is a oneshot as root that loads the table: it is left unconfined.
+EXPOSURE = {"witness.service": 3.6, "witness-warden.service": 3.7, "witness-enforce.service": 9.5}
+
+
+def recorder_pid(host: Container) -> str:
+    pid = host.run("systemctl", "show", "witness.service", "--property=MainPID", "--value")
+    assert pid.stdout.strip() not in ("", "0"), "the recorder is not running"
+    return pid.stdout.strip()
+
+
+def in_recorder(
+    host: Container, *argv: str, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` in the running recorder's mount namespace, without a capability: as root by
+    default (the owner of /usr, /etc and /var, whom only the unit's sandbox stops from
+    writing there), or as ``user``."""
+    who = [] if user is None else [f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    return host.run(
+        "nsenter", f"--target={recorder_pid(host)}", "--mount", "--",
+        "setpriv", *who, "--inh-caps=-all", "--bounding-set=-all", "--", *argv,
+        check=False,
+    )  # fmt: skip
+
+
+def test_the_recorder_holds_exactly_its_capabilities(provisioned: Provisioned) -> None:
+    host = provisioned.host
+    pid = recorder_pid(host)
+    status = host.run("cat", f"/proc/{pid}/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"  # a filter: the address families, the arch
+    for name in ("CapEff", "CapPrm", "CapBnd"):
+        decoded = host.run("capsh", f"--decode={fields[name].strip()}", check=False)
+        held = set(decoded.stdout.strip().partition("=")[2].split(","))
+        assert held == RECORDER_CAPS, (name, decoded.stdout)
+
+
+def test_the_recorder_writes_only_its_state_directory(provisioned: Provisioned) -> None:
+    host = provisioned.host
+    # Outside it, the host can write these; the recorder's view of them is read-only.
+    for outside in ("/usr/local/probe", "/etc/probe", "/var/log/probe", "/opt/witness/probe"):
+        assert host.run("touch", outside).returncode == 0
+        host.run("rm", outside)
+        tried = in_recorder(host, "touch", outside)
+        assert tried.returncode != 0 and "Read-only file system" in tried.stderr, tried
+    inside = in_recorder(host, "touch", "/var/lib/witness/probe", user="witness")
+    assert inside.returncode == 0, inside.stderr
+    in_recorder(host, "rm", "/var/lib/witness/probe", user="witness")
+    # ProtectHome: the homes are empty and unwritable to it.
+    host.run("touch", f"/home/{AGENT}/probe")
+    for home in ("/root", f"/home/{AGENT}"):
+        listed = in_recorder(host, "ls", "-A", home)
+        assert listed.stdout.strip() == "", (home, listed.stdout)
+    host.run("rm", f"/home/{AGENT}/probe")
+
+
+def test_the_units_exposure_does_not_grow(provisioned: Provisioned) -> None:
+    host = provisioned.host
+    found = {}
+    for unit in EXPOSURE:
+        scored = host.run("systemd-analyze", "security", "--no-pager", unit, check=False)
+        overall = re.search(r"Overall exposure level for \S+: ([\d.]+)", scored.stdout)
+        assert overall is not None, scored.stdout + scored.stderr
+        found[unit] = float(overall.group(1))
+    print(found)
+    assert all(found[unit] <= EXPOSURE[unit] for unit in EXPOSURE), found
