@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import roleplay
 from labmarks import lab_marks
+from roleplay import PLAYBOOK, lab_variables
 
 from appliance.enforce import bpf, cgroups
 from appliance.lab import users
@@ -47,8 +49,6 @@ from appliance.lab.netns import Lab
 from appliance.lab.postgres import LabError, postgres_bindir
 
 REPO = Path(__file__).resolve().parents[2]
-SITE = REPO / "ansible" / "site.yml"
-PLAYBOOK = shutil.which("ansible-playbook")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 MOUNT = cgroups.cgroup2_mount()
 PSQL = postgres_bindir() / "psql"
@@ -141,8 +141,6 @@ def snapshot(dest: Path) -> Path:
 def extra_vars(
     world_root: Path, service: str, agents: list[str], lab: Lab, idp: IdP
 ) -> dict[str, Any]:
-    issuer = idp.settings()
-    topo = lab.topology
     return {
         "witness_source_dir": str(world_root / "checkout"),
         "witness_prefix": str(world_root / "opt"),
@@ -160,67 +158,13 @@ def extra_vars(
         "witness_apt_update_cache": False,
         "witness_control_socket": str(world_root / "run-witness" / "control.sock"),
         "witness_warden_socket": str(world_root / "run-witness-warden" / "warden.sock"),
-        "witness_backends": [
-            {
-                "name": "lab",
-                "address": str(topo.backend_ipv4),
-                "port": topo.service("postgres").port,
-                "protect": list(topo.networks),
-                "protect_ports": [topo.service("postgres").port],
-            }
-        ],
-        "witness_issuers": [
-            {
-                "name": issuer.name,
-                "issuer": issuer.issuer,
-                "audience": list(issuer.audience),
-                "algorithms": list(issuer.algorithms),
-                "client_id": issuer.client_id,
-                "login_params": dict(issuer.login_params),
-                "leeway_seconds": issuer.leeway,
-                "timeout_seconds": issuer.timeout,
-            }
-        ],
-        "witness_static_bindings": [],
-        "witness_unbound": "refuse",
+        **lab_variables(lab, idp),
     }
-
-
-RECAP = re.compile(
-    rf"^{re.escape(HOST)}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-    re.MULTILINE,
-)
 
 
 def play(root: Path, *options: str, succeed: bool = True) -> tuple[dict[str, int], str]:
-    """Run site.yml once; the PLAY RECAP's counts for this host, and the whole output. With
-    ``succeed`` (the default), fail unless it did."""
-    assert PLAYBOOK is not None
-    env = {
-        **os.environ,
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        # Ansible's and pip's own files stay under the test's root.
-        "ANSIBLE_HOME": str(root / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-        "ANSIBLE_REMOTE_TEMP": str(root / "ansible-remote"),
-        "PIP_CACHE_DIR": str(root / "pip-cache"),
-    }
-    argv = [
-        PLAYBOOK, "-i", str(root / "inventory.yml"), "-e", f"@{root / 'vars.json'}",
-        *options, str(SITE),
-    ]  # fmt: skip
-    done = subprocess.run(
-        argv, cwd=root, env=env, capture_output=True, text=True, timeout=540, check=False
-    )
-    output = done.stdout + done.stderr
-    found = RECAP.search(done.stdout)
-    assert found is not None, f"no PLAY RECAP for {HOST}:\n{output[-6000:]}"
-    ok, changed, unreachable, failed = map(int, found.groups())
-    recap = {"ok": ok, "changed": changed, "unreachable": unreachable, "failed": failed}
-    if succeed:
-        assert done.returncode == 0 and failed == 0 and unreachable == 0, output[-6000:]
-    return recap, output
+    """Run site.yml once against this machine (see roleplay.play)."""
+    return roleplay.play(root, HOST, *options, succeed=succeed)
 
 
 # --- the units, read and run as systemd would ----------------------------------------------

@@ -5,6 +5,7 @@ the process that built it; a lab whose builder has gone is no one's."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from appliance.lab import netns
@@ -24,3 +25,13 @@ def abandoned_labs(runs: Path) -> list[netns.Lab]:
         if lab.state_path == state and lab.abandoned():
             found.append(lab)
     return found
+
+
+def sweep(runs: Path) -> None:
+    """Take down, as ``witness lab down`` would, the abandoned labs below ``runs`` (as root;
+    nothing otherwise)."""
+    if os.geteuid() != 0:
+        return
+    for lab in abandoned_labs(runs):
+        print(f"taking down {lab.topology.name}, left by an earlier run ({lab.state_path})")
+        lab.down()

@@ -4,24 +4,20 @@ are taken down, with whatever container ran in them."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from container import Container, available, root
-from labsweep import abandoned_labs
+from labsweep import sweep
 
 from appliance.lab.netns import Lab
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_abandoned_labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    if os.geteuid() == 0:
-        for lab in abandoned_labs(tmp_path_factory.getbasetemp().parent):
-            print(f"taking down {lab.topology.name}, left by an earlier run ({lab.state_path})")
-            lab.down()
+    sweep(tmp_path_factory.getbasetemp().parent)
     yield
 
 

@@ -16,7 +16,6 @@ nothing.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import roleplay
 from container import Container
+from roleplay import PLAYBOOK, REPO, lab_variables
 
 from appliance.lab.idp import IdP, missing
 from appliance.lab.netns import Lab
 
-REPO = Path(__file__).resolve().parents[2]
-SITE = REPO / "ansible" / "site.yml"
-PLAYBOOK = shutil.which("ansible-playbook")
 HOST = "bastion"
 UNITS = ("witness-enforce.service", "witness-warden.service", "witness.service")
 AGENT = "agent1"
@@ -75,9 +73,6 @@ def wheelhouse(into: Path) -> Path:
 
 
 def variables(root: Path, lab: Lab, idp: IdP) -> dict[str, Any]:
-    issuer = idp.settings()
-    topo = lab.topology
-    port = topo.service("postgres").port
     return {
         "witness_source_dir": str(REPO),
         "witness_public_key_dir": str(root / "keys"),
@@ -86,59 +81,14 @@ def variables(root: Path, lab: Lab, idp: IdP) -> dict[str, Any]:
         "witness_compile": False,
         "witness_apt_update_cache": False,
         "witness_pip_args": ["--no-index", "--find-links", WHEELS],
-        "witness_backends": [
-            {
-                "name": "lab",
-                "address": str(topo.backend_ipv4),
-                "port": port,
-                "protect": list(topo.networks),
-                "protect_ports": [port],
-            }
-        ],
-        "witness_issuers": [
-            {
-                "name": issuer.name,
-                "issuer": issuer.issuer,
-                "audience": list(issuer.audience),
-                "algorithms": list(issuer.algorithms),
-                "client_id": issuer.client_id,
-                "login_params": dict(issuer.login_params),
-                "leeway_seconds": issuer.leeway,
-                "timeout_seconds": issuer.timeout,
-            }
-        ],
-        "witness_static_bindings": [],
-        "witness_unbound": "refuse",
+        **lab_variables(lab, idp),
     }
-
-
-RECAP = re.compile(
-    rf"^{HOST}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
-)
 
 
 def play(root: Path, lab: Lab) -> tuple[dict[str, int], str]:
     """site.yml, run from the bastion namespace (where the host's SSH server listens)."""
-    assert PLAYBOOK is not None
-    env = {
-        **os.environ,
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_HOME": str(root / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-    }
-    done = subprocess.run(
-        ["ip", "netns", "exec", lab.topology.bastion, PLAYBOOK, "-i", str(root / "inventory.yml"),
-         "-e", f"@{root / 'vars.json'}", str(SITE)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=780, check=False,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    found = RECAP.search(done.stdout)
-    assert found is not None, f"no PLAY RECAP for {HOST}:\n{output[-6000:]}"
-    ok, changed, unreachable, failed = map(int, found.groups())
-    recap = {"ok": ok, "changed": changed, "unreachable": unreachable, "failed": failed}
-    assert done.returncode == 0 and failed == 0 and unreachable == 0, output[-6000:]
-    return recap, output
+    prefix = ("ip", "netns", "exec", lab.topology.bastion)
+    return roleplay.play(root, HOST, prefix=prefix, timeout=780)
 
 
 def as_agent(host: Container, *argv: str) -> subprocess.CompletedProcess[str]:
