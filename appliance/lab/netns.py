@@ -245,7 +245,8 @@ class Lab:
 
         ``users``: a list of user names; ``agent_cgroups``: ``{"root": PATH, "pins": PATH}``,
         an agent cgroup root (everything below it is the lab's) and an eBPF pin directory;
-        ``directory``: a directory of the lab's (removed with everything in it).
+        ``directory``: a directory of the lab's (removed with everything in it);
+        ``mounts``: a list of mount points of the lab's (unmounted, then removed if empty).
         """
         state = self.state()
         if state is None:
@@ -408,6 +409,13 @@ class Lab:
             ip("netns", "del", ns)
             self._say(f"removed namespace {ns}")
             removed = True
+        for mount in state.get("mounts") or ():
+            if os.path.ismount(mount):
+                subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
+                self._say(f"unmounted {mount}")
+                removed = True
+            with contextlib.suppress(OSError):
+                Path(mount).rmdir()
         for made in (directory, state.get("directory")):
             if made and Path(made).exists():
                 shutil.rmtree(made)

@@ -457,6 +457,9 @@ def test_the_units_are_hardened(world: World) -> None:
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "UMask": "0077",
         "SystemCallArchitectures": "native",
+        "SystemCallFilter": "@system-service bpf",
+        "SystemCallErrorNumber": "EPERM",
+        "MemoryDenyWriteExecute": "yes",
         "Restart": "on-failure",
     }.items():
         assert rec[f"Service.{key}"] == [value], key

@@ -9,10 +9,13 @@ host and leaves the cache untouched. The container has the lab's bastion namespa
 network (beside the backends namespace, with PostgreSQL), and what nftables, eBPF and
 cgroup2 need inside: ``CAP_NET_ADMIN``, ``CAP_BPF``, ``CAP_PERFMON`` and ``CAP_SYS_ADMIN``
 besides nspawn's own set, a cgroup2 subtree of its own (cgroup2 alone, as a Debian 12 host
-has it, even where this machine mounts the hybrid hierarchies), and bpffs.
+has it, even where this machine mounts the hybrid hierarchies), and a bpffs of its own for
+each boot (what the host pins never lands in this machine's /sys/fs/bpf, and a reboot
+starts empty, as a real one does).
 
 Everything it runs lives in the bastion namespace, so the lab's ``down`` (after a crash
-too) kills it; its mounts are nspawn's own, gone with it.
+too) kills it; its mounts are nspawn's own, gone with it, but for its bpffs, which the lab
+records and unmounts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,6 +113,7 @@ class Container:
         self.disk = disk
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0  # the container's PID 1, as the host sees it
+        self.bpffs: Path | None = None  # this boot's bpffs, its /sys/fs/bpf
 
     def boot(self) -> None:
         """Boot, and wait until systemd says the system is up."""
@@ -116,12 +121,18 @@ class Container:
         if self.disk is not None and not self.disk.exists():
             subprocess.run(["cp", "-a", "--reflink=auto", self.image, self.disk], check=True)
         where = ["--volatile=overlay"] if self.disk is None else []
+        self.bpffs = Path(tempfile.mkdtemp(prefix="witness-bpffs-"))
+        self.lab.record("mounts", [*(self.lab.state() or {}).get("mounts", ()), str(self.bpffs)])
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.disk or self.image}",
                  *where, "--register=no", "--keep-unit",
                  f"--network-namespace-path={namespace}", f"--capability={CAPABILITIES}",
-                 "--bind=/sys/fs/bpf", "--machine=witness-system",
+                 f"--bind={self.bpffs}:/sys/fs/bpf", "--machine=witness-system",
+                 # nspawn's own filter refuses these, whatever the capabilities: the
+                 # host's witness up needs them to load and attach the eBPF programs.
+                 "--system-call-filter=bpf perf_event_open",
                  *(f"--bind-ro={source}:{target}" for source, target in self.binds)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 # cgroup2 alone inside, as on a current Debian host, whatever the host runs.
@@ -168,22 +179,31 @@ class Container:
         """Power it off (SIGTERM asks nspawn for an orderly shutdown), then kill it if it
         does not go."""
         proc = self.proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
         self.proc = None
         self.leader = 0
+        if self.bpffs is not None:
+            unmount(self.bpffs)
+            self.bpffs = None
 
     def _alive(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise ContainerError(f"systemd-nspawn exited ({self.proc.returncode}): see {self.log}")
+
+
+def unmount(mount: Path) -> None:
+    """Unmount ``mount`` (what was pinned there goes with it) and remove the mount point."""
+    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, check=False)
+    with contextlib.suppress(FileNotFoundError):
+        mount.rmdir()
 
 
 def _child(parent: int, comm: str) -> int:

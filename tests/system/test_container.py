@@ -36,6 +36,10 @@ def test_it_is_a_host_of_the_lab_with_what_witness_needs(host: Container, lab: L
     host.run("mkdir", "/sys/fs/cgroup/probe")
     host.run("rmdir", "/sys/fs/cgroup/probe")
     assert host.run("stat", "-fc", "%T", "/sys/fs/bpf").stdout.strip() == "bpf_fs"
+    # Its own bpffs: what the host pins is not this machine's.
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    host.run("mkdir", f"/sys/fs/bpf/{probe}")
+    assert not Path("/sys/fs/bpf", probe).exists()
 
 
 def test_a_container_left_by_a_killed_run_goes_with_its_lab(
@@ -46,12 +50,13 @@ def test_a_container_left_by_a_killed_run_goes_with_its_lab(
     left = Container(lab, image, tmp_path_factory.mktemp("left") / "console.log")
     try:
         left.boot()
-        nspawn, leader = left.proc, left.leader
-        assert nspawn is not None
+        nspawn, leader, bpffs = left.proc, left.leader, left.bpffs
+        assert nspawn is not None and bpffs is not None and bpffs.is_mount()
         # The run is killed here: all the next one has is the lab's state file.
         assert lab.down() is True
         assert nspawn.wait(timeout=30) is not None  # nspawn went with its container
         assert not Path(f"/proc/{leader}").exists()
+        assert not bpffs.exists()  # its bpffs unmounted, the mount point removed
     finally:
         left.stop()
         lab.down()
