@@ -20,7 +20,8 @@ class Witness:
     """``witness serve`` as a child process: quick-start style, or, with ``backend_options``
     (TOML keys for the backend's table) or ``tables`` (more tables, such as ``[policy]``),
     from a configuration file written beside the trail that is otherwise the same; its
-    ``[identity]`` table holds ``identity``, its ``[trail]`` table ``trail_options``."""
+    ``[identity]`` table holds ``identity``, its ``[trail]`` table ``trail_options``.
+    ``prefix`` runs before it and execs it (a launcher that sets something up)."""
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class Witness:
         *,
         identity: str = 'unbound = "allow"',
         trail_options: str = "",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.trail = trail
@@ -59,7 +61,7 @@ class Witness:
             )
             argv = [WITNESS, "--config", str(config), "serve", *(extra or [])]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*prefix, *argv], stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)
 
     def url(self, database: str = "postgres", user: str = "postgres", **params: str) -> str:
