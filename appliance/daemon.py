@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from appliance import native
 from appliance.config import Settings, TrailSettings
-from appliance.enforce import cgroups, owners
+from appliance.enforce import bpf, cgroups, owners
 from appliance.enforce.divert import Routes
 from appliance.export.forward import Forwarder
 from appliance.identity.bindings import CGROUP, Binding, BindingError, Bindings
@@ -395,6 +395,8 @@ async def run(
             log.info("export %s: %s to %s", export.name, export.format, export.destination)
         report = log.info if native.STATUS.compiled else log.warning
         report("hot path: %s", native.STATUS)
+        if not owners.PIDS_ARE_OURS:
+            log.warning("owners: %s; they are attributed through sock_diag", bpf.FOREIGN_PIDS)
 
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -77,6 +77,8 @@ def _up_ebpf(plan: nft.Plan) -> None:
         f"witness: eBPF attached to {done.root} ({', '.join(done.programs)}), "
         f"{done.protected} protected range(s) denied over IPv6, maps pinned in {done.pins}"
     )
+    if not bpf.pids_are_ours():
+        click.echo(f"witness: owners attributed by sock_diag all the same: {bpf.FOREIGN_PIDS}")
 
 
 @click.command()
@@ -153,6 +155,11 @@ def attribution() -> tuple[str, str]:
         progs = bpf.programs_at(root) if root is not None else {}
     except (OSError, bpf.BpfError) as exc:
         return "sock_diag", f"cannot query the programs on {root}: {exc}; {SOCK_DIAG_WHY}"
+    if pinned and "sock_ops" in progs and "connect4" in progs and not bpf.pids_are_ours():
+        return "sock_diag", (
+            f"programs attached to {root} ({', '.join(sorted(progs))}), but "
+            f"{bpf.FOREIGN_PIDS}; {SOCK_DIAG_WHY}"
+        )
     if pinned and "sock_ops" in progs and "connect4" in progs:
         return "ebpf", (
             f"programs attached to {root} ({', '.join(sorted(progs))}), owner map pinned at "

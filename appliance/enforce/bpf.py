@@ -93,6 +93,24 @@ PROGRAMS: tuple[tuple[str, str, int, int], ...] = (
 )
 MAPS = ("owner_by_conn", "owner_by_cookie", "protected_nets")
 OWNER_MAP = "owner_by_conn"
+# The initial PID namespace's inode number, fixed by the kernel (PROC_PID_INIT_INO).
+INITIAL_PID_NAMESPACE = 0xEFFFFFFC
+
+
+def pids_are_ours() -> bool:
+    """Whether the process ids eBPF records are this process's: they are the initial PID
+    namespace's, so in a container with a PID namespace of its own (systemd-nspawn, say)
+    they name the outer host's processes, and here some other process or none."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == INITIAL_PID_NAMESPACE
+    except OSError:
+        return False
+
+
+FOREIGN_PIDS = (
+    "this host runs in a PID namespace of its own (a container): the process ids eBPF "
+    "records are the outer host's"
+)
 
 # struct owner and struct conn_key in bpf/witness.c
 _OWNER = struct.Struct("<QQQIIII16s16sHHI16s")

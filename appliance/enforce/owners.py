@@ -90,9 +90,15 @@ def confirmed(record: bpf.Record, live: sockdiag.Socket | None) -> Owner:
     return bpf.owner(record)
 
 
+# Asked once: a process does not change its PID namespace.
+PIDS_ARE_OURS = bpf.pids_are_ours()
+
+
 def quick(client: Address, destination: Address, pins: Path = bpf.PIN_DIR) -> Owner | None:
     """The owner the eBPF record names, checked against the live socket; None when there is
     no record. A map read and one netlink round trip: cheap enough for the event loop."""
+    if not PIDS_ARE_OURS:
+        return None
     record = bpf.lookup(client, destination, pins)
     if record is None:
         return None
@@ -108,7 +114,8 @@ def lookup(client: Address, destination: Address) -> Owner:
 
     The eBPF record comes first: it was taken when the process connected, so it is exact
     and survives the process exiting. Without one (eBPF not attached, the record evicted,
-    or the client outside the agent cgroups), sock_diag and /proc are asked instead.
+    the client outside the agent cgroups, or a recorder in a PID namespace other than the
+    one whose process ids eBPF records), sock_diag and /proc are asked instead.
     """
     owner = quick(client, destination)
     return owner if owner is not None else by_sock_diag(client, destination)
