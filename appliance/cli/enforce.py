@@ -78,7 +78,7 @@ def _up_ebpf(plan: nft.Plan) -> None:
         f"{done.protected} protected range(s) denied over IPv6, maps pinned in {done.pins}"
     )
     if not bpf.pids_are_ours():
-        click.echo(f"witness: owners attributed by sock_diag all the same: {bpf.FOREIGN_PIDS}")
+        click.echo(f"witness: attribution by sock_diag all the same: {bpf.FOREIGN_PIDS}", err=True)
 
 
 @click.command()

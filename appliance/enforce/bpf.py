@@ -593,7 +593,7 @@ def read(local: tuple[str, int], remote: tuple[str, int], pins: Path = PIN_DIR) 
     return None if raw is None else Record.unpack(raw)
 
 
-def _cgroup_path(tgid: int, cgroup_id: int) -> str | None:
+def cgroup_path(tgid: int, cgroup_id: int) -> str | None:
     """The cgroup path (as /proc shows it) of ``cgroup_id``, if that process is still in it."""
     mount = cgroups.cgroup2_mount()
     try:
@@ -625,7 +625,7 @@ def owner(record: Record) -> Owner:
         uid=record.uid,
         pid=record.tgid,
         exe=exe,
-        cgroup=_cgroup_path(record.tgid, record.cgroup_id),
+        cgroup=cgroup_path(record.tgid, record.cgroup_id),
         cgroup_id=record.cgroup_id,
         comm=record.comm,
         source="ebpf",

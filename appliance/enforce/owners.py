@@ -15,6 +15,7 @@ record alone, cheap enough for the loop.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.enforce import bpf, sockdiag
@@ -38,8 +39,8 @@ def _holds(pid: str, target: str) -> bool:
     return False
 
 
-def _holder(inode: int, uid: int) -> int | None:
-    """The lowest pid among processes of ``uid`` that hold socket ``inode`` open."""
+def _holders(inode: int, uid: int) -> Iterator[int]:
+    """The processes of ``uid`` that hold socket ``inode`` open, lowest pid first."""
     target = f"socket:[{inode}]"
     for pid in sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit()):
         try:
@@ -48,8 +49,27 @@ def _holder(inode: int, uid: int) -> int | None:
         except OSError:
             continue
         if _holds(str(pid), target):
-            return pid
-    return None
+            yield pid
+
+
+def _holder(inode: int, uid: int, cgroup_id: int | None) -> tuple[int | None, str | None]:
+    """The process that holds socket ``inode``, and its cgroup path.
+
+    Any process the socket was passed to holds it too: the one named is the lowest pid in
+    the socket's own cgroup (``cgroup_id``, the kernel's), whose path is that cgroup's;
+    else the lowest pid, with no path, since its cgroup is not the socket's. Without the
+    socket's cgroup id (an older kernel), the lowest pid and the path /proc gives it.
+    """
+    first: int | None = None
+    for pid in _holders(inode, uid):
+        if cgroup_id is None:
+            return pid, _cgroup_path(pid)
+        path = bpf.cgroup_path(pid, cgroup_id)
+        if path is not None:
+            return pid, path
+        if first is None:
+            first = pid
+    return first, None
 
 
 def _read(path: str) -> str | None:
@@ -131,7 +151,7 @@ def by_sock_diag(client: Address, destination: Address) -> Owner:
     if live is None or not live.connected:
         return Owner(source="unknown", detail="no local socket: the client is remote or gone")
     uid, inode, cgroup_id = live.uid, live.inode, live.cgroup_id
-    pid = _holder(inode, uid)
+    pid, cgroup = _holder(inode, uid, cgroup_id)
     if pid is None:
         detail = f"no process holds socket inode {inode}"
         return Owner(uid=uid, source="sock_diag", detail=detail, cgroup_id=cgroup_id)
@@ -139,12 +159,14 @@ def by_sock_diag(client: Address, destination: Address) -> Owner:
         exe: str | None = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = None
+    outside = cgroup is None and cgroup_id is not None
     return Owner(
         uid=uid,
         pid=pid,
         exe=exe,
-        cgroup=_cgroup_path(pid),
+        cgroup=cgroup,
         comm=_read(f"/proc/{pid}/comm"),
         source="sock_diag",
         cgroup_id=cgroup_id,
+        detail=f"held outside the socket's cgroup (id {cgroup_id})" if outside else None,
     )

@@ -7,8 +7,8 @@ Each entry is 0 when the call succeeded, else the errno it failed with:
   EAFNOSUPPORT for a family outside its list);
 - ``pidfd_getfd``: a call outside systemd's @system-service set (it is in @debug), on the
   process itself (SystemCallFilter with SystemCallErrorNumber=EPERM);
-- ``mmap_wx``: an anonymous mapping both writable and executable (MemoryDenyWriteExecute,
-  which systemd enforces with a seccomp filter that answers EPERM);
+- ``mmap_wx``: an anonymous mapping both writable and executable (MemoryDenyWriteExecute:
+  EPERM from systemd's seccomp filter, or EACCES from the kernel's PR_SET_MDWE);
 - ``owner_map``: the pinned eBPF owner map opened read-only, as the recorder opens it (the
   bpf call in the filter, CAP_BPF, the pin's group, a read-only /sys). Run with the venv's
   Python, which has Witness.
