@@ -155,16 +155,13 @@ def attribution() -> tuple[str, str]:
         progs = bpf.programs_at(root) if root is not None else {}
     except (OSError, bpf.BpfError) as exc:
         return "sock_diag", f"cannot query the programs on {root}: {exc}; {SOCK_DIAG_WHY}"
-    if pinned and "sock_ops" in progs and "connect4" in progs and not bpf.pids_are_ours():
-        return "sock_diag", (
-            f"programs attached to {root} ({', '.join(sorted(progs))}), but "
-            f"{bpf.FOREIGN_PIDS}; {SOCK_DIAG_WHY}"
-        )
     if pinned and "sock_ops" in progs and "connect4" in progs:
+        attached = f"programs attached to {root} ({', '.join(sorted(progs))})"
+        if not bpf.pids_are_ours():
+            return "sock_diag", f"{attached}, but {bpf.FOREIGN_PIDS}; {SOCK_DIAG_WHY}"
         return "ebpf", (
-            f"programs attached to {root} ({', '.join(sorted(progs))}), owner map pinned at "
-            f"{bpf.PIN_DIR / bpf.OWNER_MAP}; sock_diag for owners outside the agent cgroups "
-            "or evicted from the map"
+            f"{attached}, owner map pinned at {bpf.PIN_DIR / bpf.OWNER_MAP}; sock_diag for "
+            "owners outside the agent cgroups or evicted from the map"
         )
     found = bpf.probe()
     if not found.available:

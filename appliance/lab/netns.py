@@ -410,12 +410,9 @@ class Lab:
             self._say(f"removed namespace {ns}")
             removed = True
         for mount in state.get("mounts") or ():
-            if os.path.ismount(mount):
-                subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
+            if unmount(Path(mount)):
                 self._say(f"unmounted {mount}")
                 removed = True
-            with contextlib.suppress(OSError):
-                Path(mount).rmdir()
         for made in (directory, state.get("directory")):
             if made and Path(made).exists():
                 shutil.rmtree(made)
@@ -426,6 +423,17 @@ class Lab:
             self.state_path.unlink()
             removed = True
         return removed
+
+
+def unmount(mount: Path) -> bool:
+    """Unmount ``mount`` if something is mounted there (whatever was pinned or written in it
+    goes too), and remove the mount point if it is empty; whether it was mounted."""
+    mounted = os.path.ismount(mount)
+    if mounted:
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, check=False)
+    with contextlib.suppress(OSError):
+        mount.rmdir()
+    return mounted
 
 
 def _process(pid: int) -> dict[str, int] | None:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.lab.netns import Lab
+from appliance.lab.netns import Lab, unmount
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -197,13 +197,6 @@ class Container:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise ContainerError(f"systemd-nspawn exited ({self.proc.returncode}): see {self.log}")
-
-
-def unmount(mount: Path) -> None:
-    """Unmount ``mount`` (what was pinned there goes with it) and remove the mount point."""
-    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, check=False)
-    with contextlib.suppress(FileNotFoundError):
-        mount.rmdir()
 
 
 def _child(parent: int, comm: str) -> int:

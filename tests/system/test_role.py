@@ -47,6 +47,8 @@ AGENT = "agent1"
 WHEELS = "/opt/wheelhouse"
 PROBE = Path(__file__).with_name("sandbox_probe.py")
 PYTHON = "/opt/witness/venv/bin/python"  # the recorder's, with Witness
+# An agent's command started under its OIDC identity (the token the first test writes).
+WITNESS_RUN = ("/usr/local/bin/witness", "run", "--token-file", f"/home/{AGENT}/jwt", "--")
 
 pytestmark = [
     pytest.mark.root,
@@ -125,10 +127,7 @@ def recorded(provisioned: Provisioned, port: int = 5432, program: str = "psql") 
     host = provisioned.host
     probe = f"system-probe-{uuid.uuid4().hex[:12]}"
     backend = str(provisioned.lab.topology.backend_ipv4)
-    ran = as_agent(
-        host, "/usr/local/bin/witness", "run", "--token-file", f"/home/{AGENT}/jwt", "--",
-        *psql(backend, f"select '{probe}'", port, program),
-    )  # fmt: skip
+    ran = as_agent(host, *WITNESS_RUN, *psql(backend, f"select '{probe}'", port, program))
     journal = ["journalctl", "--no-pager", *(f"--unit={unit}" for unit in UNITS)]
     assert ran.returncode == 0 and ran.stdout.split() == [probe], (
         ran.stdout + ran.stderr + host.run(*journal, check=False).stdout[-4000:]
@@ -515,7 +514,6 @@ def test_an_upgrade_under_load_loses_no_command(provisioned: Provisioned, tmp_pa
         ).stdout  # fmt: skip
 
     on_backend("create table upgrade_marks (mark text primary key)")
-    witness_run = ["/usr/local/bin/witness", "run", "--token-file", f"/home/{AGENT}/jwt", "--"]
     script = "".join(
         f"insert into upgrade_marks values ('long-{i}'); select pg_sleep(0.1);\n"
         for i in range(5000)  # 500 s at least: the play restarts the recorder long before
@@ -536,11 +534,11 @@ def test_an_upgrade_under_load_loses_no_command(provisioned: Provisioned, tmp_pa
         while not stop.is_set():
             i += 1
             sql = f"insert into upgrade_marks values ('short-{i}')"
-            ran = as_agent(host, *witness_run, *psql(backend, sql))
+            ran = as_agent(host, *WITNESS_RUN, *psql(backend, sql))
             short.append((time.monotonic(), ran.returncode))
 
     long_argv = [
-        *witness_run,
+        *WITNESS_RUN,
         "psql",
         "-X",
         "-At",
